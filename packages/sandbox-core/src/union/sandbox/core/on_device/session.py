@@ -1,0 +1,615 @@
+"""``OnDeviceSession``: sandboxed children of the current process, no daemon."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterable, Iterable, Mapping
+from typing import Any, Union
+
+import anyio
+
+from ..constants import DEFAULT_RUN_TIMEOUT_S, DEVNULL, INHERIT, MAX_CAPTURED_BYTES, PIPE
+from ..errors import BackendUnavailableError
+from ..policy import (
+    NetworkPolicy,
+    resolve_run_network,
+    validate_env,
+    validate_network,
+    validate_script_type,
+    validate_timeout,
+)
+from ..process import (
+    InputStream,
+    IsolationReport,
+    OutputStream,
+    Process,
+    Termination,
+    TerminationKind,
+)
+from ..session import SessionBase
+from . import backends
+from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
+from .fs import FsLayout, check_session_path
+from .venv import ensure_session_venv
+
+__all__ = ["OnDeviceSession"]
+
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Above this size a script goes to the command through a memfd instead of argv
+# (a single argv string is limited to 128 KiB by the kernel).
+_ARGV_SCRIPT_LIMIT = 64 * 1024
+_STREAM_OFF = (False, None, DEVNULL)
+_STREAM_ON = (True, PIPE)
+PutData = Union[bytes, bytearray, memoryview, AsyncIterable[bytes]]
+
+
+class _RunDriver:
+    """Adapts a :class:`RunChannel` to the :class:`Process` driver protocol."""
+
+    def __init__(self, session: OnDeviceSession, channel: RunChannel) -> None:
+        self.backend = session.backend
+        self._session = session
+        self._channel = channel
+
+    async def wait_exit(self) -> Termination:
+        return await self._channel.wait_exit()
+
+    async def send_signal(self, signo: int) -> None:
+        await self._channel.send_signal(signo)
+
+    async def kill(self, kind: TerminationKind) -> None:
+        await self._channel.kill(kind)
+
+    async def release(self) -> None:
+        self._channel.close()
+        self._session._live.discard(self._channel)
+
+
+class OnDeviceSession(SessionBase):
+    """A sandbox session whose runs are children of this process.
+
+    Create it with :func:`union.sandbox.on_device.session`. Each ``run()`` gets fresh pid,
+    mount, IPC and (unless ``network_mode="open"``) network namespaces, a fresh ``/tmp`` and
+    ``/dev/shm``, no capabilities, no_new_privs, Landlock and seccomp (isolating backends);
+    the work dir and the session venv persist across runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str = "bubblewrap",
+        resources: Any = None,
+        default_cwd: str = "",
+        client_id: str | None = None,
+        network_mode: str = "blocked",
+        network_allowlist: Iterable[str] | None = None,
+        network_denylist: Iterable[str] | None = None,
+        network_proxy_url: str | None = None,
+        network_socks_url: str | None = None,
+        host_work_dir: str | None = None,
+        timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
+        read_only_paths: Iterable[str] | None = None,
+        read_write_paths: Iterable[str] | None = None,
+        max_output_bytes: int = MAX_CAPTURED_BYTES,
+    ) -> None:
+        self.backend = backends.canonical_backend(backend)
+        self.network = validate_network(network_mode, network_allowlist, network_denylist)
+        self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
+        if not isinstance(default_cwd, str):
+            raise TypeError(f"default_cwd must be a str, got {type(default_cwd).__name__}")
+        if host_work_dir is not None and not os.path.isabs(os.fspath(host_work_dir)):
+            raise ValueError(f"host_work_dir must be an absolute path, got {host_work_dir!r}")
+        if not isinstance(max_output_bytes, int) or max_output_bytes <= 0:
+            raise ValueError(f"max_output_bytes must be a positive int, got {max_output_bytes!r}")
+        for name, url in (("network_proxy_url", network_proxy_url),
+                          ("network_socks_url", network_socks_url)):
+            if url is not None and (not isinstance(url, str) or "://" not in url):
+                raise ValueError(f"{name} must be a proxy URL such as 'http://127.0.0.1:3128', "
+                                 f"got {url!r}")
+        self.network_proxy_url = network_proxy_url
+        self.network_socks_url = network_socks_url
+        self.resources = resources
+        self.default_cwd = default_cwd
+        self.client_id = client_id or str(uuid.uuid4())
+        self.max_output_bytes = max_output_bytes
+        self._host_work_dir = os.path.normpath(os.fspath(host_work_dir)) if host_work_dir else None
+        self._read_only_paths = list(read_only_paths or [])
+        self._read_write_paths = list(read_write_paths or [])
+        # Validate the path lists now: bad input fails before anything runs.
+        FsLayout.build("/", self._read_only_paths, self._read_write_paths)
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self._layout: FsLayout | None = None
+        self._supervisor: Supervisor | None = None
+        self._venv: str | None = None
+        self._live: set[RunChannel] = set()
+        self._open = False
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def work_dir(self) -> str:
+        """The session's persistent directory (the same path inside the sandbox)."""
+        if self._layout is None:
+            raise RuntimeError(_NOT_OPEN)
+        return self._layout.work_dir
+
+    @property
+    def sandbox_owner(self) -> tuple[int, int] | None:
+        """Host (uid, gid) the sandbox runs as when this process is root, else ``None``."""
+        if os.getuid() == 0 and self.backend != "none":
+            return (backends.UNPRIVILEGED_ID, backends.UNPRIVILEGED_ID)
+        return None
+
+    async def open(self) -> OnDeviceSession:
+        """Create the work dir and the venv and start the supervisor. Idempotent. A backend
+        that cannot run here is reported by the first ``run()``, naming the fix."""
+        if self._open:
+            return self
+        if self._closed:
+            raise RuntimeError("this session was closed; open a new one")
+        if self.backend == "none":
+            warnings.warn(
+                "sandbox backend 'none' applies NO isolation (only a process group, rlimits "
+                "and a timeout); never use it for untrusted code",
+                UserWarning, stacklevel=2)
+        if self._host_work_dir is not None:
+            os.makedirs(self._host_work_dir, exist_ok=True)
+            work_dir = os.path.realpath(self._host_work_dir)
+        else:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="union-sandbox-")
+            work_dir = os.path.realpath(self._tempdir.name)
+        owner = self.sandbox_owner
+        if owner is not None:
+            os.chown(work_dir, *owner)
+        self._layout = FsLayout.build(work_dir, self._read_only_paths, self._read_write_paths)
+        self._venv = ensure_session_venv(work_dir, self._layout.python, owner)
+        problems = backends.static_problems(self.backend)
+        if problems:
+            self._supervisor = None
+            self._static_failure = BackendUnavailableError(self.backend, problems)
+        else:
+            self._static_failure = None
+            self._supervisor = Supervisor(self._supervisor_spec(self._layout))
+        self._open = True
+        return self
+
+    def _supervisor_spec(self, layout: FsLayout) -> SupervisorSpec:
+        backend = self.backend
+        return SupervisorSpec(
+            backend=backend,
+            argv_prefix=backends.supervisor_argv_prefix(backend, layout),
+            python=layout.python,
+            config=backends.supervisor_config(backend, layout),
+            diagnose=lambda detail, stderr: backends.diagnose(backend, detail, stderr),
+        )
+
+    async def close(self) -> None:
+        """Kill every running process (their whole trees), stop the supervisor and delete
+        the work dir unless ``host_work_dir`` pinned it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._open = False
+        with anyio.CancelScope(shield=True):
+            for channel in list(self._live):
+                channel._kill_kind = channel._kill_kind or TerminationKind.KILLED
+            if self._supervisor is not None:
+                await self._supervisor.aclose()
+            if self._tempdir is not None:
+                await anyio.to_thread.run_sync(self._tempdir.cleanup)
+
+    def fs_allowlist(self) -> dict[str, list[str]]:
+        """What runs may read (``read_only``) and write (``read_write``) on this host."""
+        layout = self._layout or FsLayout.build(
+            self._host_work_dir or "/<work-dir>", self._read_only_paths, self._read_write_paths)
+        return layout.as_dict()
+
+    # -- running -------------------------------------------------------------------------
+
+    def _require_open(self) -> Supervisor:
+        if not self._open:
+            raise RuntimeError(_NOT_OPEN)
+        if self._static_failure is not None:
+            raise self._static_failure
+        assert self._supervisor is not None
+        return self._supervisor
+
+    def _resolve_cwd(self, cwd: str | None) -> str:
+        work_dir = self.work_dir
+        chosen = cwd if cwd is not None else (self.default_cwd or work_dir)
+        if not isinstance(chosen, str):
+            raise TypeError(f"cwd must be a str, got {type(chosen).__name__}")
+        # Relative paths resolve under the work dir.
+        return os.path.normpath(os.path.join(work_dir, chosen))
+
+    def _env(self, extra: dict[str, str], cwd: str, policy: NetworkPolicy) -> dict[str, str]:
+        layout = self._layout
+        assert layout is not None and self._venv is not None
+        path = [os.path.join(self._venv, "bin"), os.path.dirname(layout.python)]
+        if layout.uv:
+            path.append(os.path.dirname(layout.uv))
+        path += [os.path.join(layout.work_dir, ".local", "bin"), BASE_PATH]
+        env = {
+            "HOME": layout.work_dir,
+            "PWD": cwd,
+            "PATH": ":".join(dict.fromkeys(path)),
+            "VIRTUAL_ENV": self._venv,
+            "LANG": "C.UTF-8",
+            "USER": "sandbox",
+            "UV_PYTHON_DOWNLOADS": "never",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        env.update(extra)
+        return env
+
+    async def run(
+        self,
+        cmd: str,
+        *,
+        stdout: Any = True,
+        stderr: Any = True,
+        stdin: Any = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        script_type: str = "shell",
+        network_mode: str | None = None,
+        network_allowlist: Iterable[str] | None = None,
+        network_denylist: Iterable[str] | None = None,
+        timeout_s: float | None = None,
+        argv: list[str] | None = None,
+    ) -> Process:
+        """Start ``cmd`` in the sandbox and return at once; read or wait on the handle.
+
+        ``stdout``/``stderr``: ``True``/``PIPE`` capture, ``False``/``None``/``DEVNULL``
+        discard, ``INHERIT``/``sys.stdout``/``sys.stderr`` forward to the caller. ``stdin``:
+        ``None``/``DEVNULL`` (``/dev/null``), ``PIPE`` (write to ``proc.stdin``) or bytes
+        (fed while waiting). ``cwd`` resolves under the work dir. ``argv`` runs a program
+        directly, without a shell (``cmd`` is then only a label).
+        """
+        supervisor = self._require_open()
+        if not isinstance(cmd, str):
+            raise TypeError(f"cmd must be a str, got {type(cmd).__name__}")
+        kind = validate_script_type(script_type)
+        extra_env = validate_env(env)
+        policy = resolve_run_network(self.network, network_mode, network_allowlist,
+                                     network_denylist)
+        timeout = validate_timeout(timeout_s, self.timeout_s)
+        run_cwd = self._resolve_cwd(cwd)
+        capture_out, sink_out = _stream_choice(stdout, "stdout")
+        capture_err, sink_err = _stream_choice(stderr, "stderr")
+        stdin_data: bytes | None = None
+        if stdin in (None, DEVNULL, False):
+            stdin_mode: int | None = None
+        elif stdin == PIPE:
+            stdin_mode = PIPE
+        elif isinstance(stdin, (bytes, bytearray, memoryview)):
+            stdin_mode, stdin_data = PIPE, bytes(stdin)
+        else:
+            raise ValueError("stdin must be None, DEVNULL, PIPE or bytes, got "
+                             f"{stdin!r}")
+        if policy.mode == "allowlist" or policy.denylist:
+            raise NotImplementedError(
+                "network_mode='allowlist' and network_denylist are not available on-device in "
+                "this version; use network_mode='blocked' or 'open'")
+        script: bytes | None = None
+        if argv is not None:
+            if not argv or not all(isinstance(a, str) for a in argv):
+                raise TypeError("argv must be a non-empty list of str")
+            command = list(argv)
+        else:
+            assert self._venv is not None
+            interpreter = os.path.join(self._venv, "bin", "python")
+            program = [interpreter] if kind == "python" else ["/bin/sh"]
+            if len(cmd.encode()) > _ARGV_SCRIPT_LIMIT:
+                script = cmd.encode()
+                command = [*program, "/proc/self/fd/3"]
+            else:
+                command = [*program, "-c", cmd]
+        request = {
+            "argv": command,
+            "env": self._env(extra_env, run_cwd, policy),
+            "cwd": run_cwd,
+            "timeout": timeout,
+            "net": "open" if policy.mode == "open" else "blocked",
+        }
+        try:
+            await supervisor.ready()
+        except BackendUnavailableError:
+            raise
+        channel = await supervisor.start_run(
+            request, stdin=stdin_mode, capture_stdout=capture_out or sink_out is not None,
+            capture_stderr=capture_err or sink_err is not None, script=script)
+        self._live.add(channel)
+        forward = []
+        out_stream = err_stream = None
+        if "stdout" in channel.fds:
+            if sink_out is not None:
+                forward.append((pipe_pull(channel.fds["stdout"]), sink_out))
+            else:
+                out_stream = OutputStream(pipe_pull(channel.fds["stdout"]),
+                                          limit=self.max_output_bytes)
+        if "stderr" in channel.fds:
+            if sink_err is not None:
+                forward.append((pipe_pull(channel.fds["stderr"]), sink_err))
+            else:
+                err_stream = OutputStream(pipe_pull(channel.fds["stderr"]),
+                                          limit=self.max_output_bytes)
+        in_stream = None
+        if "stdin" in channel.fds:
+            in_stream = _pipe_writer(channel)
+        process = Process(
+            _RunDriver(self, channel), stdout=out_stream, stderr=err_stream, stdin=in_stream,
+            isolation=self._isolation(supervisor, policy), forward=forward,
+            stdin_data=stdin_data,
+        )
+        return process
+
+    def _isolation(self, supervisor: Supervisor, policy: NetworkPolicy) -> IsolationReport:
+        facts = supervisor.facts
+        if self.backend == "none":
+            return IsolationReport(backend="none", uid=os.getuid(), network="open")
+        namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
+        if policy.mode != "open":
+            namespaces.append("net")
+        uid_map = facts.get("uid_map", [])
+        host_uid = int(uid_map[1]) if len(uid_map) >= 2 else None
+        return IsolationReport(
+            backend=self.backend,
+            namespaces=tuple(namespaces),
+            landlock_abi=facts.get("landlock_abi") or None,
+            seccomp=bool(facts.get("seccomp")),
+            no_new_privs=True,
+            capabilities_dropped=True,
+            uid=host_uid,
+            fresh_tmp=True,
+            network=policy.mode,
+        )
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def put_bytes(self, path: str, data: PutData, *, mode: int = 0o644,
+                        overwrite: bool = True) -> int:
+        """Write ``data`` to ``path`` (absolute, under the work dir, no symlinks) atomically:
+        the file appears whole or not at all. Returns the bytes written."""
+        self._require_layout()
+        target = check_session_path(path, self.work_dir)
+        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise ValueError(f"mode must be a permission int such as 0o644, got {mode!r}")
+        parent_fd = _open_parent(self.work_dir, target)
+        name = os.path.basename(target)
+        tmp_name = f".{name}.union-sandbox-{secrets.token_hex(6)}.tmp"
+        try:
+            _refuse_non_regular(parent_fd, name, target)
+            if not overwrite and _exists(parent_fd, name):
+                raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)", target)
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
+            try:
+                written = await _write_all(fd, data)
+                os.fchmod(fd, mode & ~0o6000 & 0o7777)
+                owner = self.sandbox_owner
+                if owner is not None:
+                    os.fchown(fd, *owner)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp_name, dir_fd=parent_fd)
+                raise
+            os.close(fd)
+            try:
+                if overwrite:
+                    os.rename(tmp_name, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                else:
+                    os.link(tmp_name, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd,
+                            follow_symlinks=False)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)",
+                                      target) from None
+            except IsADirectoryError:
+                raise PermissionError(f"not a regular file: {target}") from None
+            finally:
+                try:
+                    os.unlink(tmp_name, dir_fd=parent_fd)
+                except FileNotFoundError:
+                    pass
+            return written
+        finally:
+            os.close(parent_fd)
+
+    async def get_bytes(self, path: str, *, max_bytes: int = 0) -> bytes:
+        """Read ``path`` (absolute, under the work dir, a regular file, no symlinks).
+        ``max_bytes > 0`` raises ``ValueError`` for a larger file instead of truncating."""
+        self._require_layout()
+        if not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        target = check_session_path(path, self.work_dir)
+        parent_fd = _open_parent(self.work_dir, target)
+        try:
+            try:
+                fd = os.open(os.path.basename(target),
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=parent_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise PermissionError(f"refusing to read through symlink: {target}") from None
+                raise
+        finally:
+            os.close(parent_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PermissionError(f"not a regular file: {target}")
+            if max_bytes and st.st_size > max_bytes:
+                raise ValueError(f"{target} is {st.st_size} bytes, exceeds max_bytes={max_bytes}")
+            limit = max_bytes or None
+            return await _read_all(fd, st.st_size, limit, target)
+        finally:
+            os.close(fd)
+
+    def _require_layout(self) -> None:
+        if not self._open:
+            raise RuntimeError(_NOT_OPEN)
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else ("closed" if self._closed else "new")
+        return f"<OnDeviceSession backend={self.backend} {state}>"
+
+
+_NOT_OPEN = ("session is not open; either 'async with session(...) as sbx:' or "
+             "'sbx = await session(...).open()'")
+
+
+def _stream_choice(value: Any, name: str) -> tuple[bool, Any]:
+    """(capture?, sink for INHERIT-style forwarding) for a ``stdout=``/``stderr=`` value."""
+    if value is True or (value == PIPE and not isinstance(value, bool)):
+        return True, None
+    if value is False or value is None or value == DEVNULL:
+        return False, None
+    if value == INHERIT:
+        return False, sys.stdout if name == "stdout" else sys.stderr
+    if hasattr(value, "write"):
+        return False, value
+    raise ValueError(f"{name} must be True, False, None, PIPE, INHERIT, DEVNULL or a file "
+                     f"object such as sys.{name}, got {value!r}")
+
+
+def _pipe_writer(channel: RunChannel) -> InputStream:
+    fd = channel.fds["stdin"]
+
+    async def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
+                continue
+            view = view[n:]
+
+    async def close() -> None:
+        channel.fds.pop("stdin", None)
+        os.close(fd)
+
+    return InputStream(write, close)
+
+
+def _open_parent(work_dir: str, target: str) -> int:
+    """Open the parent directory of ``target`` walking from the work dir with O_NOFOLLOW at
+    every step, so a symlink swapped in by a sandboxed process cannot redirect us."""
+    fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    relative = os.path.relpath(os.path.dirname(target), work_dir)
+    if relative == ".":
+        return fd
+    current = work_dir
+    for part in relative.split("/"):
+        current = os.path.join(current, part)
+        try:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+        except FileNotFoundError:
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, f"parent directory does not exist: "
+                                    f"{os.path.dirname(target)}") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                if os.path.islink(current):
+                    raise PermissionError(f"refusing to write through symlink: {current}") from None
+                raise FileNotFoundError(errno.ENOENT, f"parent directory does not exist: "
+                                        f"{os.path.dirname(target)}") from None
+            raise
+        os.close(fd)
+        fd = next_fd
+    return fd
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _refuse_non_regular(dir_fd: int, name: str, target: str) -> None:
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionError(f"refusing to write through symlink: {target}")
+    if not stat.S_ISREG(st.st_mode):
+        raise PermissionError(f"not a regular file: {target}")
+
+
+_THREAD_THRESHOLD = 1 << 20
+
+
+async def _write_all(fd: int, data: PutData) -> int:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data).cast("B")
+        if len(view) >= _THREAD_THRESHOLD:
+            return await anyio.to_thread.run_sync(_write_view, fd, view)
+        return _write_view(fd, view)
+    if not hasattr(data, "__aiter__"):
+        raise TypeError("data must be bytes-like or an async iterable of bytes, got "
+                        f"{type(data).__name__}")
+    total = 0
+    async for chunk in data:
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data chunks must be bytes, got {type(chunk).__name__}")
+        total += _write_view(fd, memoryview(chunk).cast("B"))
+    return total
+
+
+def _write_view(fd: int, view: memoryview) -> int:
+    total = len(view)
+    while view:
+        view = view[os.write(fd, view):]
+    return total
+
+
+async def _read_all(fd: int, size: int, limit: int | None, target: str) -> bytes:
+    def read() -> bytes:
+        data = os.read(fd, size + 1) if size else b""
+        if len(data) <= size:
+            # The file may still grow: read the rest too (bounded by max_bytes).
+            chunks = [data]
+            total = len(data)
+            while chunk := os.read(fd, 1 << 20):
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise ValueError(f"{target} grew past max_bytes={limit} while reading")
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        rest = os.read(fd, 1 << 20)
+        total = len(data) + len(rest)
+        if limit is not None and total > limit:
+            raise ValueError(f"{target} grew past max_bytes={limit} while reading")
+        return data + rest + _drain(fd, limit, total, target)
+
+    if size >= _THREAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(read)
+    return read()
+
+
+def _drain(fd: int, limit: int | None, total: int, target: str) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise ValueError(f"{target} grew past max_bytes={limit} while reading")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+del shutil, signal

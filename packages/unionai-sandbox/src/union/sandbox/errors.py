@@ -1,0 +1,14 @@
+"""``sb.errors``: the exceptions of the session contract."""
+
+from __future__ import annotations
+
+from union.sandbox.core.errors import (
+    BackendUnavailableError,
+    CommandError,
+    ExecutionError,
+    SessionPolicyMismatch,
+    SessionTemplateMismatch,
+)
+
+__all__ = ["BackendUnavailableError", "CommandError", "ExecutionError",
+           "SessionPolicyMismatch", "SessionTemplateMismatch"]
