@@ -10,5 +10,10 @@ from union.sandbox.core.errors import (
     SessionTemplateMismatch,
 )
 
-__all__ = ["BackendUnavailableError", "CommandError", "ExecutionError",
-           "SessionPolicyMismatch", "SessionTemplateMismatch"]
+__all__ = [
+    "BackendUnavailableError",
+    "CommandError",
+    "ExecutionError",
+    "SessionPolicyMismatch",
+    "SessionTemplateMismatch",
+]

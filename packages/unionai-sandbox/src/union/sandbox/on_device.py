@@ -10,5 +10,10 @@ from union.sandbox.core.on_device import (
     session,
 )
 
-__all__ = ["OnDeviceSession", "available_backends", "backend_report", "default_fs_allowlist",
-           "session"]
+__all__ = [
+    "OnDeviceSession",
+    "available_backends",
+    "backend_report",
+    "default_fs_allowlist",
+    "session",
+]

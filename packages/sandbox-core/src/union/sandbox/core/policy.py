@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Literal, cast, get_args
+from typing import Literal, get_args
 
 __all__ = [
     "NETWORK_MODES",
@@ -47,8 +47,10 @@ def _rule_list(value: Iterable[str] | None, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a list of strings, got a single {type(value).__name__}: "
-                        f"wrap it in a list, e.g. {name}=[{value!r}]")
+        raise TypeError(
+            f"{name} must be a list of strings, got a single {type(value).__name__}: "
+            f"wrap it in a list, e.g. {name}=[{value!r}]"
+        )
     rules: list[str] = []
     for item in value:
         if not isinstance(item, str) or not item.strip():
@@ -75,7 +77,7 @@ def validate_network(
         raise ValueError(
             "network_denylist=[...] is only valid with network_mode='open' or 'allowlist'"
         )
-    return NetworkPolicy(cast(NetworkMode, mode), allow, deny)
+    return NetworkPolicy(mode, allow, deny)
 
 
 def resolve_run_network(
@@ -103,7 +105,7 @@ def resolve_run_network(
 def validate_script_type(script_type: str) -> ScriptType:
     if script_type not in SCRIPT_TYPES:
         raise ValueError(f"script_type must be 'shell' or 'python'; got {script_type!r}")
-    return cast(ScriptType, script_type)
+    return script_type
 
 
 def validate_timeout(timeout_s: float | None, default: float) -> float:

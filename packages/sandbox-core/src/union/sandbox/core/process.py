@@ -212,7 +212,9 @@ class OutputStream:
 class InputStream:
     """The writable ``stdin`` of a process started with ``stdin=PIPE``."""
 
-    def __init__(self, write: Callable[[bytes], Awaitable[None]], close: Callable[[], Awaitable[None]]):
+    def __init__(
+        self, write: Callable[[bytes], Awaitable[None]], close: Callable[[], Awaitable[None]]
+    ):
         self._write = write
         self._close = close
         self._closed = False

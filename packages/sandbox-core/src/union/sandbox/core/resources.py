@@ -10,11 +10,24 @@ from typing import Any
 __all__ = ["ResourceLimits", "Resources", "parse_cpu_milli", "parse_bytes", "to_limits"]
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10,
-    "m": 10**6, "mb": 10**6, "mi": 2**20, "mib": 2**20,
-    "g": 10**9, "gb": 10**9, "gi": 2**30, "gib": 2**30,
-    "t": 10**12, "tb": 10**12, "ti": 2**40, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "ki": 2**10,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mi": 2**20,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gi": 2**30,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "ti": 2**40,
+    "tib": 2**40,
 }
 _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
@@ -43,8 +56,7 @@ class ResourceLimits:
 
     @property
     def empty(self) -> bool:
-        return not (self.cpu_milli or self.memory_bytes or self.gpu or
-                    self.ephemeral_storage_bytes)
+        return not (self.cpu_milli or self.memory_bytes or self.gpu or self.ephemeral_storage_bytes)
 
 
 def _limit_of(value: Any) -> Any:
@@ -120,8 +132,10 @@ def to_limits(resources: Any) -> ResourceLimits:
     if isinstance(resources, ResourceLimits):
         return resources
     if not all(hasattr(resources, name) for name in ("cpu", "memory", "gpu")):
-        raise TypeError("resources must be flyte.Resources or union.sandbox.Resources, got "
-                        f"{type(resources).__name__}")
+        raise TypeError(
+            "resources must be flyte.Resources or union.sandbox.Resources, got "
+            f"{type(resources).__name__}"
+        )
     disk = getattr(resources, "disk", None)
     if disk is None:
         disk = getattr(resources, "ephemeral_storage", None)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -62,8 +62,9 @@ class Session(Protocol):
         timeout_s: float | None = None,
     ) -> str: ...
 
-    async def put_bytes(self, path: str, data: bytes, *, mode: int = 0o644,
-                        overwrite: bool = True) -> int: ...
+    async def put_bytes(
+        self, path: str, data: bytes, *, mode: int = 0o644, overwrite: bool = True
+    ) -> int: ...
 
     async def get_bytes(self, path: str, *, max_bytes: int = 0) -> bytes: ...
 
@@ -79,9 +80,8 @@ class SessionBase(abc.ABC):
     async def close(self) -> None:
         """Close the session (idempotent): running processes are killed."""
 
-    @abc.abstractmethod
-    async def run(self, cmd: str, **kwargs: Any) -> Process:
-        """Start ``cmd``; see the transport's signature."""
+    #: Start ``cmd`` and return its :class:`Process`; each transport documents its keywords.
+    run: Callable[..., Awaitable[Process]]
 
     async def __aenter__(self: _S) -> _S:
         return await self.open()
@@ -113,9 +113,16 @@ class SessionBase(abc.ABC):
         """Run ``cmd`` to completion and return its output. ``check=True`` raises
         :class:`~union.sandbox.core.errors.CommandError` on a non-zero exit."""
         proc = await self.run(
-            cmd, stdout=True, stderr=True, env=env, cwd=cwd, script_type=script_type,
-            network_mode=network_mode, network_allowlist=network_allowlist,
-            timeout_s=timeout_s, **kwargs,
+            cmd,
+            stdout=True,
+            stderr=True,
+            env=env,
+            cwd=cwd,
+            script_type=script_type,
+            network_mode=network_mode,
+            network_allowlist=network_allowlist,
+            timeout_s=timeout_s,
+            **kwargs,
         )
         out, err = await proc.communicate_text()
         assert proc.returncode is not None
@@ -138,7 +145,14 @@ class SessionBase(abc.ABC):
         """Run Python ``code`` and return its stdout; a non-zero exit raises
         :class:`~union.sandbox.core.errors.CommandError`."""
         result = await self.exec(
-            code, env=env, cwd=cwd, script_type="python", network_mode=network_mode,
-            network_allowlist=network_allowlist, timeout_s=timeout_s, check=True, **kwargs,
+            code,
+            env=env,
+            cwd=cwd,
+            script_type="python",
+            network_mode=network_mode,
+            network_allowlist=network_allowlist,
+            timeout_s=timeout_s,
+            check=True,
+            **kwargs,
         )
         return result.stdout

@@ -33,11 +33,17 @@ import socket
 import struct
 import sys
 import time
+from typing import Any
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
-LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                       ctypes.c_char_p]
+LIBC.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
 
 MACHINE = os.uname().machine
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}[MACHINE]
@@ -53,13 +59,21 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 MAX_MSG = 1 << 20
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGWINCH)
+FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCONT,
+    signal.SIGWINCH,
+)
 
-CONFIG: dict = {}
-SECCOMP_PROG: ctypes.Array | None = None
+CONFIG: dict[str, Any] = {}
+SECCOMP_PROG: Any = None
 SECCOMP_FPROG: bytes = b""
-RUNS: dict[int, dict] = {}  # init pid -> run record
+RUNS: dict[int, dict[str, Any]] = {}  # init pid -> run record
 
 
 class SetupError(Exception):
@@ -73,10 +87,19 @@ def check(result: int, what: str) -> int:
     return result
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int,
-          data: str | None = None) -> None:
-    check(LIBC.mount(source and source.encode(), target.encode(), fstype and fstype.encode(),
-                     flags, data and data.encode()), f"mount {fstype or source} on {target}")
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    check(
+        LIBC.mount(
+            source and source.encode(),
+            target.encode(),
+            fstype and fstype.encode(),
+            flags,
+            data and data.encode(),
+        ),
+        f"mount {fstype or source} on {target}",
+    )
 
 
 def write_file(path: str, data: str) -> None:
@@ -90,6 +113,7 @@ def write_file(path: str, data: str) -> None:
 # --------------------------------------------------------------------------------------
 # Session setup
 # --------------------------------------------------------------------------------------
+
 
 def enter_mapped_userns(host_uid: int, host_gid: int) -> None:
     """As host root: move into a fresh user namespace whose uid/gid 0 are the unprivileged
@@ -204,23 +228,26 @@ def prepare_seccomp(filter_bytes: bytes) -> None:
     if not filter_bytes:
         return
     SECCOMP_PROG = ctypes.create_string_buffer(filter_bytes, len(filter_bytes))
-    SECCOMP_FPROG = struct.pack("HxxxxxxP", len(filter_bytes) // 8,
-                                ctypes.addressof(SECCOMP_PROG))
+    SECCOMP_FPROG = struct.pack("HxxxxxxP", len(filter_bytes) // 8, ctypes.addressof(SECCOMP_PROG))
 
 
-def setup_session(config: dict) -> dict:
+def setup_session(config: dict[str, Any]) -> dict[str, Any]:
     """Finish the session-level isolation; return facts for the isolation report."""
     mode = config["mode"]
     if mode == "userns":
         if os.getuid() == 0:
             mask_dirs_as_root(config["mask_dirs"], config["rebind"])
             enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
-            check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
-                  "unshare(mount, uts, ipc, cgroup namespaces)")
+            check(
+                LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
+                "unshare(mount, uts, ipc, cgroup namespaces)",
+            )
         else:
             enter_self_mapped_userns()
-            check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
-                  "unshare(mount, uts, ipc, cgroup namespaces)")
+            check(
+                LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
+                "unshare(mount, uts, ipc, cgroup namespaces)",
+            )
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         socket.sethostname("sandbox")
     elif os.getuid() == 0 and config.get("sandbox_uid") is not None and not config["in_userns"]:
@@ -246,6 +273,7 @@ def setup_session(config: dict) -> dict:
 # Per-run init (pid 1 of the run's pid namespace)
 # --------------------------------------------------------------------------------------
 
+
 def loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         ifreq = struct.pack("16sH14x", b"lo", 0)
@@ -253,22 +281,22 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))
 
 
-def mount_run_filesystems(req: dict) -> None:
+def mount_run_filesystems(req: dict[str, Any]) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Paths granted under the per-run tmpfs mounts (a work dir in /tmp) are re-bound after.
     held = hold(CONFIG["scratch_rebinds"])
     tmp_size = req.get("tmp_size") or CONFIG["tmp_size"]
     for scratch in ("/tmp", "/dev/shm"):
         if os.path.isdir(scratch):
-            mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
-                  f"mode=1777,size={tmp_size}")
+            mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
     for path, fd in held:
         bind_back(path, fd, read_only=False)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def drop_capabilities() -> None:
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
     for cap in range(last + 1):
         LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     LIBC.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
@@ -293,7 +321,7 @@ def landlock_handled(abi: int) -> int:
     return handled
 
 
-def apply_landlock(rules: list, abi: int) -> None:
+def apply_landlock(rules: list[list[str]], abi: int) -> None:
     """Restrict file access to the allow-list: ``rules`` are ``[path, "ro" | "rw"]``."""
     handled = landlock_handled(abi)
     if abi >= 6:  # abstract unix sockets and signals stay inside the domain
@@ -303,8 +331,9 @@ def apply_landlock(rules: list, abi: int) -> None:
     else:
         attr = struct.pack("Q", handled)
     buf = ctypes.create_string_buffer(attr, len(attr))
-    ruleset = check(LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0),
-                    "landlock_create_ruleset")
+    ruleset = check(
+        LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0), "landlock_create_ruleset"
+    )
     read_only = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
     file_rights = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
     try:
@@ -317,10 +346,11 @@ def apply_landlock(rules: list, abi: int) -> None:
                 access = handled if kind == "rw" else read_only
                 if not os.path.isdir(f"/proc/self/fd/{fd}"):
                     access &= file_rights
-                beneath = ctypes.create_string_buffer(struct.pack("=Qi", access & handled, fd),
-                                                      12)
-                check(LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, beneath, 0),
-                      f"landlock_add_rule({path})")
+                beneath = ctypes.create_string_buffer(struct.pack("=Qi", access & handled, fd), 12)
+                check(
+                    LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, beneath, 0),
+                    f"landlock_add_rule({path})",
+                )
             finally:
                 os.close(fd)
         check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
@@ -328,7 +358,7 @@ def apply_landlock(rules: list, abi: int) -> None:
         os.close(ruleset)
 
 
-def report(fd: int, record: dict) -> None:
+def report(fd: int, record: dict[str, Any]) -> None:
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())
     except OSError:
@@ -343,7 +373,7 @@ def on_alarm(signo: int, frame: object) -> None:
     raise Timeout
 
 
-def run_init(req: dict, fds: dict[str, int]) -> None:
+def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
     """Body of the run's pid 1. Never returns."""
     status_fd = fds["status"]
     child = 0
@@ -371,17 +401,24 @@ def run_init(req: dict, fds: dict[str, int]) -> None:
         for signo in FORWARDED_SIGNALS:
             signal.signal(signo, forward_signal)
         signal.signal(signal.SIGALRM, on_alarm)
-        file_actions = [(os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
-                        (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
-                        (os.POSIX_SPAWN_DUP2, fds["stderr"], 2)]
+        file_actions = [
+            (os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
+            (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
+            (os.POSIX_SPAWN_DUP2, fds["stderr"], 2),
+        ]
         argv = req["argv"]
         if "script_fd" in fds:
             file_actions.append((os.POSIX_SPAWN_DUP2, fds["script_fd"], 3))
         started = time.monotonic()
         try:
-            child = os.posix_spawn(argv[0], argv, req["env"], file_actions=file_actions,
-                                   setsid=True, setsigdef=FORWARDED_SIGNALS + (signal.SIGALRM,
-                                   signal.SIGPIPE, signal.SIGCHLD))
+            child = os.posix_spawn(
+                argv[0],
+                argv,
+                req["env"],
+                file_actions=file_actions,
+                setsid=True,
+                setsigdef=(*FORWARDED_SIGNALS, signal.SIGALRM, signal.SIGPIPE, signal.SIGCHLD),
+            )
         except OSError as exc:
             raise SetupError(f"cannot execute {argv[0]!r}: {exc.strerror}") from None
         global CHILD
@@ -395,16 +432,23 @@ def run_init(req: dict, fds: dict[str, int]) -> None:
             if pid == child:
                 break
         signal.setitimer(signal.ITIMER_REAL, 0)
-        report(status_fd, {"kind": "exit", "status": status,
-                           "runtime_ns": int((time.monotonic() - started) * 1e9)})
+        report(
+            status_fd,
+            {
+                "kind": "exit",
+                "status": status,
+                "runtime_ns": int((time.monotonic() - started) * 1e9),
+            },
+        )
         kill_group(child)
     except Timeout:
         kill_group(child)
-        report(status_fd, {"kind": "timeout",
-                           "runtime_ns": int((time.monotonic() - started) * 1e9)})
+        report(
+            status_fd, {"kind": "timeout", "runtime_ns": int((time.monotonic() - started) * 1e9)}
+        )
     except SetupError as exc:
         report(status_fd, {"kind": "error", "detail": str(exc)})
-    except BaseException as exc:  # noqa: BLE001 - report anything, never hang the caller
+    except BaseException as exc:
         report(status_fd, {"kind": "error", "detail": f"sandbox init failed: {exc!r}"})
     os._exit(0)
 
@@ -412,7 +456,7 @@ def run_init(req: dict, fds: dict[str, int]) -> None:
 CHILD = 0
 
 
-def lock_down(req: dict) -> None:
+def lock_down(req: dict[str, Any]) -> None:
     """Drop every privilege the run could use against the sandbox itself."""
     drop_capabilities()
     check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
@@ -420,8 +464,10 @@ def lock_down(req: dict) -> None:
     if abi:
         apply_landlock(CONFIG["landlock_rules"] + req.get("landlock_extra", []), abi)
     if SECCOMP_FPROG:
-        check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(SECCOMP_FPROG),
-                         0, 0), "seccomp filter")
+        check(
+            LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(SECCOMP_FPROG), 0, 0),
+            "seccomp filter",
+        )
 
 
 def kill_group(child: int) -> None:
@@ -452,7 +498,7 @@ def forward_signal(signo: int, frame: object) -> None:
 CONTROL_FD = -1
 
 
-def start_run(req: dict, fds: list[int]) -> None:
+def start_run(req: dict[str, Any], fds: list[int]) -> None:
     names = ["stdin", "stdout", "stderr", "status"] + (["script_fd"] if req.get("script") else [])
     if len(fds) != len(names):
         for fd in fds:
@@ -460,8 +506,8 @@ def start_run(req: dict, fds: list[int]) -> None:
         return
     for fd in fds:
         os.set_inheritable(fd, False)  # only what posix_spawn dup2s reaches the command
-    named = dict(zip(names, fds))
-    flags = signal.SIGCHLD
+    named = dict(zip(names, fds, strict=False))
+    flags = int(signal.SIGCHLD)
     if CONFIG["mode"] != "none":
         flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
         if req["net"] != "open":
@@ -471,11 +517,16 @@ def start_run(req: dict, fds: list[int]) -> None:
         run_init(req, named)
     if pid < 0:
         err = ctypes.get_errno()
-        report(named["status"], {"kind": "error",
-                                 "detail": f"clone(new namespaces) failed: {os.strerror(err)}"})
+        report(
+            named["status"],
+            {"kind": "error", "detail": f"clone(new namespaces) failed: {os.strerror(err)}"},
+        )
     else:
-        RUNS[pid] = {"id": req["id"], "status_fd": os.dup(named["status"]),
-                     "started": time.monotonic()}
+        RUNS[pid] = {
+            "id": req["id"],
+            "status_fd": os.dup(named["status"]),
+            "started": time.monotonic(),
+        }
     for fd in fds:
         os.close(fd)
 
@@ -487,7 +538,7 @@ def find_run(run_id: int) -> int | None:
     return None
 
 
-def handle(msg: dict, fds: list[int]) -> None:
+def handle(msg: dict[str, Any], fds: list[int]) -> None:
     op = msg.get("op")
     if op == "run":
         start_run(msg, fds)
@@ -497,7 +548,7 @@ def handle(msg: dict, fds: list[int]) -> None:
     pid = find_run(msg.get("id", -1))
     if pid is None:
         return
-    signo = signal.SIGKILL if op == "kill" else int(msg.get("signal", 0))
+    signo = int(signal.SIGKILL) if op == "kill" else int(msg.get("signal", 0))
     if signo:
         try:
             os.kill(pid, signo)
@@ -515,8 +566,14 @@ def reap() -> None:
             return
         run = RUNS.pop(pid, None)
         if run is not None:
-            report(run["status_fd"], {"kind": "reaped", "status": status,
-                                      "runtime_ns": int((time.monotonic() - run["started"]) * 1e9)})
+            report(
+                run["status_fd"],
+                {
+                    "kind": "reaped",
+                    "status": status,
+                    "runtime_ns": int((time.monotonic() - run["started"]) * 1e9),
+                },
+            )
             os.close(run["status_fd"])
 
 
@@ -545,8 +602,8 @@ def serve(control: socket.socket) -> None:
             try:
                 msg = json.loads(data)
             except ValueError:
-                for fd in fds:
-                    os.close(fd)
+                for stray in fds:
+                    os.close(stray)
                 continue
             handle(msg, fds)
 
@@ -574,13 +631,13 @@ def main() -> None:
     CONTROL_FD = int(sys.argv[1])
     os.set_inheritable(CONTROL_FD, False)
     control = socket.socket(fileno=CONTROL_FD)
-    data, fds, _flags, _addr = socket.recv_fds(control, MAX_MSG, 1)
+    data, _fds, _flags, _addr = socket.recv_fds(control, MAX_MSG, 1)
     try:
         CONFIG = json.loads(data)
         facts = setup_session(CONFIG)
         CONFIG["landlock_abi"] = facts["landlock_abi"]
         control.send(json.dumps({"op": "ready", **facts}).encode())
-    except Exception as exc:  # noqa: BLE001 - the host shows this to the user
+    except Exception as exc:
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
         control.send(json.dumps({"op": "error", "detail": detail}).encode())
         os._exit(1)

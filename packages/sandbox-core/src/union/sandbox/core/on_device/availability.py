@@ -44,14 +44,14 @@ async def _probe(name: str) -> BackendStatus:
                 code = await proc.wait()
         except BackendUnavailableError as exc:
             return BackendStatus(name, False, tuple(exc.problems))
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        except Exception as exc:
             return BackendStatus(name, False, (f"probe failed: {exc}",))
     if code != 0:
         return BackendStatus(name, False, (f"a probe run exited with {code}",))
     return BackendStatus(name, True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _status(name: str) -> BackendStatus:
     result: list[BackendStatus] = []
 

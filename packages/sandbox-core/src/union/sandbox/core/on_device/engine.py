@@ -82,8 +82,15 @@ class Supervisor:
         self._next_id = 0
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = host
-        argv = [*spec.argv_prefix, spec.python, "-I", "-S", "-c", SUPERVISOR_SOURCE,
-                str(child.fileno())]
+        argv = [
+            *spec.argv_prefix,
+            spec.python,
+            "-I",
+            "-S",
+            "-c",
+            SUPERVISOR_SOURCE,
+            str(child.fileno()),
+        ]
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
                 argv,
@@ -97,7 +104,8 @@ class Supervisor:
         except OSError as exc:
             self._proc = None
             self._failure = BackendUnavailableError(
-                spec.backend, [f"cannot start {argv[0]!r}: {exc.strerror}"])
+                spec.backend, [f"cannot start {argv[0]!r}: {exc.strerror}"]
+            )
         finally:
             child.close()
             for fd in spec.pass_fds:
@@ -120,8 +128,11 @@ class Supervisor:
             return msg
         detail = msg.get("detail", "") if msg else ""
         stderr = await anyio.to_thread.run_sync(self._collect_stderr)
-        problems = self.spec.diagnose(detail, stderr) if self.spec.diagnose else [
-            detail or stderr or "the sandbox supervisor exited during setup"]
+        problems = (
+            self.spec.diagnose(detail, stderr)
+            if self.spec.diagnose
+            else [detail or stderr or "the sandbox supervisor exited during setup"]
+        )
         self._failure = BackendUnavailableError(self.spec.backend, problems)
         await self.aclose()
         raise self._failure
@@ -199,8 +210,9 @@ class Supervisor:
                 memfd = os.memfd_create("union-sandbox-script", os.MFD_CLOEXEC)
                 os.write(memfd, script)
                 theirs.append(memfd)
-            await self._send({**request, "op": "run", "id": run_id,
-                              "script": script is not None}, theirs)
+            await self._send(
+                {**request, "op": "run", "id": run_id, "script": script is not None}, theirs
+            )
         except BaseException:
             for fd in mine.values():
                 os.close(fd)
@@ -231,9 +243,13 @@ class Supervisor:
             pass
         self._sock.close()
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(5):
-                while proc.poll() is None:
-                    await anyio.sleep(0.002)
+            pidfd = os.pidfd_open(proc.pid)
+            try:
+                with anyio.move_on_after(5):
+                    # A pidfd turns readable when the process exits.
+                    await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 await anyio.to_thread.run_sync(proc.wait)
@@ -244,8 +260,9 @@ class Supervisor:
 class RunChannel:
     """The host's ends of one run: stdio pipes and the status pipe."""
 
-    def __init__(self, supervisor: Supervisor, run_id: int, fds: dict[str, int],
-                 started: float) -> None:
+    def __init__(
+        self, supervisor: Supervisor, run_id: int, fds: dict[str, int], started: float
+    ) -> None:
         self.supervisor = supervisor
         self.run_id = run_id
         self.fds = fds
@@ -268,31 +285,50 @@ class RunChannel:
     def _interpret(self, records: list[dict[str, Any]]) -> Termination:
         elapsed_ms = int((time.monotonic() - self.started) * 1000)
         if not records:
-            return Termination(TerminationKind.SANDBOX_FAILURE, -1,
-                               detail="the sandbox supervisor died before the run ended",
-                               runtime_ms=elapsed_ms)
+            return Termination(
+                TerminationKind.SANDBOX_FAILURE,
+                -1,
+                detail="the sandbox supervisor died before the run ended",
+                runtime_ms=elapsed_ms,
+            )
         first = records[0]
-        runtime_ms = int(first.get("runtime_ns", 0) / 1e6) if first.get("runtime_ns") else elapsed_ms
+        runtime_ms = (
+            int(first.get("runtime_ns", 0) / 1e6) if first.get("runtime_ns") else elapsed_ms
+        )
         kind = first["kind"]
         if kind == "exit":
             return termination_from_status(first["status"], runtime_ms)
         if kind == "timeout":
-            return Termination(TerminationKind.TIMEOUT, 128 + signal.SIGKILL,
-                               signal=signal.SIGKILL, runtime_ms=runtime_ms,
-                               detail="timeout_s expired; the process tree was killed")
+            return Termination(
+                TerminationKind.TIMEOUT,
+                128 + signal.SIGKILL,
+                signal=signal.SIGKILL,
+                runtime_ms=runtime_ms,
+                detail="timeout_s expired; the process tree was killed",
+            )
         if kind == "error":
-            return Termination(TerminationKind.SANDBOX_FAILURE, -1, detail=first["detail"],
-                               runtime_ms=runtime_ms)
+            return Termination(
+                TerminationKind.SANDBOX_FAILURE, -1, detail=first["detail"], runtime_ms=runtime_ms
+            )
         # "reaped": the run's init died without a report: we killed it, or it crashed.
         status = first["status"]
         if self._kill_kind is not None:
-            return Termination(self._kill_kind, 128 + signal.SIGKILL, signal=signal.SIGKILL,
-                               runtime_ms=elapsed_ms)
+            return Termination(
+                self._kill_kind, 128 + signal.SIGKILL, signal=signal.SIGKILL, runtime_ms=elapsed_ms
+            )
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            return Termination(TerminationKind.SIGNAL, 128 + signal.SIGKILL,
-                               signal=signal.SIGKILL, runtime_ms=elapsed_ms)
-        return Termination(TerminationKind.SANDBOX_FAILURE, -1, runtime_ms=elapsed_ms,
-                           detail=f"the run's init process ended unexpectedly (status {status})")
+            return Termination(
+                TerminationKind.SIGNAL,
+                128 + signal.SIGKILL,
+                signal=signal.SIGKILL,
+                runtime_ms=elapsed_ms,
+            )
+        return Termination(
+            TerminationKind.SANDBOX_FAILURE,
+            -1,
+            runtime_ms=elapsed_ms,
+            detail=f"the run's init process ended unexpectedly (status {status})",
+        )
 
     async def send_signal(self, signo: int) -> None:
         if signo == signal.SIGKILL:

@@ -22,16 +22,45 @@ __all__ = [
 ]
 
 DEFAULT_READ_ONLY: tuple[str, ...] = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/sys", "/dev",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
 )
 DEFAULT_READ_WRITE: tuple[str, ...] = (
-    "/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full", "/dev/tty",
+    "/tmp",
+    "/dev/shm",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
 )
 # Granting one of these read-only would expose far more than an interpreter or a venv.
-_BROAD_ROOTS = frozenset({
-    "/", "/usr", "/usr/local", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/var", "/opt",
-    "/home", "/root", "/proc", "/sys", "/dev", "/tmp",
-})
+_BROAD_ROOTS = frozenset(
+    {
+        "/",
+        "/usr",
+        "/usr/local",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib64",
+        "/etc",
+        "/var",
+        "/opt",
+        "/home",
+        "/root",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+    }
+)
 
 
 def is_safe_to_mount(path: str) -> bool:
@@ -59,9 +88,9 @@ def uv_binary() -> str | None:
     """The ``uv`` executable the sandbox uses for ``uv pip install`` (the one the ``uv``
     package ships, else one on ``PATH`` that is a real binary, not a shim script)."""
     try:
-        from uv import find_uv_bin
+        from uv import find_uv_bin  # type: ignore[import-not-found,unused-ignore]
 
-        return os.path.realpath(find_uv_bin())
+        return os.path.realpath(str(find_uv_bin()))
     except (ImportError, FileNotFoundError):
         pass
     found = shutil.which("uv")
@@ -85,8 +114,8 @@ def _absolute_list(paths: Iterable[str] | None, name: str) -> list[str]:
     if isinstance(paths, (str, bytes)):
         raise TypeError(f"{name} must be a list of paths, got a single string: use [{paths!r}]")
     out = []
-    for p in paths:
-        p = os.fspath(p)
+    for entry in paths:
+        p = os.fspath(entry)
         if not isinstance(p, str) or not os.path.isabs(p):
             raise ValueError(f"{name} entries must be absolute paths, got {p!r}")
         out.append(os.path.normpath(p))
@@ -105,8 +134,12 @@ class FsLayout:
     extra_read_write: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, work_dir: str, read_only_paths: Iterable[str] | None,
-              read_write_paths: Iterable[str] | None) -> FsLayout:
+    def build(
+        cls,
+        work_dir: str,
+        read_only_paths: Iterable[str] | None,
+        read_write_paths: Iterable[str] | None,
+    ) -> FsLayout:
         python, prefixes = host_python()
         return cls(
             work_dir=os.path.normpath(work_dir),
@@ -150,7 +183,8 @@ def check_session_path(path: str, work_dir: str) -> str:
     if not norm.startswith(root + "/"):
         raise PermissionError(
             f"path {path!r} is not under the session work dir {root!r}; stage files there "
-            "(put_bytes/get_bytes only reach the work dir)")
+            "(put_bytes/get_bytes only reach the work dir)"
+        )
     # Refuse symlinks anywhere between the work dir and the leaf (the leaf included).
     current = root
     for part in Path(norm).relative_to(root).parts:

@@ -13,7 +13,7 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import anyio
 
@@ -49,7 +49,7 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ARGV_SCRIPT_LIMIT = 64 * 1024
 _STREAM_OFF = (False, None, DEVNULL)
 _STREAM_ON = (True, PIPE)
-PutData = Union[bytes, bytearray, memoryview, AsyncIterable[bytes]]
+PutData = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
 
 class _RunDriver:
@@ -110,11 +110,14 @@ class OnDeviceSession(SessionBase):
             raise ValueError(f"host_work_dir must be an absolute path, got {host_work_dir!r}")
         if not isinstance(max_output_bytes, int) or max_output_bytes <= 0:
             raise ValueError(f"max_output_bytes must be a positive int, got {max_output_bytes!r}")
-        for name, url in (("network_proxy_url", network_proxy_url),
-                          ("network_socks_url", network_socks_url)):
+        for name, url in (
+            ("network_proxy_url", network_proxy_url),
+            ("network_socks_url", network_socks_url),
+        ):
             if url is not None and (not isinstance(url, str) or "://" not in url):
-                raise ValueError(f"{name} must be a proxy URL such as 'http://127.0.0.1:3128', "
-                                 f"got {url!r}")
+                raise ValueError(
+                    f"{name} must be a proxy URL such as 'http://127.0.0.1:3128', got {url!r}"
+                )
         self.network_proxy_url = network_proxy_url
         self.network_socks_url = network_socks_url
         self.resources = resources
@@ -129,6 +132,7 @@ class OnDeviceSession(SessionBase):
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._layout: FsLayout | None = None
         self._supervisor: Supervisor | None = None
+        self._static_failure: BackendUnavailableError | None = None
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
         self._open = False
@@ -161,7 +165,9 @@ class OnDeviceSession(SessionBase):
             warnings.warn(
                 "sandbox backend 'none' applies NO isolation (only a process group, rlimits "
                 "and a timeout); never use it for untrusted code",
-                UserWarning, stacklevel=2)
+                UserWarning,
+                stacklevel=2,
+            )
         if self._host_work_dir is not None:
             os.makedirs(self._host_work_dir, exist_ok=True)
             work_dir = os.path.realpath(self._host_work_dir)
@@ -211,7 +217,8 @@ class OnDeviceSession(SessionBase):
     def fs_allowlist(self) -> dict[str, list[str]]:
         """What runs may read (``read_only``) and write (``read_write``) on this host."""
         layout = self._layout or FsLayout.build(
-            self._host_work_dir or "/<work-dir>", self._read_only_paths, self._read_write_paths)
+            self._host_work_dir or "/<work-dir>", self._read_only_paths, self._read_write_paths
+        )
         return layout.as_dict()
 
     # -- running -------------------------------------------------------------------------
@@ -234,7 +241,8 @@ class OnDeviceSession(SessionBase):
 
     def _env(self, extra: dict[str, str], cwd: str, policy: NetworkPolicy) -> dict[str, str]:
         layout = self._layout
-        assert layout is not None and self._venv is not None
+        assert layout is not None
+        assert self._venv is not None
         path = [os.path.join(self._venv, "bin"), os.path.dirname(layout.python)]
         if layout.uv:
             path.append(os.path.dirname(layout.uv))
@@ -281,8 +289,9 @@ class OnDeviceSession(SessionBase):
             raise TypeError(f"cmd must be a str, got {type(cmd).__name__}")
         kind = validate_script_type(script_type)
         extra_env = validate_env(env)
-        policy = resolve_run_network(self.network, network_mode, network_allowlist,
-                                     network_denylist)
+        policy = resolve_run_network(
+            self.network, network_mode, network_allowlist, network_denylist
+        )
         timeout = validate_timeout(timeout_s, self.timeout_s)
         run_cwd = self._resolve_cwd(cwd)
         capture_out, sink_out = _stream_choice(stdout, "stdout")
@@ -295,12 +304,12 @@ class OnDeviceSession(SessionBase):
         elif isinstance(stdin, (bytes, bytearray, memoryview)):
             stdin_mode, stdin_data = PIPE, bytes(stdin)
         else:
-            raise ValueError("stdin must be None, DEVNULL, PIPE or bytes, got "
-                             f"{stdin!r}")
+            raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
         if policy.mode == "allowlist" or policy.denylist:
             raise NotImplementedError(
                 "network_mode='allowlist' and network_denylist are not available on-device in "
-                "this version; use network_mode='blocked' or 'open'")
+                "this version; use network_mode='blocked' or 'open'"
+            )
         script: bytes | None = None
         if argv is not None:
             if not argv or not all(isinstance(a, str) for a in argv):
@@ -322,13 +331,13 @@ class OnDeviceSession(SessionBase):
             "timeout": timeout,
             "net": "open" if policy.mode == "open" else "blocked",
         }
-        try:
-            await supervisor.ready()
-        except BackendUnavailableError:
-            raise
         channel = await supervisor.start_run(
-            request, stdin=stdin_mode, capture_stdout=capture_out or sink_out is not None,
-            capture_stderr=capture_err or sink_err is not None, script=script)
+            request,
+            stdin=stdin_mode,
+            capture_stdout=capture_out or sink_out is not None,
+            capture_stderr=capture_err or sink_err is not None,
+            script=script,
+        )
         self._live.add(channel)
         forward = []
         out_stream = err_stream = None
@@ -336,20 +345,26 @@ class OnDeviceSession(SessionBase):
             if sink_out is not None:
                 forward.append((pipe_pull(channel.fds["stdout"]), sink_out))
             else:
-                out_stream = OutputStream(pipe_pull(channel.fds["stdout"]),
-                                          limit=self.max_output_bytes)
+                out_stream = OutputStream(
+                    pipe_pull(channel.fds["stdout"]), limit=self.max_output_bytes
+                )
         if "stderr" in channel.fds:
             if sink_err is not None:
                 forward.append((pipe_pull(channel.fds["stderr"]), sink_err))
             else:
-                err_stream = OutputStream(pipe_pull(channel.fds["stderr"]),
-                                          limit=self.max_output_bytes)
+                err_stream = OutputStream(
+                    pipe_pull(channel.fds["stderr"]), limit=self.max_output_bytes
+                )
         in_stream = None
         if "stdin" in channel.fds:
             in_stream = _pipe_writer(channel)
         process = Process(
-            _RunDriver(self, channel), stdout=out_stream, stderr=err_stream, stdin=in_stream,
-            isolation=self._isolation(supervisor, policy), forward=forward,
+            _RunDriver(self, channel),
+            stdout=out_stream,
+            stderr=err_stream,
+            stdin=in_stream,
+            isolation=self._isolation(supervisor, policy),
+            forward=forward,
             stdin_data=stdin_data,
         )
         return process
@@ -377,8 +392,9 @@ class OnDeviceSession(SessionBase):
 
     # -- files ---------------------------------------------------------------------------
 
-    async def put_bytes(self, path: str, data: PutData, *, mode: int = 0o644,
-                        overwrite: bool = True) -> int:
+    async def put_bytes(
+        self, path: str, data: PutData, *, mode: int = 0o644, overwrite: bool = True
+    ) -> int:
         """Write ``data`` to ``path`` (absolute, under the work dir, no symlinks) atomically:
         the file appears whole or not at all. Returns the bytes written."""
         self._require_layout()
@@ -392,8 +408,12 @@ class OnDeviceSession(SessionBase):
             _refuse_non_regular(parent_fd, name, target)
             if not overwrite and _exists(parent_fd, name):
                 raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)", target)
-            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
+            fd = os.open(
+                tmp_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent_fd,
+            )
             try:
                 written = await _write_all(fd, data)
                 os.fchmod(fd, mode & ~0o6000 & 0o7777)
@@ -409,11 +429,17 @@ class OnDeviceSession(SessionBase):
                 if overwrite:
                     os.rename(tmp_name, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
                 else:
-                    os.link(tmp_name, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd,
-                            follow_symlinks=False)
+                    os.link(
+                        tmp_name,
+                        name,
+                        src_dir_fd=parent_fd,
+                        dst_dir_fd=parent_fd,
+                        follow_symlinks=False,
+                    )
             except FileExistsError:
-                raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)",
-                                      target) from None
+                raise FileExistsError(
+                    errno.EEXIST, "file exists (overwrite=False)", target
+                ) from None
             except IsADirectoryError:
                 raise PermissionError(f"not a regular file: {target}") from None
             finally:
@@ -435,9 +461,11 @@ class OnDeviceSession(SessionBase):
         parent_fd = _open_parent(self.work_dir, target)
         try:
             try:
-                fd = os.open(os.path.basename(target),
-                             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=parent_fd)
+                fd = os.open(
+                    os.path.basename(target),
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=parent_fd,
+                )
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise PermissionError(f"refusing to read through symlink: {target}") from None
@@ -464,8 +492,10 @@ class OnDeviceSession(SessionBase):
         return f"<OnDeviceSession backend={self.backend} {state}>"
 
 
-_NOT_OPEN = ("session is not open; either 'async with session(...) as sbx:' or "
-             "'sbx = await session(...).open()'")
+_NOT_OPEN = (
+    "session is not open; either 'async with session(...) as sbx:' or "
+    "'sbx = await session(...).open()'"
+)
 
 
 def _stream_choice(value: Any, name: str) -> tuple[bool, Any]:
@@ -478,8 +508,10 @@ def _stream_choice(value: Any, name: str) -> tuple[bool, Any]:
         return False, sys.stdout if name == "stdout" else sys.stderr
     if hasattr(value, "write"):
         return False, value
-    raise ValueError(f"{name} must be True, False, None, PIPE, INHERIT, DEVNULL or a file "
-                     f"object such as sys.{name}, got {value!r}")
+    raise ValueError(
+        f"{name} must be True, False, None, PIPE, INHERIT, DEVNULL or a file "
+        f"object such as sys.{name}, got {value!r}"
+    )
 
 
 def _pipe_writer(channel: RunChannel) -> InputStream:
@@ -513,19 +545,22 @@ def _open_parent(work_dir: str, target: str) -> int:
     for part in relative.split("/"):
         current = os.path.join(current, part)
         try:
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)
+            next_fd = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
         except FileNotFoundError:
             os.close(fd)
-            raise FileNotFoundError(errno.ENOENT, f"parent directory does not exist: "
-                                    f"{os.path.dirname(target)}") from None
+            raise FileNotFoundError(
+                errno.ENOENT, f"parent directory does not exist: {os.path.dirname(target)}"
+            ) from None
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 if os.path.islink(current):
                     raise PermissionError(f"refusing to write through symlink: {current}") from None
-                raise FileNotFoundError(errno.ENOENT, f"parent directory does not exist: "
-                                        f"{os.path.dirname(target)}") from None
+                raise FileNotFoundError(
+                    errno.ENOENT, f"parent directory does not exist: {os.path.dirname(target)}"
+                ) from None
             raise
         os.close(fd)
         fd = next_fd
@@ -561,8 +596,9 @@ async def _write_all(fd: int, data: PutData) -> int:
             return await anyio.to_thread.run_sync(_write_view, fd, view)
         return _write_view(fd, view)
     if not hasattr(data, "__aiter__"):
-        raise TypeError("data must be bytes-like or an async iterable of bytes, got "
-                        f"{type(data).__name__}")
+        raise TypeError(
+            f"data must be bytes-like or an async iterable of bytes, got {type(data).__name__}"
+        )
     total = 0
     async for chunk in data:
         if not isinstance(chunk, (bytes, bytearray, memoryview)):
@@ -574,7 +610,7 @@ async def _write_all(fd: int, data: PutData) -> int:
 def _write_view(fd: int, view: memoryview) -> int:
     total = len(view)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     return total
 
 
