@@ -4,15 +4,17 @@ The host starts it once per session (under ``bwrap`` for the bubblewrap backend,
 the userns backend) with ``python -I -S <this file> <control-fd>``. It finishes the session
 isolation (an unprivileged user namespace; when the host is root, one whose root maps to an
 unprivileged host uid), then serves run requests that arrive on a SOCK_SEQPACKET control
-socket as JSON plus file descriptors (stdin, stdout, stderr, status pipe).
+socket (``marshal``-encoded, plus file descriptors: stdin, stdout, stderr, status pipe).
 
 Each run is a raw ``clone()`` into fresh pid, mount, IPC (and, unless the posture is
 ``open``, network) namespaces. The clone becomes the run's init (pid 1): it mounts a fresh
 ``/tmp``, ``/dev/shm`` and ``/proc``, brings loopback up, applies rlimits, drops every
 capability, sets no_new_privs, enters the Landlock domain and the seccomp filter, then
 ``posix_spawn``s the command (pid 2, its own session) and waits. When the command exits, init
-reports the status on the run's status pipe and exits, which makes the kernel kill whatever
-the command left behind. A timeout is the same: init reports it and exits.
+kills and reaps whatever it left behind, reports the status on the run's status pipe and
+exits. A timeout is the same. Everything a run needs that does not change between runs
+(Landlock rule handles, the seccomp program, the capability bounding set) is prepared once
+here, so the per-run work is a handful of syscalls.
 
 Forking from here instead of starting a fresh interpreter and bwrap per run is what keeps a
 run at about a millisecond of overhead; see docs/design.md.
@@ -24,7 +26,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
+import gc
+import marshal
 import os
 import resource
 import select
@@ -57,6 +60,9 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
+PR_SET_SECUREBITS = 28
+# NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each with its LOCKED bit.
+SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 MAX_MSG = 1 << 20
 FORWARDED_SIGNALS = (
@@ -74,6 +80,14 @@ CONFIG: dict[str, Any] = {}
 SECCOMP_PROG: Any = None
 SECCOMP_FPROG: bytes = b""
 RUNS: dict[int, dict[str, Any]] = {}  # init pid -> run record
+LANDLOCK_ABI = 0
+LANDLOCK_RULES: list[tuple[int, int]] = []  # (O_PATH fd, access) opened once per session
+SCRATCH_REBINDS: list[str] = []  # granted paths under /tmp or /dev/shm
+CONTROL_FD = -1
+CHILD = 0
+
+# Status records on a run's status pipe: a kind byte, then fields.
+REC_EXIT, REC_TIMEOUT, REC_ERROR, REC_REAPED = b"E", b"T", b"X", b"R"
 
 
 class SetupError(Exception):
@@ -223,6 +237,44 @@ def landlock_abi() -> int:
     return abi if abi > 0 else 0
 
 
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
+LL_FILE_RIGHTS = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
+
+
+def landlock_handled(abi: int) -> int:
+    """Every filesystem right this kernel's Landlock ABI knows."""
+    handled = (1 << 13) - 1
+    if abi >= 2:
+        handled |= 1 << 13  # REFER
+    if abi >= 3:
+        handled |= LL_TRUNCATE
+    if abi >= 5:
+        handled |= LL_IOCTL_DEV
+    return handled
+
+
+def landlock_access(kind: str, is_dir: bool) -> int:
+    access = landlock_handled(LANDLOCK_ABI)
+    if kind != "rw":
+        access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+    return access if is_dir else access & LL_FILE_RIGHTS
+
+
+def prepare_landlock(rules: list[list[str]]) -> None:
+    """Open every granted path once; runs turn these handles into a ruleset. The per-run
+    scratch mounts (/tmp, /dev/shm) are new each run and are added by the run itself."""
+    for path, kind in rules:
+        if path in ("/tmp", "/dev/shm"):
+            continue
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # a granted path that does not exist grants nothing
+        is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
+        LANDLOCK_RULES.append((fd, landlock_access(kind, is_dir)))
+
+
 def prepare_seccomp(filter_bytes: bytes) -> None:
     global SECCOMP_PROG, SECCOMP_FPROG
     if not filter_bytes:
@@ -231,23 +283,29 @@ def prepare_seccomp(filter_bytes: bytes) -> None:
     SECCOMP_FPROG = struct.pack("HxxxxxxP", len(filter_bytes) // 8, ctypes.addressof(SECCOMP_PROG))
 
 
-def setup_session(config: dict[str, Any]) -> dict[str, Any]:
-    """Finish the session-level isolation; return facts for the isolation report."""
+def drop_bounding_set() -> None:
+    """No run may ever regain a capability through execve: empty the bounding set once for
+    the whole session (we keep our own effective capabilities; we never execve)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        check(LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+def setup_session(config: dict[str, Any]) -> str:
+    """Finish the session-level isolation; return the facts line of the ready message."""
+    global LANDLOCK_ABI
     mode = config["mode"]
     if mode == "userns":
         if os.getuid() == 0:
             mask_dirs_as_root(config["mask_dirs"], config["rebind"])
             enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
-            check(
-                LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
-                "unshare(mount, uts, ipc, cgroup namespaces)",
-            )
         else:
             enter_self_mapped_userns()
-            check(
-                LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
-                "unshare(mount, uts, ipc, cgroup namespaces)",
-            )
+        check(
+            LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
+            "unshare(mount, uts, ipc, cgroup namespaces)",
+        )
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         socket.sethostname("sandbox")
     elif os.getuid() == 0 and config.get("sandbox_uid") is not None and not config["in_userns"]:
@@ -261,12 +319,17 @@ def setup_session(config: dict[str, Any]) -> dict[str, Any]:
     # Nobody in a run may ptrace or read our memory, whatever happens.
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    prepare_seccomp(bytes.fromhex(config.get("seccomp", "")))
-    return {
-        "landlock_abi": landlock_abi() if config.get("landlock") else 0,
-        "uid_map": open("/proc/self/uid_map").read().split(),
-        "seccomp": bool(SECCOMP_FPROG),
-    }
+    isolate = mode != "none"
+    if isolate:
+        drop_bounding_set()
+        if config.get("landlock"):
+            LANDLOCK_ABI = landlock_abi()
+            prepare_landlock(config["landlock_rules"])
+        prepare_seccomp(bytes.fromhex(config.get("seccomp", "")))
+        SCRATCH_REBINDS.extend(outermost(config["scratch_rebinds"]))
+    with open("/proc/self/uid_map") as f:
+        _inside, outside, _count = f.read().split()[:3]
+    return f"{LANDLOCK_ABI} {outside} {int(bool(SECCOMP_FPROG))}"
 
 
 # --------------------------------------------------------------------------------------
@@ -283,50 +346,23 @@ def loopback_up() -> None:
 
 def mount_run_filesystems(req: dict[str, Any]) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # Paths granted under the per-run tmpfs mounts (a work dir in /tmp) are re-bound after.
-    held = hold(CONFIG["scratch_rebinds"])
+    # Paths granted under the scratch mounts (a work dir in /tmp) come back on top. The
+    # handles must be taken here: a bind source has to live in this mount namespace.
+    held = hold(SCRATCH_REBINDS)
     tmp_size = req.get("tmp_size") or CONFIG["tmp_size"]
     for scratch in ("/tmp", "/dev/shm"):
-        if os.path.isdir(scratch):
-            mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
+        mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
     for path, fd in held:
         bind_back(path, fd, read_only=False)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def drop_capabilities() -> None:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in range(last + 1):
-        LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    LIBC.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
-    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-    data = ctypes.create_string_buffer(24)
-    check(LIBC.syscall(SYS_CAPSET, ctypes.c_char_p(header), data), "capset(drop all)")
-
-
-LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
-LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
-
-
-def landlock_handled(abi: int) -> int:
-    """Every filesystem right this kernel's Landlock ABI knows."""
-    handled = (1 << 13) - 1
-    if abi >= 2:
-        handled |= 1 << 13  # REFER
-    if abi >= 3:
-        handled |= LL_TRUNCATE
-    if abi >= 5:
-        handled |= LL_IOCTL_DEV
-    return handled
-
-
-def apply_landlock(rules: list[list[str]], abi: int) -> None:
-    """Restrict file access to the allow-list: ``rules`` are ``[path, "ro" | "rw"]``."""
-    handled = landlock_handled(abi)
-    if abi >= 6:  # abstract unix sockets and signals stay inside the domain
+def apply_landlock() -> None:
+    """Enter the session's Landlock domain, plus this run's fresh /tmp and /dev/shm."""
+    handled = landlock_handled(LANDLOCK_ABI)
+    if LANDLOCK_ABI >= 6:  # abstract unix sockets and signals stay inside the domain
         attr = struct.pack("QQQ", handled, 0, 0x3)
-    elif abi >= 4:
+    elif LANDLOCK_ABI >= 4:
         attr = struct.pack("QQ", handled, 0)
     else:
         attr = struct.pack("Q", handled)
@@ -334,33 +370,41 @@ def apply_landlock(rules: list[list[str]], abi: int) -> None:
     ruleset = check(
         LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0), "landlock_create_ruleset"
     )
-    read_only = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
-    file_rights = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
-    try:
-        for path, kind in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # a granted path that does not exist grants nothing
-            try:
-                access = handled if kind == "rw" else read_only
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
-                    access &= file_rights
-                beneath = ctypes.create_string_buffer(struct.pack("=Qi", access & handled, fd), 12)
-                check(
-                    LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, beneath, 0),
-                    f"landlock_add_rule({path})",
-                )
-            finally:
-                os.close(fd)
-        check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
-    finally:
-        os.close(ruleset)
+    scratch = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in ("/tmp", "/dev/shm")]
+    rules = LANDLOCK_RULES + [(fd, handled) for fd in scratch]
+    beneath = ctypes.create_string_buffer(12)
+    for fd, access in rules:
+        struct.pack_into("=Qi", beneath, 0, access, fd)
+        check(LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, 1, beneath, 0), "landlock_add_rule")
+    check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    os.close(ruleset)
+    for fd in scratch:
+        os.close(fd)
 
 
-def report(fd: int, record: dict[str, Any]) -> None:
+def lock_down() -> None:
+    """Drop every privilege the run could use against the sandbox itself. The bounding set
+    is already empty (session setup)."""
+    # Root in the user namespace gets no capabilities from execve, and that is locked.
+    check(LIBC.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0), "securebits")
+    LIBC.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = ctypes.create_string_buffer(24)
+    check(LIBC.syscall(SYS_CAPSET, ctypes.c_char_p(header), data), "capset(drop all)")
+    check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    if LANDLOCK_ABI:
+        apply_landlock()
+    if SECCOMP_FPROG:
+        check(
+            LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(SECCOMP_FPROG), 0, 0),
+            "seccomp filter",
+        )
+
+
+def report(fd: int, kind: bytes, payload: bytes = b"") -> None:
+    record = kind + payload
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
+        os.write(fd, struct.pack("<H", len(record)) + record)
     except OSError:
         pass
 
@@ -373,15 +417,46 @@ def on_alarm(signo: int, frame: object) -> None:
     raise Timeout
 
 
+def forward_signal(signo: int, frame: object) -> None:
+    if CHILD:
+        try:
+            os.kill(-CHILD, signo)
+        except ProcessLookupError:
+            try:
+                os.kill(CHILD, signo)
+            except ProcessLookupError:
+                pass
+
+
+def end_everything(child: int) -> None:
+    """Kill and reap every process the run left behind, so that when the status is reported
+    the run is over. In a pid namespace, init's kill(-1) reaches them all; backend ``none``
+    only has the command's process group."""
+    try:
+        if CONFIG["mode"] == "none":
+            if child:
+                os.kill(-child, signal.SIGKILL)
+        else:
+            os.kill(-1, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
 def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
     """Body of the run's pid 1. Never returns."""
+    global CHILD
     status_fd = fds["status"]
-    child = 0
     started = time.monotonic()
     try:
         signal.set_wakeup_fd(-1)
-        for signo in (signal.SIGCHLD, signal.SIGPIPE):
-            signal.signal(signo, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.close(CONTROL_FD)
         LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         isolate = CONFIG["mode"] != "none"
@@ -397,7 +472,7 @@ def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
         for name, value in req.get("rlimits", {}).items():
             resource.setrlimit(getattr(resource, name), (value, value))
         if isolate:
-            lock_down(req)
+            lock_down()
         for signo in FORWARDED_SIGNALS:
             signal.signal(signo, forward_signal)
         signal.signal(signal.SIGALRM, on_alarm)
@@ -406,12 +481,12 @@ def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
             (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
             (os.POSIX_SPAWN_DUP2, fds["stderr"], 2),
         ]
-        argv = req["argv"]
         if "script_fd" in fds:
             file_actions.append((os.POSIX_SPAWN_DUP2, fds["script_fd"], 3))
+        argv = req["argv"]
         started = time.monotonic()
         try:
-            child = os.posix_spawn(
+            CHILD = os.posix_spawn(
                 argv[0],
                 argv,
                 req["env"],
@@ -421,81 +496,32 @@ def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
             )
         except OSError as exc:
             raise SetupError(f"cannot execute {argv[0]!r}: {exc.strerror}") from None
-        global CHILD
-        CHILD = child
         for name in ("stdin", "stdout", "stderr", "script_fd"):
             if name in fds:
                 os.close(fds[name])
         signal.setitimer(signal.ITIMER_REAL, req["timeout"])
         while True:
             pid, status = os.waitpid(-1, 0)
-            if pid == child:
+            if pid == CHILD:
                 break
         signal.setitimer(signal.ITIMER_REAL, 0)
-        report(
-            status_fd,
-            {
-                "kind": "exit",
-                "status": status,
-                "runtime_ns": int((time.monotonic() - started) * 1e9),
-            },
-        )
-        kill_group(child)
+        runtime_ns = int((time.monotonic() - started) * 1e9)
+        end_everything(CHILD)
+        report(status_fd, REC_EXIT, struct.pack("<iq", status, runtime_ns))
     except Timeout:
-        kill_group(child)
-        report(
-            status_fd, {"kind": "timeout", "runtime_ns": int((time.monotonic() - started) * 1e9)}
-        )
+        runtime_ns = int((time.monotonic() - started) * 1e9)
+        end_everything(CHILD)
+        report(status_fd, REC_TIMEOUT, struct.pack("<q", runtime_ns))
     except SetupError as exc:
-        report(status_fd, {"kind": "error", "detail": str(exc)})
-    except BaseException as exc:
-        report(status_fd, {"kind": "error", "detail": f"sandbox init failed: {exc!r}"})
+        report(status_fd, REC_ERROR, str(exc).encode())
+    except BaseException as exc:  # report anything, never hang the caller
+        report(status_fd, REC_ERROR, f"sandbox init failed: {exc!r}".encode())
     os._exit(0)
-
-
-CHILD = 0
-
-
-def lock_down(req: dict[str, Any]) -> None:
-    """Drop every privilege the run could use against the sandbox itself."""
-    drop_capabilities()
-    check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-    abi = CONFIG["landlock_abi"]
-    if abi:
-        apply_landlock(CONFIG["landlock_rules"] + req.get("landlock_extra", []), abi)
-    if SECCOMP_FPROG:
-        check(
-            LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(SECCOMP_FPROG), 0, 0),
-            "seccomp filter",
-        )
-
-
-def kill_group(child: int) -> None:
-    """Backend ``none`` has no pid namespace to tear down: kill the command's process group.
-    (In the isolating backends init's exit kills everything; this is then a no-op.)"""
-    if child and CONFIG["mode"] == "none":
-        try:
-            os.kill(-child, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def forward_signal(signo: int, frame: object) -> None:
-    if CHILD:
-        try:
-            os.kill(-CHILD, signo)
-        except ProcessLookupError:
-            try:
-                os.kill(CHILD, signo)
-            except ProcessLookupError:
-                pass
 
 
 # --------------------------------------------------------------------------------------
 # Supervisor loop
 # --------------------------------------------------------------------------------------
-
-CONTROL_FD = -1
 
 
 def start_run(req: dict[str, Any], fds: list[int]) -> None:
@@ -506,7 +532,7 @@ def start_run(req: dict[str, Any], fds: list[int]) -> None:
         return
     for fd in fds:
         os.set_inheritable(fd, False)  # only what posix_spawn dup2s reaches the command
-    named = dict(zip(names, fds, strict=False))
+    named = dict(zip(names, fds, strict=True))
     flags = int(signal.SIGCHLD)
     if CONFIG["mode"] != "none":
         flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
@@ -517,16 +543,9 @@ def start_run(req: dict[str, Any], fds: list[int]) -> None:
         run_init(req, named)
     if pid < 0:
         err = ctypes.get_errno()
-        report(
-            named["status"],
-            {"kind": "error", "detail": f"clone(new namespaces) failed: {os.strerror(err)}"},
-        )
+        report(named["status"], REC_ERROR, f"clone(new namespaces): {os.strerror(err)}".encode())
     else:
-        RUNS[pid] = {
-            "id": req["id"],
-            "status_fd": os.dup(named["status"]),
-            "started": time.monotonic(),
-        }
+        RUNS[pid] = {"id": req["id"], "status_fd": os.dup(named["status"])}
     for fd in fds:
         os.close(fd)
 
@@ -556,6 +575,14 @@ def handle(msg: dict[str, Any], fds: list[int]) -> None:
             pass
 
 
+def reaped(pid: int, status: int) -> None:
+    run = RUNS.pop(pid, None)
+    if run is not None:
+        # Only meaningful when init died before reporting (killed, or crashed).
+        report(run["status_fd"], REC_REAPED, struct.pack("<i", status))
+        os.close(run["status_fd"])
+
+
 def reap() -> None:
     while True:
         try:
@@ -564,17 +591,7 @@ def reap() -> None:
             return
         if pid == 0:
             return
-        run = RUNS.pop(pid, None)
-        if run is not None:
-            report(
-                run["status_fd"],
-                {
-                    "kind": "reaped",
-                    "status": status,
-                    "runtime_ns": int((time.monotonic() - run["started"]) * 1e9),
-                },
-            )
-            os.close(run["status_fd"])
+        reaped(pid, status)
 
 
 def serve(control: socket.socket) -> None:
@@ -599,16 +616,11 @@ def serve(control: socket.socket) -> None:
                 continue
             if not data:
                 shutdown()
-            try:
-                msg = json.loads(data)
-            except ValueError:
-                for stray in fds:
-                    os.close(stray)
-                continue
-            handle(msg, fds)
+            handle(marshal.loads(data), fds)
 
 
 def shutdown() -> None:
+    """The host closed the control socket: kill every run and exit (bounded)."""
     for pid in list(RUNS):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -620,9 +632,7 @@ def shutdown() -> None:
             pid, status = os.waitpid(-1, 0)
         except ChildProcessError:
             break
-        run = RUNS.pop(pid, None)
-        if run is not None:
-            report(run["status_fd"], {"kind": "reaped", "status": status, "runtime_ns": 0})
+        reaped(pid, status)
     os._exit(0)
 
 
@@ -633,14 +643,18 @@ def main() -> None:
     control = socket.socket(fileno=CONTROL_FD)
     data, _fds, _flags, _addr = socket.recv_fds(control, MAX_MSG, 1)
     try:
-        CONFIG = json.loads(data)
+        CONFIG = marshal.loads(data)
         facts = setup_session(CONFIG)
-        CONFIG["landlock_abi"] = facts["landlock_abi"]
-        control.send(json.dumps({"op": "ready", **facts}).encode())
-    except Exception as exc:
+    except Exception as exc:  # the host shows this to the user
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
-        control.send(json.dumps({"op": "error", "detail": detail}).encode())
+        control.send(b"error " + detail.encode())
         os._exit(1)
+    # A run is a copy of this process: keep the garbage collector from touching (and so
+    # copying) every object in each copy.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    control.send(b"ready " + facts.encode())
     serve(control)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
+import marshal
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ __all__ = ["RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
 
 SUPERVISOR_SOURCE = (Path(__file__).with_name("_supervisor.py")).read_text()
 _CHUNK = 1 << 20
+_FINAL_RECORDS = (b"E", b"T", b"X")
 _F_SETPIPE_SZ = 1031
 
 
@@ -111,7 +113,7 @@ class Supervisor:
             for fd in spec.pass_fds:
                 os.close(fd)
         if self._proc is not None:
-            host.sendall(json.dumps(spec.config).encode())
+            host.sendall(marshal.dumps(spec.config))
         host.setblocking(False)
 
     async def ready(self) -> dict[str, Any]:
@@ -122,11 +124,16 @@ class Supervisor:
         if self._failure is not None:
             raise self._failure
         msg = await self._recv()
-        if msg is not None and msg.get("op") == "ready":
+        if msg.startswith(b"ready "):
+            abi, host_uid, seccomp = msg[6:].split()
+            self.facts = {
+                "landlock_abi": int(abi),
+                "host_uid": int(host_uid),
+                "seccomp": seccomp == b"1",
+            }
             self._ready = True
-            self.facts = msg
-            return msg
-        detail = msg.get("detail", "") if msg else ""
+            return self.facts
+        detail = msg[6:].decode("utf-8", "replace") if msg.startswith(b"error ") else ""
         stderr = await anyio.to_thread.run_sync(self._collect_stderr)
         problems = (
             self.spec.diagnose(detail, stderr)
@@ -146,22 +153,18 @@ class Supervisor:
             self._proc.kill()
         return self._proc.stderr.read().decode("utf-8", "replace").strip()
 
-    async def _recv(self) -> dict[str, Any] | None:
+    async def _recv(self) -> bytes:
+        """The supervisor's one message (``ready ...`` or ``error ...``); ``b""`` if it died."""
         while True:
             try:
-                data = self._sock.recv(1 << 16)
+                return self._sock.recv(1 << 16)
             except BlockingIOError:
                 await anyio.wait_readable(self._sock)
-                continue
             except OSError:
-                return None
-            if not data:
-                return None
-            parsed: dict[str, Any] = json.loads(data)
-            return parsed
+                return b""
 
     async def _send(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
-        data = json.dumps(msg).encode()
+        data = marshal.dumps(msg)
         while True:
             try:
                 socket.send_fds(self._sock, [data], list(fds))
@@ -271,18 +274,31 @@ class RunChannel:
         self._termination: Termination | None = None
 
     async def wait_exit(self) -> Termination:
+        """Read the status pipe until a final record (the run's init reports after it killed
+        and reaped everything the run left) or end of file (init died: the supervisor's
+        record, or nothing if the supervisor died too)."""
         if self._termination is not None:
             return self._termination
-        status_fd = self.fds["status"]
-        pull = pipe_pull(status_fd)
-        data = b""
-        while chunk := await pull():
-            data += chunk
-        records = [json.loads(line) for line in data.splitlines() if line.strip()]
+        pull = pipe_pull(self.fds["status"])
+        buffer = b""
+        records: list[bytes] = []
+        while True:
+            while len(buffer) >= 2:
+                (size,) = struct.unpack_from("<H", buffer)
+                if len(buffer) < 2 + size:
+                    break
+                records.append(buffer[2 : 2 + size])
+                buffer = buffer[2 + size :]
+            if records and records[0][:1] in _FINAL_RECORDS:
+                break
+            chunk = await pull()
+            if not chunk:
+                break
+            buffer += chunk
         self._termination = self._interpret(records)
         return self._termination
 
-    def _interpret(self, records: list[dict[str, Any]]) -> Termination:
+    def _interpret(self, records: list[bytes]) -> Termination:
         elapsed_ms = int((time.monotonic() - self.started) * 1000)
         if not records:
             return Termination(
@@ -291,30 +307,34 @@ class RunChannel:
                 detail="the sandbox supervisor died before the run ended",
                 runtime_ms=elapsed_ms,
             )
-        first = records[0]
-        runtime_ms = (
-            int(first.get("runtime_ns", 0) / 1e6) if first.get("runtime_ns") else elapsed_ms
-        )
-        kind = first["kind"]
-        if kind == "exit":
-            return termination_from_status(first["status"], runtime_ms)
-        if kind == "timeout":
+        kind, payload = records[0][:1], records[0][1:]
+        if kind == b"E":
+            status, runtime_ns = struct.unpack("<iq", payload)
+            return termination_from_status(status, runtime_ns // 1_000_000)
+        if kind == b"T":
+            (runtime_ns,) = struct.unpack("<q", payload)
             return Termination(
                 TerminationKind.TIMEOUT,
                 128 + signal.SIGKILL,
                 signal=signal.SIGKILL,
-                runtime_ms=runtime_ms,
+                runtime_ms=runtime_ns // 1_000_000,
                 detail="timeout_s expired; the process tree was killed",
             )
-        if kind == "error":
+        if kind == b"X":
             return Termination(
-                TerminationKind.SANDBOX_FAILURE, -1, detail=first["detail"], runtime_ms=runtime_ms
+                TerminationKind.SANDBOX_FAILURE,
+                -1,
+                detail=payload.decode("utf-8", "replace"),
+                runtime_ms=elapsed_ms,
             )
-        # "reaped": the run's init died without a report: we killed it, or it crashed.
-        status = first["status"]
+        # b"R": the run's init died without a report: we killed it, or it crashed.
+        (status,) = struct.unpack("<i", payload)
         if self._kill_kind is not None:
             return Termination(
-                self._kill_kind, 128 + signal.SIGKILL, signal=signal.SIGKILL, runtime_ms=elapsed_ms
+                self._kill_kind,
+                128 + signal.SIGKILL,
+                signal=signal.SIGKILL,
+                runtime_ms=elapsed_ms,
             )
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             return Termination(

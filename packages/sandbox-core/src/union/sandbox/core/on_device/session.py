@@ -376,8 +376,7 @@ class OnDeviceSession(SessionBase):
         namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
         if policy.mode != "open":
             namespaces.append("net")
-        uid_map = facts.get("uid_map", [])
-        host_uid = int(uid_map[1]) if len(uid_map) >= 2 else None
+        host_uid = facts.get("host_uid")
         return IsolationReport(
             backend=self.backend,
             namespaces=tuple(namespaces),
