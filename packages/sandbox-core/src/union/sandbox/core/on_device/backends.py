@@ -70,6 +70,21 @@ def _ro_bind_args(path: str) -> list[str]:
     return ["--ro-bind", path, path]
 
 
+def _missing_parents(targets: list[str]) -> list[str]:
+    """Ancestors of the mount points that no mount provides, shallowest first."""
+
+    def covered(path: str) -> bool:
+        return any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets)
+
+    parents: set[str] = set()
+    for target in targets:
+        parent = os.path.dirname(target)
+        while parent != "/" and not covered(parent):
+            parents.add(parent)
+            parent = os.path.dirname(parent)
+    return sorted(parents, key=lambda p: (p.count("/"), p))
+
+
 def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     """``bwrap ... --`` for the bubblewrap backend: a fresh root of read-only binds, every
     namespace but the network unshared (runs get their own network namespace unless their
@@ -93,14 +108,21 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     ]
     for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"):
         args += ["--cap-add", cap]
+    binds: list[tuple[str, str]] = []
     for path in layout.read_only:
-        if path in ("/proc", "/dev"):
-            continue
-        args += _ro_bind_args(path)
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
+        if path not in ("/proc", "/dev") and os.path.lexists(path):
+            binds.append(("ro", path))
     for path in [*layout.extra_read_write, layout.work_dir]:
         if os.path.exists(path):
-            args += ["--bind", path, path]
+            binds.append(("rw", path))
+    # bwrap creates missing parents of a mount point as 0700 root-owned directories, which
+    # the sandbox user could not traverse (a Python under /root/.pyenv): make them 0755.
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
+    targets = ["/proc", "/dev", "/tmp", *(path for _, path in binds)]
+    for parent in _missing_parents(targets):
+        args += ["--perms", "0755", "--dir", parent]
+    for kind, path in binds:
+        args += _ro_bind_args(path) if kind == "ro" else ["--bind", path, path]
     args.append("--")
     return args
 

@@ -102,6 +102,8 @@ class Supervisor:
                 stderr=subprocess.PIPE,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 start_new_session=True,
+                # bwrap creates missing mount points with the umask, and runs inherit it.
+                umask=0o022,
             )
         except OSError as exc:
             self._proc = None
