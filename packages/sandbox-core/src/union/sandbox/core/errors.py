@@ -15,6 +15,7 @@ __all__ = [
     "BackendUnavailableError",
     "CommandError",
     "ExecutionError",
+    "LimitUnavailableError",
     "SessionPolicyMismatch",
     "SessionTemplateMismatch",
 ]
@@ -78,3 +79,9 @@ class BackendUnavailableError(RuntimeError):
         )
         self.backend = backend
         self.problems = problems
+
+
+class LimitUnavailableError(RuntimeError):
+    """A requested resource limit cannot be enforced on this host (no usable cgroup for it).
+    Pass ``best_effort_limits=True`` to the session to run with what can be enforced; the
+    process's ``isolation.limits`` then says which limits were skipped."""

@@ -120,6 +120,8 @@ class IsolationReport:
     """Each enforced limit and the mechanism that enforces it (``rlimit``, ``cgroup-v1``...)."""
     fresh_tmp: bool = False
     network: str = "blocked"
+    gpus: int = 0
+    """NVIDIA devices bound into the sandbox."""
 
 
 class OutputStream:

@@ -34,15 +34,18 @@ _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """A stand-in for ``flyte.Resources`` when flyte is not installed. Values take the same
-    forms: ``cpu="500m"`` or ``2``, ``memory="512Mi"``, ``gpu=1`` or ``"L4:1"``,
-    ``disk="10Gi"``; any of them may be a ``(request, limit)`` tuple (the limit is used)."""
+    """Resource limits in the forms ``flyte.Resources`` takes: ``cpu="500m"`` or ``2``,
+    ``memory="512Mi"``, ``gpu=1`` or ``"L4:1"``, ``disk="10Gi"``; any of them may be a
+    ``(request, limit)`` tuple (the limit is used). Beyond flyte's fields: ``pids`` (most
+    processes at once) and ``file_size`` (largest file a run may write)."""
 
     cpu: Any = None
     memory: Any = None
     gpu: Any = None
     disk: Any = None
     shm: Any = None
+    pids: int | None = None
+    file_size: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +56,18 @@ class ResourceLimits:
     memory_bytes: int = 0
     gpu: int = 0
     ephemeral_storage_bytes: int = 0
+    pids: int = 0
+    file_size_bytes: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.cpu_milli or self.memory_bytes or self.gpu or self.ephemeral_storage_bytes)
+        return not any(dataclasses.astuple(self))
+
+    def merged(self, override: ResourceLimits) -> ResourceLimits:
+        """These limits with every non-zero field of ``override`` taking precedence."""
+        return dataclasses.replace(
+            self, **{k: v for k, v in dataclasses.asdict(override).items() if v}
+        )
 
 
 def _limit_of(value: Any) -> Any:
@@ -139,9 +150,14 @@ def to_limits(resources: Any) -> ResourceLimits:
     disk = getattr(resources, "disk", None)
     if disk is None:
         disk = getattr(resources, "ephemeral_storage", None)
+    pids = getattr(resources, "pids", None)
+    if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids <= 0):
+        raise ValueError(f"pids must be a positive int, got {pids!r}")
     return ResourceLimits(
         cpu_milli=parse_cpu_milli(resources.cpu),
         memory_bytes=parse_bytes(resources.memory),
         gpu=_parse_gpu(resources.gpu),
         ephemeral_storage_bytes=parse_bytes(disk, "disk"),
+        pids=pids or 0,
+        file_size_bytes=parse_bytes(getattr(resources, "file_size", None), "file_size"),
     )

@@ -303,8 +303,8 @@ def setup_session(config: dict[str, Any]) -> str:
         else:
             enter_self_mapped_userns()
         check(
-            LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP),
-            "unshare(mount, uts, ipc, cgroup namespaces)",
+            LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC),
+            "unshare(mount, uts, ipc namespaces)",
         )
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         socket.sethostname("sandbox")
@@ -449,7 +449,7 @@ def end_everything(child: int) -> None:
             continue
 
 
-def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
+def run_init(req: dict[str, Any], fds: dict[str, Any]) -> None:
     """Body of the run's pid 1. Never returns."""
     global CHILD
     status_fd = fds["status"]
@@ -460,6 +460,16 @@ def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
         os.close(CONTROL_FD)
         LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         isolate = CONFIG["mode"] != "none"
+        # Join the run's cgroups (memory, pids, cpu) before anything else runs, then see
+        # only them: a cgroup namespace rooted there.
+        for fd in fds.get("cgroups", ()):
+            try:
+                os.write(fd, b"0")
+            except OSError as exc:
+                raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
+            os.close(fd)
+        if isolate:
+            check(LIBC.unshare(CLONE_NEWCGROUP), "unshare(CLONE_NEWCGROUP)")
         if isolate:
             mount_run_filesystems(req)
             if req["net"] != "open":
@@ -526,13 +536,15 @@ def run_init(req: dict[str, Any], fds: dict[str, int]) -> None:
 
 def start_run(req: dict[str, Any], fds: list[int]) -> None:
     names = ["stdin", "stdout", "stderr", "status"] + (["script_fd"] if req.get("script") else [])
-    if len(fds) != len(names):
+    cgroup_count = int(req.get("cgroups", 0))
+    if len(fds) != len(names) + cgroup_count:
         for fd in fds:
             os.close(fd)
         return
     for fd in fds:
         os.set_inheritable(fd, False)  # only what posix_spawn dup2s reaches the command
-    named = dict(zip(names, fds, strict=True))
+    named: dict[str, Any] = dict(zip(names, fds[: len(names)], strict=True))
+    named["cgroups"] = fds[len(names) :]
     flags = int(signal.SIGCHLD)
     if CONFIG["mode"] != "none":
         flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC

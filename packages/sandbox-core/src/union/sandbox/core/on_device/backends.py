@@ -96,11 +96,11 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     args = [bwrap]
     if os.getuid() != 0:
         args += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    # No cgroup namespace here: each run joins its own cgroup first and then unshares one.
     args += [
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
-        "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
         "--hostname",
@@ -115,6 +115,8 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     for path in [*layout.extra_read_write, layout.work_dir]:
         if os.path.exists(path):
             binds.append(("rw", path))
+    for path in layout.devices:
+        binds.append(("dev", path))
     # bwrap creates missing parents of a mount point as 0700 root-owned directories, which
     # the sandbox user could not traverse (a Python under /root/.pyenv): make them 0755.
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
@@ -122,7 +124,10 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     for parent in _missing_parents(targets):
         args += ["--perms", "0755", "--dir", parent]
     for kind, path in binds:
-        args += _ro_bind_args(path) if kind == "ro" else ["--bind", path, path]
+        if kind == "ro":
+            args += _ro_bind_args(path)
+        else:
+            args += ["--dev-bind" if kind == "dev" else "--bind", path, path]
     args.append("--")
     return args
 

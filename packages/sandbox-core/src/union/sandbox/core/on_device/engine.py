@@ -186,8 +186,10 @@ class Supervisor:
         capture_stdout: bool,
         capture_stderr: bool,
         script: bytes | None = None,
+        cgroup_fds: Sequence[int] = (),
     ) -> RunChannel:
-        """Send one run; return the host ends of its pipes."""
+        """Send one run; return the host ends of its pipes. ``cgroup_fds`` (the run's
+        ``cgroup.procs`` files) travel with it; the caller keeps and closes them."""
         await self.ready()
         self._next_id += 1
         run_id = self._next_id
@@ -216,7 +218,14 @@ class Supervisor:
                 os.write(memfd, script)
                 theirs.append(memfd)
             await self._send(
-                {**request, "op": "run", "id": run_id, "script": script is not None}, theirs
+                {
+                    **request,
+                    "op": "run",
+                    "id": run_id,
+                    "script": script is not None,
+                    "cgroups": len(cgroup_fds),
+                },
+                [*theirs, *cgroup_fds],
             )
         except BaseException:
             for fd in mine.values():

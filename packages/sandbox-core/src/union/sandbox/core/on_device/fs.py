@@ -132,6 +132,8 @@ class FsLayout:
     uv: str | None
     extra_read_only: tuple[str, ...] = ()
     extra_read_write: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    """Device nodes bound read-write (GPUs)."""
 
     @classmethod
     def build(
@@ -139,6 +141,7 @@ class FsLayout:
         work_dir: str,
         read_only_paths: Iterable[str] | None,
         read_write_paths: Iterable[str] | None,
+        devices: Iterable[str] = (),
     ) -> FsLayout:
         python, prefixes = host_python()
         return cls(
@@ -148,6 +151,7 @@ class FsLayout:
             uv=uv_binary(),
             extra_read_only=tuple(_absolute_list(read_only_paths, "read_only_paths")),
             extra_read_write=tuple(_absolute_list(read_write_paths, "read_write_paths")),
+            devices=tuple(devices),
         )
 
     @property
@@ -157,7 +161,7 @@ class FsLayout:
 
     @property
     def read_write(self) -> list[str]:
-        return _dedupe([*DEFAULT_READ_WRITE, *self.extra_read_write, self.work_dir])
+        return _dedupe([*DEFAULT_READ_WRITE, *self.extra_read_write, *self.devices, self.work_dir])
 
     def as_dict(self) -> dict[str, list[str]]:
         return {"read_only": self.read_only, "read_write": self.read_write}
@@ -196,3 +200,29 @@ def check_session_path(path: str, work_dir: str) -> str:
         if stat.S_ISLNK(st.st_mode):
             raise PermissionError(f"refusing to write through symlink: {current}")
     return norm
+
+
+NVIDIA_CONTROL_DEVICES = (
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+    "/dev/nvidia-modeset",
+)
+
+
+def gpu_devices(count: int, dev: str = "/dev") -> list[str]:
+    """The NVIDIA device nodes to bind for ``count`` GPUs: the control nodes present and the
+    first ``count`` of ``/dev/nvidia0..N``. Fails closed when the host has fewer GPUs."""
+    if count <= 0:
+        return []
+    numbered = sorted(
+        (name for name in os.listdir(dev) if name.startswith("nvidia") and name[6:].isdigit()),
+        key=lambda name: int(name[6:]),
+    )
+    if len(numbered) < count:
+        raise ValueError(
+            f"{count} GPU(s) requested but this host has {len(numbered)} NVIDIA device "
+            f"node(s) in {dev} (/dev/nvidia0..N); is the NVIDIA driver loaded?"
+        )
+    controls = [p.replace("/dev", dev, 1) for p in NVIDIA_CONTROL_DEVICES]
+    return [p for p in controls if os.path.exists(p)] + [f"{dev}/{n}" for n in numbered[:count]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import secrets
@@ -27,6 +28,7 @@ from ..policy import (
     validate_script_type,
     validate_timeout,
 )
+from ..resources import to_limits
 from ..process import (
     InputStream,
     IsolationReport,
@@ -36,9 +38,11 @@ from ..process import (
     TerminationKind,
 )
 from ..session import SessionBase
-from . import backends
+from . import backends, cgroups
+from .cgroups import CgroupRun, CgroupSession, CgroupSupport
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
-from .fs import FsLayout, check_session_path
+from .fs import FsLayout, check_session_path, gpu_devices
+from .limits import LimitPlan, plan_limits
 from .venv import ensure_session_venv
 
 __all__ = ["OnDeviceSession"]
@@ -47,21 +51,37 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Above this size a script goes to the command through a memfd instead of argv
 # (a single argv string is limited to 128 KiB by the kernel).
 _ARGV_SCRIPT_LIMIT = 64 * 1024
-_STREAM_OFF = (False, None, DEVNULL)
-_STREAM_ON = (True, PIPE)
 PutData = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
 
 class _RunDriver:
-    """Adapts a :class:`RunChannel` to the :class:`Process` driver protocol."""
+    """Adapts a :class:`RunChannel` to the :class:`Process` driver protocol, and reads what
+    the run's cgroup saw (an OOM kill, the pids limit) to say why the run ended."""
 
-    def __init__(self, session: OnDeviceSession, channel: RunChannel) -> None:
+    def __init__(
+        self, session: OnDeviceSession, channel: RunChannel, cgroup: CgroupRun | None
+    ) -> None:
         self.backend = session.backend
         self._session = session
         self._channel = channel
+        self._cgroup = cgroup
 
     async def wait_exit(self) -> Termination:
-        return await self._channel.wait_exit()
+        termination = await self._channel.wait_exit()
+        cgroup = self._cgroup
+        if cgroup is None or termination.kind not in (TerminationKind.EXIT, TerminationKind.SIGNAL):
+            return termination
+        if cgroup.oom_kills():
+            return dataclasses.replace(
+                termination, kind=TerminationKind.OOM, detail="the memory limit was exceeded"
+            )
+        if termination.returncode != 0 and cgroup.pids_limit_hits():
+            return dataclasses.replace(
+                termination,
+                kind=TerminationKind.PIDS_LIMIT,
+                detail="the pids limit stopped it from forking",
+            )
+        return termination
 
     async def send_signal(self, signo: int) -> None:
         await self._channel.send_signal(signo)
@@ -72,6 +92,8 @@ class _RunDriver:
     async def release(self) -> None:
         self._channel.close()
         self._session._live.discard(self._channel)
+        if self._cgroup is not None:
+            self._cgroup.remove()
 
 
 class OnDeviceSession(SessionBase):
@@ -100,8 +122,16 @@ class OnDeviceSession(SessionBase):
         read_only_paths: Iterable[str] | None = None,
         read_write_paths: Iterable[str] | None = None,
         max_output_bytes: int = MAX_CAPTURED_BYTES,
+        best_effort_limits: bool = False,
     ) -> None:
         self.backend = backends.canonical_backend(backend)
+        self.limits = to_limits(resources)
+        if self.limits.gpu and self.backend != "bubblewrap":
+            raise ValueError(
+                "GPU sandboxes require the bubblewrap backend (CUDA's cuInit fails inside "
+                f"the {self.backend!r} backend); use backend='bubblewrap'"
+            )
+        self.best_effort_limits = bool(best_effort_limits)
         self.network = validate_network(network_mode, network_allowlist, network_denylist)
         self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
         if not isinstance(default_cwd, str):
@@ -133,8 +163,11 @@ class OnDeviceSession(SessionBase):
         self._layout: FsLayout | None = None
         self._supervisor: Supervisor | None = None
         self._static_failure: BackendUnavailableError | None = None
+        self._cgroup_support: CgroupSupport | None = None
+        self._cgroup_session: CgroupSession | None = None
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
+        self._run_counter = 0
         self._open = False
         self._closed = False
 
@@ -177,7 +210,15 @@ class OnDeviceSession(SessionBase):
         owner = self.sandbox_owner
         if owner is not None:
             os.chown(work_dir, *owner)
-        self._layout = FsLayout.build(work_dir, self._read_only_paths, self._read_write_paths)
+        self._cgroup_support = cgroups.detect()
+        # A requested limit nothing here can enforce fails now, before anything runs.
+        plan_limits(self.limits, self._cgroup_support, best_effort=self.best_effort_limits)
+        self._layout = FsLayout.build(
+            work_dir,
+            self._read_only_paths,
+            self._read_write_paths,
+            devices=gpu_devices(self.limits.gpu),
+        )
         self._venv = ensure_session_venv(work_dir, self._layout.python, owner)
         problems = backends.static_problems(self.backend)
         if problems:
@@ -211,6 +252,8 @@ class OnDeviceSession(SessionBase):
                 channel._kill_kind = channel._kill_kind or TerminationKind.KILLED
             if self._supervisor is not None:
                 await self._supervisor.aclose()
+            if self._cgroup_session is not None:
+                self._cgroup_session.cleanup(final=True)
             if self._tempdir is not None:
                 await anyio.to_thread.run_sync(self._tempdir.cleanup)
 
@@ -274,6 +317,7 @@ class OnDeviceSession(SessionBase):
         network_allowlist: Iterable[str] | None = None,
         network_denylist: Iterable[str] | None = None,
         timeout_s: float | None = None,
+        resources: Any = None,
         argv: list[str] | None = None,
     ) -> Process:
         """Start ``cmd`` in the sandbox and return at once; read or wait on the handle.
@@ -281,8 +325,9 @@ class OnDeviceSession(SessionBase):
         ``stdout``/``stderr``: ``True``/``PIPE`` capture, ``False``/``None``/``DEVNULL``
         discard, ``INHERIT``/``sys.stdout``/``sys.stderr`` forward to the caller. ``stdin``:
         ``None``/``DEVNULL`` (``/dev/null``), ``PIPE`` (write to ``proc.stdin``) or bytes
-        (fed while waiting). ``cwd`` resolves under the work dir. ``argv`` runs a program
-        directly, without a shell (``cmd`` is then only a label).
+        (fed while waiting). ``cwd`` resolves under the work dir. ``resources`` tightens or
+        loosens the session's limits for this run (GPUs only up to the session's count).
+        ``argv`` runs a program directly, without a shell (``cmd`` is then only a label).
         """
         supervisor = self._require_open()
         if not isinstance(cmd, str):
@@ -324,20 +369,34 @@ class OnDeviceSession(SessionBase):
                 command = [*program, "/proc/self/fd/3"]
             else:
                 command = [*program, "-c", cmd]
+        plan = self._plan(resources)
         request = {
             "argv": command,
             "env": self._env(extra_env, run_cwd, policy),
             "cwd": run_cwd,
             "timeout": timeout,
             "net": "open" if policy.mode == "open" else "blocked",
+            "rlimits": plan.rlimits,
+            "tmp_size": str(plan.tmp_size),
         }
-        channel = await supervisor.start_run(
-            request,
-            stdin=stdin_mode,
-            capture_stdout=capture_out or sink_out is not None,
-            capture_stderr=capture_err or sink_err is not None,
-            script=script,
-        )
+        await supervisor.ready()
+        cgroup = self._cgroup_for_run(plan)
+        try:
+            channel = await supervisor.start_run(
+                request,
+                stdin=stdin_mode,
+                capture_stdout=capture_out or sink_out is not None,
+                capture_stderr=capture_err or sink_err is not None,
+                script=script,
+                cgroup_fds=cgroup.procs_fds if cgroup is not None else (),
+            )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        finally:
+            if cgroup is not None:
+                cgroup.close_fds()
         self._live.add(channel)
         forward = []
         out_stream = err_stream = None
@@ -359,21 +418,49 @@ class OnDeviceSession(SessionBase):
         if "stdin" in channel.fds:
             in_stream = _pipe_writer(channel)
         process = Process(
-            _RunDriver(self, channel),
+            _RunDriver(self, channel, cgroup),
             stdout=out_stream,
             stderr=err_stream,
             stdin=in_stream,
-            isolation=self._isolation(supervisor, policy),
+            isolation=self._isolation(supervisor, policy, plan),
             forward=forward,
             stdin_data=stdin_data,
         )
         return process
 
-    def _isolation(self, supervisor: Supervisor, policy: NetworkPolicy) -> IsolationReport:
+    def _plan(self, resources: Any) -> LimitPlan:
+        limits = self.limits
+        if resources is not None:
+            override = to_limits(resources)
+            if override.gpu > self.limits.gpu:
+                raise ValueError(
+                    f"this run asks for {override.gpu} GPU(s) but the session was opened with "
+                    f"{self.limits.gpu}: GPUs are bound when the session opens; open it with "
+                    f"resources=Resources(gpu={override.gpu})"
+                )
+            limits = limits.merged(override)
+        assert self._cgroup_support is not None
+        return plan_limits(limits, self._cgroup_support, best_effort=self.best_effort_limits)
+
+    def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
+        if not plan.use_cgroup:
+            return None
+        assert self._cgroup_support is not None
+        if self._cgroup_session is None:
+            self._cgroup_session = CgroupSession(self._cgroup_support, self.client_id[:8])
+        else:
+            self._cgroup_session.cleanup()
+        self._run_counter += 1
+        return self._cgroup_session.create_run(self._run_counter, plan.limits)
+
+    def _isolation(
+        self, supervisor: Supervisor, policy: NetworkPolicy, plan: LimitPlan
+    ) -> IsolationReport:
         facts = supervisor.facts
+        limits = {name: mechanism for name, mechanism in plan.mechanisms.items()}
         if self.backend == "none":
-            return IsolationReport(backend="none", uid=os.getuid(), network="open")
-        namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
+            limits["disk"] = "not enforced (backend 'none' shares the host /tmp)"
+            return IsolationReport(backend="none", uid=os.getuid(), network="open", limits=limits)        namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
         if policy.mode != "open":
             namespaces.append("net")
         host_uid = facts.get("host_uid")
@@ -385,8 +472,10 @@ class OnDeviceSession(SessionBase):
             no_new_privs=True,
             capabilities_dropped=True,
             uid=host_uid,
+            limits=limits,
             fresh_tmp=True,
             network=policy.mode,
+            gpus=self.limits.gpu,
         )
 
     # -- files ---------------------------------------------------------------------------

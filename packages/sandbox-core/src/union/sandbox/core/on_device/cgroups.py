@@ -1,0 +1,268 @@
+"""Per-run cgroups: memory, pids and CPU limits, and what they observed (OOM kills, pids
+limit hits). cgroup v2 where it is delegated to us, cgroup v1 where that is what the host has.
+
+Layout: ``<base>/union-sandbox-<session>/run-<n>`` in each hierarchy we use. The host creates
+the directories and opens each run's ``cgroup.procs`` for writing; the run's init writes
+``0`` into it (join myself) before it starts the command, so the command and everything it
+forks is charged to the run's cgroup from its first instruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+from pathlib import Path
+
+from ..resources import ResourceLimits
+
+__all__ = ["CgroupRun", "CgroupSession", "CgroupSupport", "detect"]
+
+ROOT = Path("/sys/fs/cgroup")
+CPU_PERIOD_US = 100_000
+
+
+def _own_path(controller: str | None) -> str:
+    """This process's cgroup path in a v1 hierarchy (``controller``) or in v2 (``None``)."""
+    try:
+        text = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return "/"
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        names = controllers.split(",") if controllers else []
+        if (controller is None and not controllers) or controller in names:
+            return path
+    return "/"
+
+
+def _writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupSupport:
+    """Where per-run cgroups can be created here, or why they cannot."""
+
+    version: str  # "v1", "v2" or "" (none)
+    bases: dict[str, Path]  # controller ("memory", "pids", "cpu") -> parent directory
+    problem: str = ""
+
+    def can(self, controller: str) -> bool:
+        return controller in self.bases
+
+    def mechanism(self, controller: str) -> str:
+        return f"cgroup-{self.version}" if self.can(controller) else ""
+
+
+def detect() -> CgroupSupport:
+    """Find writable cgroup parents for memory, pids and cpu."""
+    if (ROOT / "cgroup.controllers").exists():
+        return _detect_v2()
+    bases: dict[str, Path] = {}
+    for controller in ("memory", "pids", "cpu"):
+        hierarchy = ROOT / controller
+        if not hierarchy.is_dir():
+            continue
+        own = hierarchy / _own_path(controller).lstrip("/")
+        for candidate in (own, hierarchy):
+            if _writable_dir(candidate):
+                bases[controller] = candidate
+                break
+    if not bases:
+        return CgroupSupport(
+            "",
+            {},
+            "no writable cgroup v1 hierarchy for memory, pids or cpu "
+            "(run as root, or on a cgroup v2 host with delegation)",
+        )
+    return CgroupSupport("v1", bases)
+
+
+def _detect_v2() -> CgroupSupport:
+    own = ROOT / _own_path(None).lstrip("/")
+    needed = {"memory", "pids", "cpu"}
+    try:
+        enabled = set((own / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        enabled = set()
+    if not _writable_dir(own):
+        return CgroupSupport(
+            "",
+            {},
+            f"cgroup v2 is not delegated to this process ({own} is not "
+            "writable): run it in a delegated cgroup, e.g. `systemd-run --user "
+            "--scope -p Delegate=yes ...`, or a container with a writable "
+            "cgroupns",
+        )
+    missing = needed - enabled
+    if missing:
+        # Enabling controllers for children needs a cgroup without processes of its own.
+        try:
+            with open(own / "cgroup.subtree_control", "w") as f:
+                f.write(" ".join(f"+{c}" for c in sorted(missing)))
+            enabled |= missing
+        except OSError as exc:
+            available = (
+                set((own / "cgroup.controllers").read_text().split())
+                if (own / "cgroup.controllers").exists()
+                else set()
+            )
+            usable = enabled & needed
+            if not usable:
+                reason = (
+                    "this process's cgroup has processes of its own, so it cannot enable "
+                    "controllers for children"
+                    if exc.errno == errno.EBUSY
+                    else str(exc)
+                )
+                return CgroupSupport(
+                    "",
+                    {},
+                    f"cannot enable cgroup v2 controllers "
+                    f"{sorted(missing & available) or sorted(missing)} under "
+                    f"{own}: {reason}; run this process in a leaf of a "
+                    "delegated subtree (systemd Delegate=yes)",
+                )
+            enabled = usable
+    return CgroupSupport("v2", {c: own for c in needed & enabled})
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read_key(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class CgroupSession:
+    """A session's cgroup directory in each hierarchy; runs get children of it."""
+
+    def __init__(self, support: CgroupSupport, name: str) -> None:
+        self.support = support
+        self.dirs: dict[str, Path] = {}
+        for controller, base in support.bases.items():
+            path = base / f"union-sandbox-{name}"
+            if path not in self.dirs.values():
+                path.mkdir(exist_ok=True)
+                if support.version == "v2":
+                    _enable_v2_children(path)
+            self.dirs[controller] = path
+        self._pending: list[Path] = []
+
+    def create_run(self, run_id: int, limits: ResourceLimits) -> CgroupRun:
+        return CgroupRun(self, run_id, limits)
+
+    def defer_removal(self, path: Path) -> None:
+        self._pending.append(path)
+
+    def cleanup(self, *, final: bool = False) -> None:
+        """Remove run cgroups whose processes are gone (and, if ``final``, ours)."""
+        still = []
+        for path in self._pending:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                still.append(path)
+        self._pending = still
+        if final:
+            for path in set(self.dirs.values()):
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+
+
+def _enable_v2_children(path: Path) -> None:
+    available = set((path / "cgroup.controllers").read_text().split())
+    wanted = available & {"memory", "pids", "cpu"}
+    if wanted:
+        _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+
+
+class CgroupRun:
+    """One run's cgroups, with its limits written and its ``cgroup.procs`` opened."""
+
+    def __init__(self, session: CgroupSession, run_id: int, limits: ResourceLimits) -> None:
+        self.session = session
+        self.version = session.support.version
+        self.dirs: dict[str, Path] = {}
+        self.procs_fds: list[int] = []
+        try:
+            for controller, parent in session.dirs.items():
+                path = parent / f"run-{run_id}"
+                if path not in self.dirs.values():
+                    path.mkdir(exist_ok=True)
+                    self.procs_fds.append(
+                        os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                    )
+                self.dirs[controller] = path
+            self._apply(limits)
+        except BaseException:
+            self.close_fds()
+            self.remove()
+            raise
+
+    def _apply(self, limits: ResourceLimits) -> None:
+        v2 = self.version == "v2"
+        if limits.memory_bytes and "memory" in self.dirs:
+            mem = self.dirs["memory"]
+            if v2:
+                _write(mem / "memory.max", str(limits.memory_bytes))
+                if (mem / "memory.swap.max").exists():
+                    _write(mem / "memory.swap.max", "0")
+            else:
+                _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+                if (mem / "memory.memsw.limit_in_bytes").exists():
+                    _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+        if limits.pids and "pids" in self.dirs:
+            _write(self.dirs["pids"] / "pids.max", str(limits.pids))
+        if limits.cpu_milli and "cpu" in self.dirs:
+            quota = max(1000, limits.cpu_milli * CPU_PERIOD_US // 1000)
+            cpu = self.dirs["cpu"]
+            if v2:
+                _write(cpu / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            else:
+                _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                _write(cpu / "cpu.cfs_quota_us", str(quota))
+
+    def oom_kills(self) -> int:
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return 0
+        if self.version == "v2":
+            return _read_key(mem / "memory.events", "oom_kill")
+        return _read_key(mem / "memory.oom_control", "oom_kill")
+
+    def pids_limit_hits(self) -> int:
+        pids = self.dirs.get("pids")
+        return _read_key(pids / "pids.events", "max") if pids is not None else 0
+
+    def close_fds(self) -> None:
+        for fd in self.procs_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.procs_fds = []
+
+    def remove(self) -> None:
+        for path in set(self.dirs.values()):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                # Processes still leaving (the run's init exits after it reports).
+                self.session.defer_removal(path)
