@@ -457,10 +457,11 @@ class OnDeviceSession(SessionBase):
         self, supervisor: Supervisor, policy: NetworkPolicy, plan: LimitPlan
     ) -> IsolationReport:
         facts = supervisor.facts
-        limits = {name: mechanism for name, mechanism in plan.mechanisms.items()}
+        limits = dict(plan.mechanisms)
         if self.backend == "none":
             limits["disk"] = "not enforced (backend 'none' shares the host /tmp)"
-            return IsolationReport(backend="none", uid=os.getuid(), network="open", limits=limits)        namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
+            return IsolationReport(backend="none", uid=os.getuid(), network="open", limits=limits)
+        namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
         if policy.mode != "open":
             namespaces.append("net")
         host_uid = facts.get("host_uid")
