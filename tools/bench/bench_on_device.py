@@ -201,9 +201,11 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"baseline raw subprocess true: p50 {base['raw_subprocess_true']['p50_ms']:.2f} ms")
     for b in report["backends"]:
         print(f"\n[{b['backend']}]")
-        print(f"  run(true)+communicate p50 {b['run_true']['p50_ms']:.2f} ms "
-              f"p90 {b['run_true']['p90_ms']:.2f} ms "
-              f"(x{b['run_true']['p50_ms'] / base['raw_bwrap_true']['p50_ms']:.2f} of raw bwrap)")
+        print(
+            f"  run(true)+communicate p50 {b['run_true']['p50_ms']:.2f} ms "
+            f"p90 {b['run_true']['p90_ms']:.2f} ms "
+            f"(x{b['run_true']['p50_ms'] / base['raw_bwrap_true']['p50_ms']:.2f} of raw bwrap)"
+        )
         print(f"  open+first run+close p50 {b['open_first_run_close']['p50_ms']:.1f} ms")
         print(f"  stdout streaming {b['stream_256MiB_GBps']:.2f} GB/s")
         print(f"  put+get 16 MiB {b['put_get_16MiB_GBps']:.2f} GB/s")

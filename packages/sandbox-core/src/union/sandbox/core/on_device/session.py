@@ -28,7 +28,6 @@ from ..policy import (
     validate_script_type,
     validate_timeout,
 )
-from ..resources import to_limits
 from ..process import (
     InputStream,
     IsolationReport,
@@ -37,6 +36,7 @@ from ..process import (
     Termination,
     TerminationKind,
 )
+from ..resources import to_limits
 from ..session import SessionBase
 from . import backends, cgroups
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
