@@ -168,6 +168,7 @@ class OnDeviceSession(SessionBase):
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
         self._run_counter = 0
+        self._warned_byo_proxy = False
         self._open = False
         self._closed = False
 
@@ -350,7 +351,8 @@ class OnDeviceSession(SessionBase):
             stdin_mode, stdin_data = PIPE, bytes(stdin)
         else:
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
-        if policy.mode == "allowlist" or policy.denylist:
+        byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
+        if (policy.mode == "allowlist" or policy.denylist) and not byo_proxy:
             raise NotImplementedError(
                 "network_mode='allowlist' and network_denylist are not available on-device in "
                 "this version; use network_mode='blocked' or 'open'"
@@ -370,12 +372,17 @@ class OnDeviceSession(SessionBase):
             else:
                 command = [*program, "-c", cmd]
         plan = self._plan(resources)
+        run_env = self._env(extra_env, run_cwd, policy)
+        if byo_proxy:
+            self._warn_byo_proxy()
+            for key, value in self._byo_proxy_env().items():
+                run_env.setdefault(key, value)
         request = {
             "argv": command,
-            "env": self._env(extra_env, run_cwd, policy),
+            "env": run_env,
             "cwd": run_cwd,
             "timeout": timeout,
-            "net": "open" if policy.mode == "open" else "blocked",
+            "net": "open" if policy.mode == "open" or byo_proxy else "blocked",
             "rlimits": plan.rlimits,
             "tmp_size": str(plan.tmp_size),
         }
@@ -427,6 +434,29 @@ class OnDeviceSession(SessionBase):
             stdin_data=stdin_data,
         )
         return process
+
+    def _byo_proxy_env(self) -> dict[str, str]:
+        http = self.network_proxy_url
+        assert http is not None
+        socks = self.network_socks_url or http
+        env = {}
+        for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+            env[name] = env[name.lower()] = http
+        env["ALL_PROXY"] = env["all_proxy"] = socks
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
+        return env
+
+    def _warn_byo_proxy(self) -> None:
+        if not self._warned_byo_proxy:
+            self._warned_byo_proxy = True
+            warnings.warn(
+                "network_proxy_url is set: runs that are not 'blocked' share the host network "
+                "and only the proxy environment variables point them at your proxy; the "
+                "allow-list and deny-list are not applied (filtering is your proxy's job), and "
+                "code that ignores the variables is not constrained",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _plan(self, resources: Any) -> LimitPlan:
         limits = self.limits
