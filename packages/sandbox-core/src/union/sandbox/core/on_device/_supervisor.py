@@ -85,6 +85,8 @@ LANDLOCK_RULES: list[tuple[int, int]] = []  # (O_PATH fd, access) opened once pe
 SCRATCH_REBINDS: list[str] = []  # granted paths under /tmp or /dev/shm
 CONTROL_FD = -1
 CHILD = 0
+WARM: dict[str, tuple[int, socket.socket]] = {}  # network posture -> prepared init
+PENDING_PREFORK: set[str] = set()
 
 # Status records on a run's status pipe: a kind byte, then fields.
 REC_EXIT, REC_TIMEOUT, REC_ERROR, REC_REAPED = b"E", b"T", b"X", b"R"
@@ -344,12 +346,11 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))
 
 
-def mount_run_filesystems(req: dict[str, Any]) -> None:
+def mount_run_filesystems(tmp_size: int) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Paths granted under the scratch mounts (a work dir in /tmp) come back on top. The
     # handles must be taken here: a bind source has to live in this mount namespace.
     held = hold(SCRATCH_REBINDS)
-    tmp_size = req.get("tmp_size") or CONFIG["tmp_size"]
     for scratch in ("/tmp", "/dev/shm"):
         mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
     for path, fd in held:
@@ -449,31 +450,46 @@ def end_everything(child: int) -> None:
             continue
 
 
-def run_init(req: dict[str, Any], fds: dict[str, Any]) -> None:
-    """Body of the run's pid 1. Never returns."""
+def prepare_init(net: str, tmp_size: int) -> str:
+    """The request-independent part of a run's init, done ahead of time for a prepared
+    init: fresh scratch mounts, /proc, loopback, and the lock-down (capabilities,
+    no_new_privs, Landlock, seccomp). Returns "" or the error, which is reported once the
+    request (and its status pipe) arrives."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in (CONTROL_FD, *(sock.fileno() for _pid, sock in WARM.values())):
+        os.close(fd)
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        if CONFIG["mode"] != "none":
+            mount_run_filesystems(tmp_size)
+            if net != "open":
+                loopback_up()
+            lock_down()
+    except SetupError as exc:
+        return str(exc)
+    except Exception as exc:  # report anything, never hang the caller
+        return f"sandbox init failed: {exc!r}"
+    return ""
+
+
+def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> None:
+    """Body of the run's pid 1 once its request is known. Never returns."""
     global CHILD
     status_fd = fds["status"]
     started = time.monotonic()
+    if setup_error:
+        report(status_fd, REC_ERROR, setup_error.encode())
+        os._exit(0)
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.close(CONTROL_FD)
-        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        isolate = CONFIG["mode"] != "none"
-        # Join the run's cgroups (memory, pids, cpu) before anything else runs, then see
-        # only them: a cgroup namespace rooted there.
+        # Join the run's cgroups (memory, pids, cpu) before the command exists. (Writing to
+        # a cgroup.procs file the host opened needs no privilege: we move ourselves.)
         for fd in fds.get("cgroups", ()):
             try:
                 os.write(fd, b"0")
             except OSError as exc:
                 raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
             os.close(fd)
-        if isolate:
-            check(LIBC.unshare(CLONE_NEWCGROUP), "unshare(CLONE_NEWCGROUP)")
-        if isolate:
-            mount_run_filesystems(req)
-            if req["net"] != "open":
-                loopback_up()
         cwd = req["cwd"]
         try:
             os.chdir(cwd)
@@ -481,8 +497,6 @@ def run_init(req: dict[str, Any], fds: dict[str, Any]) -> None:
             raise SetupError(f"cwd {cwd!r}: {exc.strerror}") from None
         for name, value in req.get("rlimits", {}).items():
             resource.setrlimit(getattr(resource, name), (value, value))
-        if isolate:
-            lock_down()
         for signo in FORWARDED_SIGNALS:
             signal.signal(signo, forward_signal)
         signal.signal(signal.SIGALRM, on_alarm)
@@ -529,37 +543,107 @@ def run_init(req: dict[str, Any], fds: dict[str, Any]) -> None:
     os._exit(0)
 
 
+def warm_init(sock: socket.socket, net: str) -> None:
+    """A pre-forked init: prepared ahead of time, it waits for the next run's request (and
+    its descriptors) on its own socket. Never returns."""
+    error = prepare_init(net, CONFIG["tmp_size"])
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 16)
+    except OSError:
+        os._exit(0)
+    if not data:
+        os._exit(0)
+    sock.close()
+    req = marshal.loads(data)
+    named = name_fds(req, fds)
+    if named is None:
+        os._exit(0)
+    finish_init(req, named, error)
+
+
 # --------------------------------------------------------------------------------------
 # Supervisor loop
 # --------------------------------------------------------------------------------------
 
 
-def start_run(req: dict[str, Any], fds: list[int]) -> None:
+def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
+    """Label a run's descriptors (stdin, stdout, stderr, status, [script], cgroups...)."""
     names = ["stdin", "stdout", "stderr", "status"] + (["script_fd"] if req.get("script") else [])
-    cgroup_count = int(req.get("cgroups", 0))
-    if len(fds) != len(names) + cgroup_count:
+    if len(fds) != len(names) + int(req.get("cgroups", 0)):
         for fd in fds:
             os.close(fd)
-        return
+        return None
     for fd in fds:
         os.set_inheritable(fd, False)  # only what posix_spawn dup2s reaches the command
     named: dict[str, Any] = dict(zip(names, fds[: len(names)], strict=True))
     named["cgroups"] = fds[len(names) :]
+    return named
+
+
+def net_key(req_net: str) -> str:
+    return "open" if req_net == "open" or CONFIG["mode"] == "none" else "blocked"
+
+
+def clone_init(net: str) -> int:
+    """Clone a run's init into fresh namespaces; returns its pid (0 in the child)."""
     flags = int(signal.SIGCHLD)
     if CONFIG["mode"] != "none":
         flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
-        if req["net"] != "open":
+        if net != "open":
             flags |= CLONE_NEWNET
-    pid = LIBC.syscall(SYS_CLONE, flags, 0, 0, 0, 0)
+    pid: int = LIBC.syscall(SYS_CLONE, flags, 0, 0, 0, 0)
+    return pid
+
+
+def prefork(net: str) -> None:
+    """Keep one prepared init per network posture ready, so that a run's critical path is
+    only its request-specific steps."""
+    if net in WARM:
+        return
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = clone_init(net)
     if pid == 0:
-        run_init(req, named)
+        ours.close()
+        warm_init(theirs, net)
+    theirs.close()
+    if pid < 0:
+        ours.close()
+        return
+    WARM[net] = (pid, ours)
+
+
+def start_run(req: dict[str, Any], fds: list[int]) -> None:
+    named = name_fds(req, fds)
+    if named is None:
+        return
+    net = net_key(req["net"])
+    pid = 0
+    # A prepared init has the default scratch size; other sizes start cold.
+    warm = WARM.pop(net, None) if req["tmp_size"] == CONFIG["tmp_size"] else None
+    if warm is not None:
+        warm_pid, sock = warm
+        try:
+            socket.send_fds(sock, [marshal.dumps(req)], fds)
+            pid = warm_pid
+        except OSError:
+            try:
+                os.kill(warm_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sock.close()
+    if not pid:
+        pid = clone_init(net)
+        if pid == 0:
+            finish_init(req, named, prepare_init(net, req["tmp_size"]))
     if pid < 0:
         err = ctypes.get_errno()
         report(named["status"], REC_ERROR, f"clone(new namespaces): {os.strerror(err)}".encode())
     else:
-        RUNS[pid] = {"id": req["id"], "status_fd": os.dup(named["status"])}
+        RUNS[pid] = {"id": req["id"], "status_fd": os.dup(named["status"]), "net": net}
     for fd in fds:
         os.close(fd)
+    if CONFIG.get("warm") == "dispatch":
+        prefork(net)
 
 
 def find_run(run_id: int) -> int | None:
@@ -588,7 +672,13 @@ def handle(msg: dict[str, Any], fds: list[int]) -> None:
 
 
 def reaped(pid: int, status: int) -> None:
+    for net, (warm_pid, sock) in list(WARM.items()):
+        if warm_pid == pid:  # a prepared init died before use
+            del WARM[net]
+            sock.close()
     run = RUNS.pop(pid, None)
+    if run is not None and CONFIG.get("warm") == "reap" and not RUNS:
+        PENDING_PREFORK.add(run["net"])
     if run is not None:
         # Only meaningful when init died before reporting (killed, or crashed).
         report(run["status_fd"], REC_REAPED, struct.pack("<i", status))
@@ -614,7 +704,11 @@ def serve(control: socket.socket) -> None:
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
-        for fd, _events in poller.poll():
+        events = poller.poll(0 if PENDING_PREFORK else None)
+        if not events and PENDING_PREFORK:
+            prefork(PENDING_PREFORK.pop())  # idle: prepare the next run's init now
+            continue
+        for fd, _events in events:
             if fd == wake_r:
                 try:
                     os.read(wake_r, 4096)
@@ -633,6 +727,11 @@ def serve(control: socket.socket) -> None:
 
 def shutdown() -> None:
     """The host closed the control socket: kill every run and exit (bounded)."""
+    for pid, _sock in WARM.values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for pid in list(RUNS):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -667,6 +766,8 @@ def main() -> None:
     gc.freeze()
     gc.disable()
     control.send(b"ready " + facts.encode())
+    if CONFIG.get("warm") in ("dispatch", "reap"):
+        prefork(net_key(CONFIG.get("default_net", "blocked")))
     serve(control)
 
 

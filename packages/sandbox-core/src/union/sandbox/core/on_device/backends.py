@@ -14,6 +14,7 @@ from typing import Any
 
 from .._seccomp import build_deny_filter
 from .fs import FsLayout, host_python
+from .limits import DEFAULT_TMP_SIZE
 
 __all__ = [
     "BACKENDS",
@@ -28,8 +29,6 @@ BACKENDS: tuple[str, ...] = ("bubblewrap", "userns", "sandbox-exec", "none")
 _ALIASES = {"bwrap": "bubblewrap", "userns-lite": "userns", "sandboxexec": "sandbox-exec"}
 #: Host uid/gid a sandbox runs as when the library runs as root: root's files stay root's.
 UNPRIVILEGED_ID = 65534
-#: Size of each run's fresh /tmp and /dev/shm.
-DEFAULT_TMP_SIZE = "1g"
 
 
 def canonical_backend(name: str) -> str:
@@ -132,7 +131,7 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     return args
 
 
-def supervisor_config(backend: str, layout: FsLayout) -> dict[str, Any]:
+def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[str, Any]:
     """The session configuration the supervisor receives first on its control socket."""
     python, _ = host_python()
     scratch = ("/tmp", "/dev/shm")
@@ -159,6 +158,8 @@ def supervisor_config(backend: str, layout: FsLayout) -> dict[str, Any]:
         "landlock_rules": rules if isolate else [],
         "seccomp": seccomp_filter_hex() if isolate else "",
         "tmp_size": DEFAULT_TMP_SIZE,
+        "default_net": default_net,
+        "warm": os.environ.get("UNION_SANDBOX_WARM", "reap"),
     }
 
 

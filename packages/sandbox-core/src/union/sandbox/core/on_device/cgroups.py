@@ -199,8 +199,11 @@ class CgroupRun:
         self.version = session.support.version
         self.dirs: dict[str, Path] = {}
         self.procs_fds: list[int] = []
+        wanted = {"memory": limits.memory_bytes, "pids": limits.pids, "cpu": limits.cpu_milli}
         try:
             for controller, parent in session.dirs.items():
+                if not wanted.get(controller):
+                    continue  # only the hierarchies that limit something
                 path = parent / f"run-{run_id}"
                 if path not in self.dirs.values():
                     path.mkdir(exist_ok=True)

@@ -237,7 +237,9 @@ class OnDeviceSession(SessionBase):
             backend=backend,
             argv_prefix=backends.supervisor_argv_prefix(backend, layout),
             python=layout.python,
-            config=backends.supervisor_config(backend, layout),
+            config=backends.supervisor_config(
+                backend, layout, "open" if self.network.mode == "open" else "blocked"
+            ),
             diagnose=lambda detail, stderr: backends.diagnose(backend, detail, stderr),
         )
 
@@ -384,7 +386,7 @@ class OnDeviceSession(SessionBase):
             "timeout": timeout,
             "net": "open" if policy.mode == "open" or byo_proxy else "blocked",
             "rlimits": plan.rlimits,
-            "tmp_size": str(plan.tmp_size),
+            "tmp_size": plan.tmp_size,
         }
         await supervisor.ready()
         cgroup = self._cgroup_for_run(plan)
@@ -491,7 +493,7 @@ class OnDeviceSession(SessionBase):
         if self.backend == "none":
             limits["disk"] = "not enforced (backend 'none' shares the host /tmp)"
             return IsolationReport(backend="none", uid=os.getuid(), network="open", limits=limits)
-        namespaces = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
+        namespaces = ["user", "pid", "mount", "ipc", "uts"]
         if policy.mode != "open":
             namespaces.append("net")
         host_uid = facts.get("host_uid")
