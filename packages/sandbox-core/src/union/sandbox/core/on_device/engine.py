@@ -257,13 +257,18 @@ class Supervisor:
             pass
         self._sock.close()
         with anyio.CancelScope(shield=True):
-            pidfd = os.pidfd_open(proc.pid)
-            try:
-                with anyio.move_on_after(5):
-                    # A pidfd turns readable when the process exits.
-                    await anyio.wait_readable(pidfd)
-            finally:
-                os.close(pidfd)
+            if proc.poll() is None:
+                try:
+                    pidfd = os.pidfd_open(proc.pid)
+                except ProcessLookupError:
+                    pidfd = -1
+                if pidfd >= 0:
+                    try:
+                        with anyio.move_on_after(5):
+                            # A pidfd turns readable when the process exits.
+                            await anyio.wait_readable(pidfd)
+                    finally:
+                        os.close(pidfd)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 await anyio.to_thread.run_sync(proc.wait)

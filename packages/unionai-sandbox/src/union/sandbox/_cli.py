@@ -1,0 +1,325 @@
+"""``unionai-sandbox``: run a command in a fresh sandbox, open an interactive sandbox shell,
+check what this host supports, or serve sessions over HTTP.
+
+    unionai-sandbox run [options] -- CMD [ARGS...]
+    unionai-sandbox shell [options]
+    unionai-sandbox doctor [--json]
+    unionai-sandbox serve [sandbox-server options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from union.sandbox.core.constants import DEFAULT_RUN_TIMEOUT_S
+from union.sandbox.core.errors import BackendUnavailableError, ExecutionError
+from union.sandbox.core.on_device import OnDeviceSession
+from union.sandbox.core.resources import Resources
+
+from union.sandbox.core.on_device.doctor import doctor_report, format_doctor
+
+__all__ = ["main"]
+
+
+def _session_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sandbox")
+    group.add_argument(
+        "--backend",
+        default="bubblewrap",
+        help="isolation backend: bubblewrap (default), userns or none",
+    )
+    group.add_argument(
+        "--network",
+        default="blocked",
+        choices=["blocked", "open", "allowlist"],
+        help="network posture (default: blocked)",
+    )
+    group.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="allow-list entry (host, *.domain or CIDR); repeat; implies --network allowlist",
+    )
+    group.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="deny-list entry, checked before the allow-list; repeat",
+    )
+    group.add_argument(
+        "--ro",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="extra host path readable by the sandbox; repeat",
+    )
+    group.add_argument(
+        "--rw",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="extra host path writable by the sandbox; repeat",
+    )
+    group.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="host directory to use as the work dir (kept after exit); "
+        "default: a fresh temporary one",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_RUN_TIMEOUT_S,
+        metavar="S",
+        help=f"per-command wall-clock limit in seconds (default {DEFAULT_RUN_TIMEOUT_S:g})",
+    )
+    group.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512Mi")
+    group.add_argument("--cpu", metavar="CPUS", help="CPU limit, e.g. 1 or 500m")
+    group.add_argument("--pids", type=int, metavar="N", help="most processes at once")
+    group.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the command; repeat",
+    )
+
+
+def _build_session(args: argparse.Namespace) -> OnDeviceSession:
+    mode = "allowlist" if args.allow and args.network == "blocked" else args.network
+    resources = None
+    if args.memory or args.cpu or args.pids:
+        resources = Resources(cpu=args.cpu, memory=args.memory, pids=args.pids)
+    return OnDeviceSession(
+        backend=args.backend,
+        network_mode=mode,
+        network_allowlist=args.allow or None,
+        network_denylist=args.deny or None,
+        read_only_paths=args.ro,
+        read_write_paths=args.rw,
+        host_work_dir=os.path.abspath(args.work_dir) if args.work_dir else None,
+        timeout_s=args.timeout,
+        resources=resources,
+    )
+
+
+def _parse_env(items: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env takes KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _split_pair(item: str, flag: str) -> tuple[str, str]:
+    left, sep, right = item.partition(":")
+    if not sep or not left or not right:
+        raise SystemExit(f"{flag} takes SOURCE:DEST, got {item!r}")
+    return left, right
+
+
+def _in_work_dir(session: OnDeviceSession, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(session.work_dir, path)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if not args.command:
+        raise SystemExit(
+            "nothing to run: give the command after --, e.g. "
+            "`unionai-sandbox run -- python3 -c 'print(1)'`"
+        )
+    session = _build_session(args)
+    env = _parse_env(args.env)
+    async with session:
+        for item in args.put:
+            local, remote = _split_pair(item, "--put")
+            with open(local, "rb") as f:
+                await session.put_bytes(_in_work_dir(session, remote), f.read())
+        proc = await session.run(
+            shlex.join(args.command),
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            env=env,
+            cwd=args.cwd,
+        )
+        try:
+            code = await proc.wait()
+        except ExecutionError as exc:
+            print(f"unionai-sandbox: {exc}", file=sys.stderr)
+            return 125
+        for item in args.get:
+            remote, local = _split_pair(item, "--get")
+            data = await session.get_bytes(_in_work_dir(session, remote))
+            with open(local, "wb") as f:
+                f.write(data)
+        if args.json:
+            assert proc.termination is not None
+            report = {
+                "returncode": code,
+                "termination": proc.termination.kind.value,
+                "reason": proc.termination_reason,
+                "runtime_ms": proc.runtime_ms,
+                "backend": proc.backend,
+                "isolation": proc.isolation and proc.isolation.__dict__,
+            }
+            print(json.dumps(report, default=str), file=sys.stderr)
+        return code
+
+
+async def _shell(args: argparse.Namespace) -> int:
+    session = _build_session(args)
+    env = _parse_env(args.env)
+    async with session:
+        print(
+            f"sandbox shell ({session.backend}); work dir {session.work_dir}. Each line runs "
+            "in a fresh process of the same session: files in the work dir persist, /tmp "
+            "does not. `exit` or Ctrl-D to leave.",
+            file=sys.stderr,
+        )
+        cwd: str | None = None
+        last = 0
+        while True:
+            try:
+                line = await anyio.to_thread.run_sync(input, f"sandbox [{last}]$ ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("exit", "quit", "logout"):
+                return 0
+            if line.startswith("cd ") or line == "cd":
+                target = line[3:].strip() or session.work_dir
+                result = await session.exec(f"cd {target} && pwd", cwd=cwd, env=env)
+                if result.ok:
+                    cwd = result.stdout.strip()
+                else:
+                    print(result.stderr, end="", file=sys.stderr)
+                last = result.returncode
+                continue
+            proc = await session.run(line, stdout=sys.stdout, stderr=sys.stderr, env=env, cwd=cwd)
+            try:
+                last = await proc.wait()
+            except ExecutionError as exc:
+                print(f"unionai-sandbox: {exc}", file=sys.stderr)
+                last = 125
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    report = doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_doctor(report))
+    return 0 if any(b["available"] for b in report["backends"] if b["name"] != "none") else 1
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        from union.sandbox.server.__main__ import main as serve_main
+    except ImportError as exc:
+        raise SystemExit(
+            f"unionai-sandbox serve needs the server: pip install unionai-sandbox-server ({exc})"
+        ) from exc
+    result: Any = serve_main(argv)
+    return int(result or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unionai-sandbox",
+        description="Run untrusted code in sandbox sessions on this machine.",
+    )
+    commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run one command in a fresh sandbox session and exit with its code",
+        description="Run CMD in a fresh sandbox session. Output streams live; the exit code is "
+        "the command's (125 when the sandbox itself failed).",
+    )
+    _session_options(run)
+    run.add_argument("--cwd", help="working directory (relative to the work dir)")
+    run.add_argument(
+        "--put",
+        action="append",
+        default=[],
+        metavar="LOCAL:PATH",
+        help="copy a local file into the work dir before running; repeat",
+    )
+    run.add_argument(
+        "--get",
+        action="append",
+        default=[],
+        metavar="PATH:LOCAL",
+        help="copy a file out of the work dir after running; repeat",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary (termination, isolation) on stderr at the end",
+    )
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    shell = commands.add_parser(
+        "shell",
+        help="interactive session: each line runs in the same sandbox session",
+        description="A line-by-line shell over one sandbox session.",
+    )
+    _session_options(shell)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="which backends can run here, and what blocks the others",
+        description="Preflight check: probes every backend for real and names the host setting "
+        "that blocks each unavailable one, with the fix.",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
+    commands.add_parser(
+        "serve",
+        help="serve sessions over HTTP (the sandbox-server)",
+        add_help=False,
+        description="Same as `sandbox-server`; see `unionai-sandbox serve --help`.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command_name == "doctor":
+        return _doctor(args)
+    if args.command_name == "run" and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        if args.command_name == "run":
+            return anyio.run(_run, args)
+        return anyio.run(_shell, args)
+    except BackendUnavailableError as exc:
+        print(f"unionai-sandbox: {exc}", file=sys.stderr)
+        return 125
+    except (ValueError, TypeError, PermissionError, FileNotFoundError) as exc:
+        print(f"unionai-sandbox: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
