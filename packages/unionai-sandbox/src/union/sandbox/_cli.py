@@ -10,6 +10,7 @@ check what this host supports, or serve sessions over HTTP.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shlex
@@ -22,9 +23,8 @@ import anyio
 from union.sandbox.core.constants import DEFAULT_RUN_TIMEOUT_S
 from union.sandbox.core.errors import BackendUnavailableError, ExecutionError
 from union.sandbox.core.on_device import OnDeviceSession
-from union.sandbox.core.resources import Resources
-
 from union.sandbox.core.on_device.doctor import doctor_report, format_doctor
+from union.sandbox.core.resources import Resources
 
 __all__ = ["main"]
 
@@ -145,8 +145,8 @@ async def _run(args: argparse.Namespace) -> int:
     async with session:
         for item in args.put:
             local, remote = _split_pair(item, "--put")
-            with open(local, "rb") as f:
-                await session.put_bytes(_in_work_dir(session, remote), f.read())
+            data = await anyio.Path(local).read_bytes()
+            await session.put_bytes(_in_work_dir(session, remote), data)
         proc = await session.run(
             shlex.join(args.command),
             stdout=sys.stdout,
@@ -162,8 +162,7 @@ async def _run(args: argparse.Namespace) -> int:
         for item in args.get:
             remote, local = _split_pair(item, "--get")
             data = await session.get_bytes(_in_work_dir(session, remote))
-            with open(local, "wb") as f:
-                f.write(data)
+            await anyio.Path(local).write_bytes(data)
         if args.json:
             assert proc.termination is not None
             report = {
@@ -229,7 +228,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _serve(argv: list[str]) -> int:
     try:
-        from union.sandbox.server.__main__ import main as serve_main
+        serve_main = importlib.import_module("union.sandbox.server.__main__").main
     except ImportError as exc:
         raise SystemExit(
             f"unionai-sandbox serve needs the server: pip install unionai-sandbox-server ({exc})"

@@ -40,7 +40,9 @@ def _bwrap_version(path: str | None) -> str | None:
     if path is None:
         return None
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
     except OSError as exc:
         return f"cannot run: {exc.strerror}"
     return (out.stdout or out.stderr).strip()
