@@ -160,8 +160,8 @@ SHAPES: tuple[Shape, ...] = (
         probes=(
             imports("union.sandbox.client"),
             Probe(
-                "sb.remote is union.sandbox.client",
-                SB + "import union.sandbox.client as c\nassert sb.remote is c\n",
+                "sb.remote serves the client's session",
+                SB + "import union.sandbox.client as c\nassert sb.remote.session is c.session\n",
             ),
             import_fails("flyte"),
             import_fails("kubernetes"),

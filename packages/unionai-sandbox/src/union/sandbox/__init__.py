@@ -48,7 +48,7 @@ SandboxCommandError = CommandError
 
 # Names served by optional layers: (module, attribute, extra that installs the module).
 _LAZY: dict[str, tuple[str, str, str]] = {
-    "remote": ("union.sandbox.client", "", "remote"),
+    "remote": ("union.sandbox.remote", "", "remote"),
     "session": ("union.sandbox.flyte", "session", "flyte"),
     "SandboxSession": ("union.sandbox.flyte", "SandboxSession", "flyte"),
     "SandboxEnvironment": ("union.sandbox.flyte", "SandboxEnvironment", "flyte"),

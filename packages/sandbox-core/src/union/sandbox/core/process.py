@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import signal as _signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -172,8 +172,19 @@ class OutputStream:
                 self._buf.clear()
                 return data
             if not self._buf:
-                await self._fill()
-            data = bytes(self._buf[:n])
+                if self._eof:
+                    return b""
+                # Fast path: hand a fresh chunk over as-is when it fits.
+                chunk = await self._pull()
+                if not chunk:
+                    self._eof = True
+                    return b""
+                if len(chunk) <= n:
+                    return chunk
+                self._buf += chunk
+            view = memoryview(self._buf)
+            data = bytes(view[:n])
+            view.release()
             del self._buf[:n]
             return data
 
@@ -242,6 +253,12 @@ class InputStream:
         return self._closed
 
 
+class NetworkLog(Protocol):
+    """Where a transport records a run's egress decisions."""
+
+    def snapshot(self) -> Sequence[Any]: ...
+
+
 class ProcessDriver(Protocol):
     """What a transport provides to drive one :class:`Process`."""
 
@@ -280,6 +297,7 @@ class Process:
         isolation: IsolationReport | None = None,
         forward: list[tuple[Pull, Any]] | None = None,
         stdin_data: bytes | None = None,
+        network_log: NetworkLog | None = None,
     ) -> None:
         self._driver = driver
         self.stdout = stdout
@@ -290,6 +308,7 @@ class Process:
         self.termination: Termination | None = None
         self._forward = forward or []
         self._stdin_data = stdin_data
+        self._network_log = network_log
         self._wait_lock = anyio.Lock()
 
     # -- results -------------------------------------------------------------------------
@@ -323,6 +342,13 @@ class Process:
     def stderr_truncated(self) -> bool:
         """True when captured stderr exceeded the cap and the excess was dropped."""
         return self.stderr is not None and self.stderr.truncated
+
+    @property
+    def network_decisions(self) -> list[Any]:
+        """What the run's egress proxies allowed and refused (host, port, allowed, rule or
+        reason, bytes), so a policy block can be told from a network failure. Empty for runs
+        without proxies (``blocked``, plain ``open``)."""
+        return [] if self._network_log is None else list(self._network_log.snapshot())
 
     # -- control -------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ CONTROL_FD = -1
 CHILD = 0
 WARM: dict[str, tuple[int, socket.socket]] = {}  # network posture -> prepared init
 PENDING_PREFORK: set[str] = set()
+WAKE_FDS: list[int] = []
 
 # Status records on a run's status pipe: a kind byte, then fields.
 REC_EXIT, REC_TIMEOUT, REC_ERROR, REC_REAPED = b"E", b"T", b"X", b"R"
@@ -196,8 +197,10 @@ def hold(paths: list[str]) -> list[tuple[str, int]]:
     for path in outermost(paths):
         try:
             held.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
-        except OSError:
+        except FileNotFoundError:
             continue
+        except OSError as exc:
+            raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
     return held
 
 
@@ -267,7 +270,7 @@ def prepare_landlock(rules: list[list[str]]) -> None:
     """Open every granted path once; runs turn these handles into a ruleset. The per-run
     scratch mounts (/tmp, /dev/shm) are new each run and are added by the run itself."""
     for path, kind in rules:
-        if path in ("/tmp", "/dev/shm"):
+        if path in ("/tmp", "/dev/shm", "/proc"):
             continue
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -371,8 +374,15 @@ def apply_landlock() -> None:
     ruleset = check(
         LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0), "landlock_create_ruleset"
     )
-    scratch = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in ("/tmp", "/dev/shm")]
-    rules = LANDLOCK_RULES + [(fd, handled) for fd in scratch]
+    # This run's own mounts are new inodes: grant them here (the session's rules cannot).
+    scratch = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in ("/tmp", "/dev/shm", "/proc")]
+    proc_access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+    rules = [
+        *LANDLOCK_RULES,
+        (scratch[0], handled),
+        (scratch[1], handled),
+        (scratch[2], proc_access),
+    ]
     beneath = ctypes.create_string_buffer(12)
     for fd, access in rules:
         struct.pack_into("=Qi", beneath, 0, access, fd)
@@ -457,8 +467,13 @@ def prepare_init(net: str, tmp_size: int) -> str:
     request (and its status pipe) arrives."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for fd in (CONTROL_FD, *(sock.fileno() for _pid, sock in WARM.values())):
-        os.close(fd)
+    # A clone holds copies of the supervisor's descriptors: other runs' status pipes above
+    # all, which must close when *those* runs end. Keep only our own.
+    for fd in supervisor_fds():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
         if CONFIG["mode"] != "none":
@@ -497,6 +512,9 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
             raise SetupError(f"cwd {cwd!r}: {exc.strerror}") from None
         for name, value in req.get("rlimits", {}).items():
             resource.setrlimit(getattr(resource, name), (value, value))
+        env = req["env"]
+        if "proxy_chan" in fds:
+            env = open_proxy_listeners(fds.pop("proxy_chan"), env, req["proxy_env"])
         for signo in FORWARDED_SIGNALS:
             signal.signal(signo, forward_signal)
         signal.signal(signal.SIGALRM, on_alarm)
@@ -513,7 +531,7 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
             CHILD = os.posix_spawn(
                 argv[0],
                 argv,
-                req["env"],
+                env,
                 file_actions=file_actions,
                 setsid=True,
                 setsigdef=(*FORWARDED_SIGNALS, signal.SIGALRM, signal.SIGPIPE, signal.SIGCHLD),
@@ -543,6 +561,34 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
     os._exit(0)
 
 
+def open_proxy_listeners(
+    chan_fd: int, env: dict[str, str], template: dict[str, str]
+) -> dict[str, str]:
+    """Listen for the run's HTTP and SOCKS5 proxies on 127.0.0.1 in the run's own network
+    namespace (so only this run can reach them), hand the sockets to the host, which serves
+    them, and point the command at them (variables the caller set win)."""
+    chan = socket.socket(fileno=chan_fd)
+    listeners = []
+    try:
+        for _ in range(2):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listeners.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+        socket.send_fds(chan, [b"L"], [sock.fileno() for sock in listeners])
+        http_port, socks_port = (sock.getsockname()[1] for sock in listeners)
+    except OSError as exc:
+        raise SetupError(f"starting the run's proxy listeners: {exc.strerror}") from None
+    finally:
+        for sock in listeners:
+            sock.close()
+        chan.close()
+    merged = dict(env)
+    for key, value in template.items():
+        merged.setdefault(key, value.format(http=http_port, socks=socks_port))
+    return merged
+
+
 def warm_init(sock: socket.socket, net: str) -> None:
     """A pre-forked init: prepared ahead of time, it waits for the next run's request (and
     its descriptors) on its own socket. Never returns."""
@@ -568,7 +614,9 @@ def warm_init(sock: socket.socket, net: str) -> None:
 
 def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
     """Label a run's descriptors (stdin, stdout, stderr, status, [script], cgroups...)."""
-    names = ["stdin", "stdout", "stderr", "status"] + (["script_fd"] if req.get("script") else [])
+    names = ["stdin", "stdout", "stderr", "status"]
+    names += ["script_fd"] if req.get("script") else []
+    names += ["proxy_chan"] if req.get("proxy_env") else []
     if len(fds) != len(names) + int(req.get("cgroups", 0)):
         for fd in fds:
             os.close(fd)
@@ -578,6 +626,14 @@ def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
     named: dict[str, Any] = dict(zip(names, fds[: len(names)], strict=True))
     named["cgroups"] = fds[len(names) :]
     return named
+
+
+def supervisor_fds() -> list[int]:
+    """Descriptors the supervisor holds for itself (a run's init must not keep them)."""
+    fds = [CONTROL_FD, *WAKE_FDS]
+    fds += [sock.fileno() for _pid, sock in WARM.values()]
+    fds += [run["status_fd"] for run in RUNS.values()]
+    return fds
 
 
 def net_key(req_net: str) -> str:
@@ -698,6 +754,7 @@ def reap() -> None:
 
 def serve(control: socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    WAKE_FDS.extend((wake_r, wake_w))
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     poller = select.poll()

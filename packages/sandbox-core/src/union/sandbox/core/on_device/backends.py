@@ -123,8 +123,8 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     # bwrap creates missing parents of a mount point as 0700 root-owned directories, which
     # the sandbox user could not traverse (a Python under /root/.pyenv): make them 0755.
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
-    targets = ["/proc", "/dev", "/tmp", *(path for _, path in binds)]
-    for parent in _missing_parents(targets):
+    # The scratch tmpfs mounts are empty: parents of binds inside them must be made too.
+    for parent in _missing_parents([path for _, path in binds]):
         args += ["--perms", "0755", "--dir", parent]
     for kind, path in binds:
         if kind == "ro":
@@ -133,6 +133,32 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
             args += ["--dev-bind" if kind == "dev" else "--bind", path, path]
     args.append("--")
     return args
+
+
+def _traversable_by(path: str, uid: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True  # missing: nothing to hide, nothing to reach
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    return bool(st.st_mode & 0o001)
+
+
+def _mask_dirs(granted: list[str]) -> list[str]:
+    """Directories the userns backend covers with an empty tmpfs when the host is root:
+    ``/root`` and ``/home`` always, plus any ancestor of a granted path that the
+    unprivileged sandbox uid could not traverse (a 0700 directory in /tmp, say); granted paths
+    under them are bound back on top."""
+    masks = {"/root", "/home"}
+    for path in granted:
+        parent = os.path.dirname(path)
+        while parent not in ("/", ""):
+            if not _traversable_by(parent, UNPRIVILEGED_ID):
+                masks.add(parent)
+            parent = os.path.dirname(parent)
+    outer = sorted(masks, key=len)
+    return [m for m in outer if not any(m.startswith(o + "/") for o in outer if o != m)]
 
 
 def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[str, Any]:
@@ -153,10 +179,8 @@ def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[
         "in_userns": backend == "bubblewrap" and not root,
         "sandbox_uid": UNPRIVILEGED_ID if (isolate and root) else None,
         "sandbox_gid": UNPRIVILEGED_ID if (isolate and root) else None,
-        "mask_dirs": ["/root", "/home"],
-        "rebind": [
-            p for p in layout.read_only + layout.read_write if p.startswith(("/root/", "/home/"))
-        ],
+        "mask_dirs": (masks := _mask_dirs(granted)),
+        "rebind": [p for p in granted if any(p.startswith(m + "/") for m in masks)],
         "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
         "landlock": isolate,
         "landlock_rules": rules if isolate else [],

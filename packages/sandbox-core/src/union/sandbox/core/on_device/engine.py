@@ -30,7 +30,8 @@ __all__ = ["RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
 
 SUPERVISOR_SOURCE = (Path(__file__).with_name("_supervisor.py")).read_text()
 _CHUNK = 1 << 20
-_FINAL_RECORDS = (b"E", b"T", b"X")
+# Every record is final: init reports once, and "R" comes only when init died unreported.
+_FINAL_RECORDS = (b"E", b"T", b"X", b"R")
 _F_SETPIPE_SZ = 1031
 
 
@@ -80,6 +81,7 @@ class Supervisor:
         self.spec = spec
         self.facts: dict[str, Any] = {}
         self._ready = False
+        self._ready_lock = anyio.Lock()
         self._failure: BackendUnavailableError | None = None
         self._next_id = 0
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -115,7 +117,10 @@ class Supervisor:
             for fd in spec.pass_fds:
                 os.close(fd)
         if self._proc is not None:
-            host.sendall(marshal.dumps(spec.config))
+            try:
+                host.sendall(marshal.dumps(spec.config))
+            except OSError:
+                pass  # it died at once; ready() reports why from its stderr
         host.setblocking(False)
 
     async def ready(self) -> dict[str, Any]:
@@ -125,6 +130,14 @@ class Supervisor:
             return self.facts
         if self._failure is not None:
             raise self._failure
+        async with self._ready_lock:  # concurrent first runs: one reads the handshake
+            if self._ready:
+                return self.facts
+            if self._failure is not None:
+                raise self._failure
+            return await self._handshake()
+
+    async def _handshake(self) -> dict[str, Any]:
         msg = await self._recv()
         if msg.startswith(b"ready "):
             abi, host_uid, seccomp = msg[6:].split()
@@ -186,6 +199,7 @@ class Supervisor:
         capture_stdout: bool,
         capture_stderr: bool,
         script: bytes | None = None,
+        proxy_fd: int | None = None,
         cgroup_fds: Sequence[int] = (),
     ) -> RunChannel:
         """Send one run; return the host ends of its pipes. ``cgroup_fds`` (the run's
@@ -217,6 +231,8 @@ class Supervisor:
                 memfd = os.memfd_create("union-sandbox-script", os.MFD_CLOEXEC)
                 os.write(memfd, script)
                 theirs.append(memfd)
+            if proxy_fd is not None:
+                theirs.append(os.dup(proxy_fd))
             await self._send(
                 {
                     **request,

@@ -40,6 +40,7 @@ from ..resources import to_limits
 from ..session import SessionBase
 from . import backends, cgroups
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
+from .egress import PROXY_ENV_TEMPLATE, RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .fs import FsLayout, check_session_path, gpu_devices
 from .limits import LimitPlan, plan_limits
@@ -59,12 +60,17 @@ class _RunDriver:
     the run's cgroup saw (an OOM kill, the pids limit) to say why the run ended."""
 
     def __init__(
-        self, session: OnDeviceSession, channel: RunChannel, cgroup: CgroupRun | None
+        self,
+        session: OnDeviceSession,
+        channel: RunChannel,
+        cgroup: CgroupRun | None,
+        egress: RunEgress | None,
     ) -> None:
         self.backend = session.backend
         self._session = session
         self._channel = channel
         self._cgroup = cgroup
+        self._egress = egress
 
     async def wait_exit(self) -> Termination:
         termination = await self._channel.wait_exit()
@@ -94,6 +100,8 @@ class _RunDriver:
         self._session._live.discard(self._channel)
         if self._cgroup is not None:
             self._cgroup.remove()
+        if self._egress is not None:
+            await self._session._egress.detach(self._egress, self._channel)
 
 
 class OnDeviceSession(SessionBase):
@@ -168,6 +176,7 @@ class OnDeviceSession(SessionBase):
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
         self._run_counter = 0
+        self._egress = SessionEgress()
         self._warned_byo_proxy = False
         self._open = False
         self._closed = False
@@ -255,6 +264,7 @@ class OnDeviceSession(SessionBase):
                 channel._kill_kind = channel._kill_kind or TerminationKind.KILLED
             if self._supervisor is not None:
                 await self._supervisor.aclose()
+            await self._egress.aclose()
             if self._cgroup_session is not None:
                 self._cgroup_session.cleanup(final=True)
             if self._tempdir is not None:
@@ -354,11 +364,7 @@ class OnDeviceSession(SessionBase):
         else:
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
         byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
-        if (policy.mode == "allowlist" or policy.denylist) and not byo_proxy:
-            raise NotImplementedError(
-                "network_mode='allowlist' and network_denylist are not available on-device in "
-                "this version; use network_mode='blocked' or 'open'"
-            )
+        proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
         script: bytes | None = None
         if argv is not None:
             if not argv or not all(isinstance(a, str) for a in argv):
@@ -389,6 +395,9 @@ class OnDeviceSession(SessionBase):
             "tmp_size": plan.tmp_size,
         }
         await supervisor.ready()
+        egress = self._egress.prepare(policy) if proxied else None
+        if egress is not None:
+            request["proxy_env"] = PROXY_ENV_TEMPLATE
         cgroup = self._cgroup_for_run(plan)
         try:
             channel = await supervisor.start_run(
@@ -397,11 +406,16 @@ class OnDeviceSession(SessionBase):
                 capture_stdout=capture_out or sink_out is not None,
                 capture_stderr=capture_err or sink_err is not None,
                 script=script,
+                proxy_fd=egress.run_fd if egress is not None else None,
                 cgroup_fds=cgroup.procs_fds if cgroup is not None else (),
             )
+            if egress is not None:
+                await self._egress.attach(egress, channel)
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
+            if egress is not None:
+                await self._egress.detach(egress, None)
             raise
         finally:
             if cgroup is not None:
@@ -427,13 +441,14 @@ class OnDeviceSession(SessionBase):
         if "stdin" in channel.fds:
             in_stream = _pipe_writer(channel)
         process = Process(
-            _RunDriver(self, channel, cgroup),
+            _RunDriver(self, channel, cgroup, egress),
             stdout=out_stream,
             stderr=err_stream,
             stdin=in_stream,
             isolation=self._isolation(supervisor, policy, plan),
             forward=forward,
             stdin_data=stdin_data,
+            network_log=egress.log if egress is not None else None,
         )
         return process
 

@@ -1,0 +1,449 @@
+"""One behaviour suite, two transports: on-device and remote must be indistinguishable."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from union.sandbox.core import PIPE
+from union.sandbox.core.errors import CommandError, ExecutionError
+from union.sandbox.core.process import TerminationKind
+
+from .conftest import Session, host_pids_with
+
+pytestmark = pytest.mark.anyio
+
+
+# -- output and exit -----------------------------------------------------------------------
+
+
+async def test_output_and_clean_exit(sbx: Session) -> None:
+    proc = await sbx.run("echo hi; echo err >&2")
+    assert await proc.communicate() == (b"hi\n", b"err\n")
+    assert proc.returncode == 0
+    assert proc.termination_reason == ""
+    assert not proc.terminated_abnormally
+    assert proc.backend == "userns"
+    assert proc.runtime_ms is not None
+    assert proc.runtime_ms >= 0
+
+
+async def test_non_zero_exit_is_data(sbx: Session) -> None:
+    proc = await sbx.run("exit 5")
+    assert await proc.wait() == 5
+    assert proc.termination_reason == "exit=5"
+    assert proc.termination is not None
+    assert proc.termination.kind is TerminationKind.EXIT
+
+
+async def test_signal_exit(sbx: Session) -> None:
+    proc = await sbx.run("kill -TERM $$")
+    assert await proc.wait() == 143
+    assert proc.termination_reason == "signal=SIGTERM"
+
+
+async def test_uncaptured_streams(sbx: Session) -> None:
+    proc = await sbx.run("echo hi; echo err >&2", stdout=False, stderr=None)
+    assert proc.stdout is None
+    assert proc.stderr is None
+    assert await proc.communicate() == (b"", b"")
+
+
+async def test_forward_to_a_file_object(sbx: Session) -> None:
+    sink = io.StringIO()
+    proc = await sbx.run("echo forwarded", stdout=sink)
+    assert await proc.wait() == 0
+    assert sink.getvalue() == "forwarded\n"
+
+
+async def test_large_output_is_complete(sbx: Session) -> None:
+    proc = await sbx.run("head -c 20000000 /dev/zero; echo done >&2")
+    out, err = await proc.communicate()
+    assert len(out) == 20_000_000
+    assert out.count(0) == 20_000_000
+    assert err == b"done\n"
+
+
+async def test_output_cap_truncates(make_session: Callable[..., Session]) -> None:
+    async with make_session(max_output_bytes=1000) as sbx:
+        proc = await sbx.run("head -c 5000 /dev/zero")
+        out, _ = await proc.communicate()
+        assert len(out) == 1000
+        assert proc.stdout_truncated
+        assert not proc.stderr_truncated
+
+
+async def test_iter_lines_keep_newlines(sbx: Session) -> None:
+    proc = await sbx.run("printf 'a\\nb\\nc'")
+    lines = [line async for line in proc.iter_stdout_lines()]
+    assert lines == ["a\n", "b\n", "c"]
+    assert await proc.wait() == 0
+
+
+# -- streaming is live ---------------------------------------------------------------------
+
+
+async def test_stdout_arrives_while_the_process_runs(sbx: Session, unique: str) -> None:
+    """The first line reaches us while the command is blocked waiting for a file that only
+    we create: output is streamed, not collected at exit."""
+    flag = f"{sbx.work_dir}/{unique}.flag"
+    proc = await sbx.run(f"echo ready; while [ ! -e {flag} ]; do sleep 0.02; done; echo done")
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"ready\n"
+    assert proc.returncode is None
+    await sbx.put_bytes(flag, b"")
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"done\n"
+        assert await proc.wait() == 0
+
+
+async def test_output_back_pressure(sbx: Session, unique: str) -> None:
+    """A reader that stops reading stops the writer (bounded buffering), and everything
+    arrives once it reads again."""
+    size = 100_000_000
+    proc = await sbx.run(f"head -c {size} /dev/zero; touch {unique}.done")
+    assert proc.stdout is not None
+    first = await proc.stdout.read(1 << 16)
+    await anyio.sleep(1.0)
+    with pytest.raises(FileNotFoundError):
+        await sbx.get_bytes(f"{sbx.work_dir}/{unique}.done")  # still blocked writing
+    received = len(first)
+    while chunk := await proc.stdout.read(1 << 20):
+        received += len(chunk)
+    assert received == size
+    assert await proc.wait() == 0
+    assert await sbx.get_bytes(f"{sbx.work_dir}/{unique}.done") == b""
+
+
+async def test_interactive_stdin(sbx: Session) -> None:
+    proc = await sbx.run("read a; echo got $a; read b; echo got $b", stdin=PIPE)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        await proc.stdin.write(b"one\n")
+        assert await proc.stdout.readline() == b"got one\n"
+        await proc.stdin.write(b"two\n")
+        assert await proc.stdout.readline() == b"got two\n"
+        await proc.stdin.aclose()
+        assert await proc.wait() == 0
+
+
+async def test_stdin_bytes(sbx: Session) -> None:
+    proc = await sbx.run("cat; echo", stdin=b"fed through stdin")
+    assert await proc.communicate() == (b"fed through stdin\n", b"")
+
+
+async def test_stdin_defaults_to_devnull(sbx: Session) -> None:
+    assert (await sbx.exec("cat")).stdout == ""
+
+
+# -- cwd, env, scripts ---------------------------------------------------------------------
+
+
+async def test_cwd(sbx: Session, unique: str) -> None:
+    assert (await sbx.exec("pwd")).stdout == f"{sbx.work_dir}\n"
+    await sbx.exec(f"mkdir {unique}", check=True)
+    assert (await sbx.exec("pwd", cwd=unique)).stdout == f"{sbx.work_dir}/{unique}\n"
+    assert (await sbx.exec("pwd", cwd=f"{sbx.work_dir}/{unique}")).stdout == (
+        f"{sbx.work_dir}/{unique}\n"
+    )
+
+
+async def test_missing_cwd_is_an_abnormal_termination(sbx: Session, unique: str) -> None:
+    proc = await sbx.run("true", cwd=f"{unique}-missing")
+    with pytest.raises(ExecutionError, match="No such file or directory") as info:
+        await proc.wait()
+    assert proc.terminated_abnormally
+    assert info.value.backend == "userns"
+    assert unique in info.value.reason
+
+
+async def test_env(sbx: Session) -> None:
+    result = await sbx.exec('echo "$FOO|$HOME|$VIRTUAL_ENV"', env={"FOO": "bar baz"})
+    foo, home, venv = result.stdout.rstrip("\n").split("|")
+    assert foo == "bar baz"
+    assert home == sbx.work_dir
+    assert venv.startswith(sbx.work_dir)
+
+
+async def test_python_and_run_code(sbx: Session) -> None:
+    assert await sbx.run_code("print(6 * 7)") == "42\n"
+    result = await sbx.exec("import sys; print(sys.prefix)", script_type="python")
+    assert result.ok
+    assert result.stdout.startswith(sbx.work_dir)
+    with pytest.raises(CommandError, match="ZeroDivisionError") as info:
+        await sbx.run_code("1 / 0")
+    assert info.value.result.returncode == 1
+
+
+async def test_exec_check(sbx: Session) -> None:
+    result = await sbx.exec("echo out; echo bad >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr, result.ok) == (
+        3,
+        "out\n",
+        "bad\n",
+        False,
+    )
+    with pytest.raises(CommandError, match="exited with code 3:\nbad"):
+        await sbx.exec("echo bad >&2; exit 3", check=True)
+
+
+async def test_workdir_persists_across_runs(sbx: Session, unique: str) -> None:
+    await sbx.exec(f"echo kept > {unique}", check=True)
+    assert (await sbx.exec(f"cat {unique}")).stdout == "kept\n"
+    assert await sbx.get_bytes(f"{sbx.work_dir}/{unique}") == b"kept\n"
+
+
+# -- limits, kill, signals, cancellation ---------------------------------------------------
+
+
+async def test_timeout_kills_without_raising(sbx: Session) -> None:
+    started = time.monotonic()
+    proc = await sbx.run("sleep 30", timeout_s=0.5)
+    assert await proc.wait() == 137
+    assert time.monotonic() - started < 20
+    assert proc.termination is not None
+    assert proc.termination.kind is TerminationKind.TIMEOUT
+    assert not proc.terminated_abnormally
+
+
+async def test_kill(sbx: Session, unique_sleep: str) -> None:
+    proc = await sbx.run(f"sleep {unique_sleep} & sleep {unique_sleep}; wait")
+    await _until(lambda: len(host_pids_with(unique_sleep)) >= 2)
+    await proc.kill()
+    assert await proc.wait() == 137
+    assert proc.termination is not None
+    assert proc.termination.kind is TerminationKind.KILLED
+    await _until(lambda: not host_pids_with(unique_sleep))
+
+
+async def test_send_signal(sbx: Session) -> None:
+    proc = await sbx.run("trap 'echo term; exit 7' TERM; echo ready; while :; do sleep 0.05; done")
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"ready\n"
+        await proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 7
+        assert await proc.stdout.read() == b"term\n"
+
+
+async def test_cancelling_a_wait_kills_the_tree(sbx: Session, unique_sleep: str) -> None:
+    proc = await sbx.run(f"sleep {unique_sleep}")
+    await _until(lambda: bool(host_pids_with(unique_sleep)))
+    with anyio.move_on_after(0.3):
+        await proc.wait()
+    assert proc.terminated_abnormally
+    assert proc.termination is not None
+    assert proc.termination.kind is TerminationKind.CANCELLED
+    with pytest.raises(ExecutionError, match="cancelled"):
+        await proc.wait()
+    await _until(lambda: not host_pids_with(unique_sleep))
+
+
+async def test_close_kills_running_commands(
+    make_session: Callable[..., Session], unique_sleep: str
+) -> None:
+    sbx = await make_session().open()
+    proc = await sbx.run(f"sleep {unique_sleep}")
+    await _until(lambda: bool(host_pids_with(unique_sleep)))
+    await sbx.close()
+    await _until(lambda: not host_pids_with(unique_sleep))
+    with anyio.fail_after(30):
+        try:
+            await proc.wait()
+        except ExecutionError:
+            pass
+    assert proc.returncode is not None
+
+
+async def test_concurrent_runs(sbx: Session) -> None:
+    await sbx.exec("true")  # the first run starts the supervisor (see the next test)
+    results: dict[int, str] = {}
+
+    async def one(i: int) -> None:
+        results[i] = (await sbx.exec(f"echo {i}")).stdout
+
+    async with anyio.create_task_group() as tg:
+        for i in range(16):
+            tg.start_soon(one, i)
+    assert results == {i: f"{i}\n" for i in range(16)}
+
+
+async def test_concurrent_first_runs(
+    sbx: Session, transport: str, request: pytest.FixtureRequest
+) -> None:
+    """Runs started at once on a fresh session, before its supervisor reported ready."""
+    if transport == "on_device":
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="core: Supervisor.ready() is not safe for concurrent callers "
+                "(BusyResourceError); reported to the core owner",
+                raises=BaseException,
+            )
+        )
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(sbx.exec, "true")
+
+
+async def test_isolation_report(sbx: Session) -> None:
+    proc = await sbx.run("true")
+    await proc.wait()
+    assert proc.isolation is not None
+    assert proc.isolation.backend == "userns"
+    assert "net" in proc.isolation.namespaces
+    assert proc.isolation.network == "blocked"
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"script_type": "ruby"}, ValueError, "script_type must be 'shell' or 'python'"),
+        ({"network_mode": "sometimes"}, ValueError, "network_mode must be"),
+        (
+            {"network_allowlist": ["pypi.org"]},
+            ValueError,
+            "only valid with network_mode='allowlist'",
+        ),
+        ({"timeout_s": -1}, ValueError, "timeout_s must be a positive number"),
+        ({"timeout_s": "soon"}, TypeError, "timeout_s must be a number"),
+        ({"env": {"A=B": "x"}}, ValueError, "not a valid environment variable name"),
+        ({"env": {"A": 1}}, ValueError, "must be a string"),
+        ({"stdout": "yes"}, ValueError, "stdout must be True, False"),
+        ({"stdin": "text"}, ValueError, "stdin must be None, DEVNULL, PIPE or bytes"),
+        ({"argv": []}, TypeError, "argv must be a non-empty list"),
+    ],
+)
+async def test_bad_run_arguments_raise_before_running(
+    sbx: Session, kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await sbx.run("true", **kwargs)
+
+
+async def test_cmd_must_be_text(sbx: Session) -> None:
+    with pytest.raises(TypeError, match="cmd must be a str"):
+        await sbx.run(b"true")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"network_mode": "allowlist"}, "requires network_allowlist"),
+        ({"network_mode": "nope"}, "network_mode must be"),
+        ({"network_denylist": ["x"]}, "only valid with network_mode='open' or 'allowlist'"),
+    ],
+)
+async def test_bad_session_arguments_raise_at_construction(
+    make_session: Callable[..., Session], kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_session(**kwargs)
+
+
+async def test_run_before_open(make_session: Callable[..., Session]) -> None:
+    with pytest.raises(RuntimeError, match="session is not open"):
+        await make_session().run("true")
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+async def test_put_get_round_trip(sbx: Session, unique: str) -> None:
+    data = bytes(range(256)) * 100
+    path = f"{sbx.work_dir}/{unique}.bin"
+    assert await sbx.put_bytes(path, data, mode=0o600) == len(data)
+    assert await sbx.get_bytes(path) == data
+    assert (await sbx.exec(f"stat -c %a {unique}.bin")).stdout == "600\n"
+    assert await sbx.put_bytes(path, b"new") == 3
+    assert await sbx.get_bytes(path) == b"new"
+    assert await sbx.put_bytes(path, b"") == 0
+    assert await sbx.get_bytes(path) == b""
+
+
+async def test_large_file_round_trip(sbx: Session, unique: str) -> None:
+    data = os.urandom(1 << 20) * 9 + b"tail"
+    path = f"{sbx.work_dir}/{unique}.big"
+    assert await sbx.put_bytes(path, data) == len(data)
+    assert await sbx.get_bytes(path) == data
+    assert (await sbx.exec(f"wc -c < {unique}.big")).stdout.strip() == str(len(data))
+
+
+async def test_put_from_an_async_iterable(sbx: Session, unique: str) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield f"chunk{i};".encode() * 1000
+
+    path = f"{sbx.work_dir}/{unique}.stream"
+    written = await sbx.put_bytes(path, chunks())
+    expected = b"".join(f"chunk{i};".encode() * 1000 for i in range(5))
+    assert written == len(expected)
+    assert await sbx.get_bytes(path) == expected
+
+
+async def test_put_refuses_overwrite_when_asked(sbx: Session, unique: str) -> None:
+    path = f"{sbx.work_dir}/{unique}"
+    await sbx.put_bytes(path, b"first", overwrite=False)
+    with pytest.raises(FileExistsError):
+        await sbx.put_bytes(path, b"second", overwrite=False)
+    assert await sbx.get_bytes(path) == b"first"
+
+
+async def test_path_rules(sbx: Session, unique: str) -> None:
+    work = sbx.work_dir
+    with pytest.raises(ValueError, match="path must be absolute"):
+        await sbx.put_bytes("relative.txt", b"x")
+    with pytest.raises(ValueError, match="path must be absolute"):
+        await sbx.get_bytes("relative.txt")
+    with pytest.raises(PermissionError, match="not under the session work dir"):
+        await sbx.put_bytes("/etc/evil", b"x")
+    with pytest.raises(PermissionError, match="not under the session work dir"):
+        await sbx.get_bytes(f"{work}/../../etc/passwd")
+    with pytest.raises(FileNotFoundError, match="parent directory does not exist"):
+        await sbx.put_bytes(f"{work}/{unique}-missing/f", b"x")
+    with pytest.raises(FileNotFoundError):
+        await sbx.get_bytes(f"{work}/{unique}-missing")
+    await sbx.exec(f"mkdir {unique}-dir && ln -s /etc/passwd {unique}-link", check=True)
+    with pytest.raises(PermissionError, match="symlink"):
+        await sbx.put_bytes(f"{work}/{unique}-link", b"x")
+    with pytest.raises(PermissionError, match="symlink"):
+        await sbx.get_bytes(f"{work}/{unique}-link")
+    with pytest.raises(PermissionError, match="not a regular file"):
+        await sbx.get_bytes(f"{work}/{unique}-dir")
+    with pytest.raises(PermissionError, match="not a regular file"):
+        await sbx.put_bytes(f"{work}/{unique}-dir", b"x")
+
+
+async def test_get_max_bytes(sbx: Session, unique: str) -> None:
+    path = f"{sbx.work_dir}/{unique}"
+    await sbx.put_bytes(path, b"0123456789")
+    assert await sbx.get_bytes(path, max_bytes=10) == b"0123456789"
+    with pytest.raises(ValueError, match="is 10 bytes, exceeds max_bytes=4"):
+        await sbx.get_bytes(path, max_bytes=4)
+    with pytest.raises(ValueError, match="max_bytes must be an int >= 0"):
+        await sbx.get_bytes(path, max_bytes=-1)
+
+
+async def test_bad_put_arguments(sbx: Session, unique: str) -> None:
+    with pytest.raises(ValueError, match="mode must be a permission int"):
+        await sbx.put_bytes(f"{sbx.work_dir}/{unique}", b"x", mode=0o10000)
+    with pytest.raises(TypeError, match="data must be bytes-like"):
+        await sbx.put_bytes(f"{sbx.work_dir}/{unique}", "text")  # type: ignore[arg-type]
+
+
+async def _until(predicate: Callable[[], bool], limit_s: float = 20.0) -> None:
+    """Poll ``predicate`` (host process lists: there is no event to wait on)."""
+    with anyio.fail_after(limit_s):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.02)

@@ -1,0 +1,284 @@
+"""A minimal Connect client over httpx for ``sandbox.v2.SandboxService`` (binary protobuf
+codec): unary calls, server streams read incrementally, and client streams sent as they are
+produced. Transport failures become :class:`ConnectError` with code ``unavailable``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TypeVar
+
+import anyio
+import httpx
+
+from union.sandbox.core.wire import DecodeError, Message
+from union.sandbox.core.wire.connect import (
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    PROTOCOL_VERSION,
+    Code,
+    ConnectError,
+    EnvelopeReader,
+    envelope_header,
+    gunzip,
+    gzip,
+    parse_end_stream,
+)
+from union.sandbox.core.wire.messages import SERVICE
+
+__all__ = ["ConnectTransport", "StreamCall", "StreamCut"]
+
+_M = TypeVar("_M", bound=Message)
+_STREAM_TYPE = "application/connect+proto"
+_UNARY_TYPE = "application/proto"
+_COMPRESS_MIN = 1024
+_MAX_RESPONSE_MESSAGE = 256 * 1024 * 1024
+_POOL_SHARDS = 8
+
+
+class StreamCut(Exception):
+    """A response stream ended without its end-of-stream message (the server died, or the
+    connection was dropped on the way)."""
+
+
+class StreamCall:
+    """One server-streaming response, read message by message."""
+
+    def __init__(
+        self, response: httpx.Response, response_cls: type[Message], *, borrow: bool = False
+    ) -> None:
+        self._response = response
+        self._cls = response_cls
+        self._borrow = borrow
+        self._raw: AsyncIterator[bytes] = response.aiter_raw()
+        self._reader = EnvelopeReader(_MAX_RESPONSE_MESSAGE)
+        self._ready: list[tuple[int, bytes]] = []
+        self._compressed = response.headers.get("connect-content-encoding", "identity") == "gzip"
+        self.finished = False
+        self.closed = False
+
+    async def next(self) -> Message | None:
+        """The next message; ``None`` after a successful end of stream. Raises
+        :class:`ConnectError` for an error end of stream and :class:`StreamCut` when the
+        stream stops without one."""
+        if self.finished:
+            return None
+        while not self._ready:
+            try:
+                chunk = await self._raw.__anext__()
+            except StopAsyncIteration:
+                raise StreamCut("the stream ended without an end-of-stream message") from None
+            except httpx.HTTPError as exc:
+                raise StreamCut(f"{type(exc).__name__}: {exc}") from exc
+            try:
+                self._ready.extend(self._reader.feed(chunk))
+            except ValueError as exc:
+                raise ConnectError(Code.INTERNAL, f"bad response envelope: {exc}") from None
+        flags, payload = self._ready.pop(0)
+        if flags & FLAG_COMPRESSED:
+            if not self._compressed:
+                raise ConnectError(Code.INTERNAL, "compressed message without an encoding")
+            payload = gunzip(payload, _MAX_RESPONSE_MESSAGE)
+        if flags & FLAG_END_STREAM:
+            self.finished = True
+            error = parse_end_stream(payload)
+            if error is not None:
+                raise error
+            return None
+        try:
+            return self._cls.decode(payload, borrow=self._borrow)
+        except DecodeError as exc:
+            raise ConnectError(Code.INTERNAL, f"malformed response: {exc}") from None
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.finished:
+            # Read the end of the HTTP body (the chunked-encoding terminator follows the
+            # end-of-stream message) so that the connection goes back to the pool.
+            with anyio.move_on_after(1):
+                try:
+                    async for _ in self._raw:
+                        pass
+                except httpx.HTTPError:
+                    pass
+        await self._response.aclose()
+
+
+class ConnectTransport:
+    """Calls ``/<service>/<method>`` on ``endpoint`` with the binary protobuf codec."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token: str | None,
+        compression: str | None = None,
+        http2: bool = False,
+        connect_timeout_s: float = 10.0,
+        verify: bool | str = True,
+    ) -> None:
+        if compression not in (None, "gzip"):
+            raise ValueError(f"compression must be None or 'gzip', got {compression!r}")
+        headers = {"connect-protocol-version": PROTOCOL_VERSION}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self.endpoint = endpoint.rstrip("/")
+        self._gzip = compression == "gzip"
+        # Several small connection pools rather than one big one: httpx's pool scans all its
+        # connections for every request, which gets slow with dozens of concurrent streams.
+        shards = 1 if http2 else _POOL_SHARDS
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=self.endpoint,
+                headers=headers,
+                timeout=httpx.Timeout(None, connect=connect_timeout_s),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+                http1=not http2,
+                http2=http2,
+                verify=verify,
+            )
+            for _ in range(shards)
+        ]
+        self._turn = 0
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        self._turn = (self._turn + 1) % len(self._clients)
+        return self._clients[self._turn]
+
+    def _url(self, method: str) -> str:
+        return f"/{SERVICE}/{method}"
+
+    def _unreachable(self, exc: BaseException) -> ConnectError:
+        return ConnectError(
+            Code.UNAVAILABLE,
+            f"cannot reach sandbox-server at {self.endpoint}: {type(exc).__name__}: {exc}",
+        )
+
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_cls: type[_M],
+        *,
+        timeout_s: float | None = None,
+    ) -> _M:
+        body = request.encode()
+        headers = {"content-type": _UNARY_TYPE}
+        if self._gzip:
+            headers["accept-encoding"] = "gzip"
+            if len(body) >= _COMPRESS_MIN:
+                body = gzip(body)
+                headers["content-encoding"] = "gzip"
+        else:
+            headers["accept-encoding"] = "identity"
+        if timeout_s is not None:
+            headers["connect-timeout-ms"] = str(max(1, int(timeout_s * 1000)))
+        try:
+            response = await self._client.post(self._url(method), content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        content = response.content  # httpx already inflated a gzip Content-Encoding
+        if response.status_code != 200:
+            raise ConnectError.from_json_bytes(content, http_status=response.status_code)
+        try:
+            return response_cls.decode(content)
+        except DecodeError as exc:
+            raise ConnectError(Code.INTERNAL, f"malformed {method} response: {exc}") from None
+
+    def _stream_headers(self) -> dict[str, str]:
+        headers = {"content-type": _STREAM_TYPE}
+        if self._gzip:
+            headers["connect-accept-encoding"] = "gzip"
+            headers["connect-content-encoding"] = "gzip"
+        return headers
+
+    def _frame(self, message: Message) -> bytes:
+        """One enveloped message, built with a single copy of its payload."""
+        parts: list[bytes] = []
+        message._encode_into(parts)
+        size = sum(len(part) for part in parts)
+        if self._gzip and size >= _COMPRESS_MIN:
+            packed = gzip(b"".join(parts))
+            return envelope_header(FLAG_COMPRESSED, len(packed)) + packed
+        return b"".join([envelope_header(0, size), *parts])
+
+    async def _open_stream(
+        self,
+        method: str,
+        content: bytes | AsyncIterable[bytes],
+        response_cls: type[Message],
+        extra: dict[str, str] | None = None,
+        borrow: bool = False,
+    ) -> StreamCall:
+        headers = self._stream_headers()
+        if extra:
+            headers.update(extra)
+        client = self._client
+        request = client.build_request("POST", self._url(method), content=content, headers=headers)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code != 200:
+            try:
+                body = await response.aread()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                await response.aclose()
+            raise ConnectError.from_json_bytes(body, http_status=response.status_code)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith(_STREAM_TYPE):
+            await response.aclose()
+            raise ConnectError(
+                Code.INTERNAL, f"{method}: unexpected response Content-Type {content_type!r}"
+            )
+        return StreamCall(response, response_cls, borrow=borrow)
+
+    async def server_stream(
+        self,
+        method: str,
+        request: Message,
+        response_cls: type[Message],
+        *,
+        timeout_s: float | None = None,
+        borrow: bool = False,
+    ) -> StreamCall:
+        """Open a server stream; ``borrow=True`` decodes ``bytes`` fields as memoryviews."""
+        extra = {"connect-timeout-ms": str(max(1, int(timeout_s * 1000)))} if timeout_s else None
+        return await self._open_stream(method, self._frame(request), response_cls, extra, borrow)
+
+    async def client_stream(
+        self,
+        method: str,
+        requests: AsyncIterable[Message],
+        response_cls: type[_M],
+        *,
+        content_length: int | None = None,
+    ) -> _M:
+        """Send ``requests`` as they are produced; the single response message."""
+
+        async def body() -> AsyncIterator[bytes]:
+            async for message in requests:
+                yield self._frame(message)
+
+        call = await self._open_stream(method, body(), response_cls)
+        try:
+            result = await call.next()
+            if result is None:
+                raise ConnectError(Code.INTERNAL, f"{method}: no response message")
+            end = await call.next()
+            if end is not None:
+                raise ConnectError(Code.INTERNAL, f"{method}: more than one response message")
+        except StreamCut as exc:
+            raise ConnectError(Code.UNAVAILABLE, f"{method}: {exc}") from None
+        finally:
+            await call.aclose()
+        assert isinstance(result, response_cls)
+        return result
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()

@@ -1,0 +1,50 @@
+"""What one proxy front end needs to serve a connection, and the shared tunnel step."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Literal
+
+from anyio import CapacityLimiter
+
+from .log import DecisionLog
+from .relay import RelayCounters, relay
+from .rules import RuleSet
+
+__all__ = ["ProxyContext", "tunnel"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyContext:
+    """Rules, log and limits of the run a listener belongs to.
+
+    ``handshake_timeout`` bounds reading a request (a slow or silent client cannot hold a
+    connection open before it has named a target); ``connect_timeout`` bounds dialling.
+    """
+
+    rules: RuleSet
+    decisions: DecisionLog
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    max_head_bytes: int = 16 * 1024
+    limiter: CapacityLimiter | None = None
+    relay_method: Literal["splice", "copy"] | None = None
+
+
+async def tunnel(
+    ctx: ProxyContext, index: int, client: socket.socket, upstream: socket.socket, pending: bytes
+) -> None:
+    """Relay ``client`` <-> ``upstream`` to the end, then record the byte counts."""
+    counters = RelayCounters()
+    try:
+        await relay(
+            client,
+            upstream,
+            pending_up=pending,
+            counters=counters,
+            limiter=ctx.limiter,
+            method=ctx.relay_method,
+        )
+    finally:
+        ctx.decisions.update(index, bytes_up=counters.up, bytes_down=counters.down)

@@ -1,0 +1,59 @@
+"""Real servers on loopback for the protocol tests (one per module where possible)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from union.sandbox.server.testing import RunningServer, spawn_server
+
+SERVICE = "sandbox.v2.SandboxService"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    """A server that requires a bearer token."""
+    with spawn_server(token=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    """An HTTP client for ``server`` that sends its token."""
+    assert server.token is not None
+    with httpx.Client(
+        base_url=server.endpoint,
+        headers={"authorization": f"Bearer {server.token}"},
+        timeout=60,
+    ) as client:
+        yield client
+
+
+def host_pids_with(needle: str) -> list[int]:
+    found = []
+    raw = needle.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if raw in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def unique_sleep() -> Iterator[str]:
+    arg = f"{5000 + secrets.randbelow(999)}.{secrets.randbelow(10**6):06d}"
+    yield arg
+    for pid in host_pids_with(arg):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
