@@ -29,18 +29,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from _common import percentiles  # the script's own folder is on sys.path
 
 from union.sandbox.core.on_device import session
 from union.sandbox.core.on_device.backends import bwrap_binary
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": statistics.median(ordered) * 1e3,
-        "p90_ms": ordered[int(len(ordered) * 0.9)] * 1e3,
-        "min_ms": ordered[0] * 1e3,
-    }
 
 
 def raw_bwrap_true(n: int) -> dict[str, float]:

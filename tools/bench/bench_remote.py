@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from _common import percentiles  # the script's own folder is on sys.path
 
 from union.sandbox.client import session as remote_session
 from union.sandbox.core.on_device import session as on_device_session
@@ -38,15 +38,6 @@ from union.sandbox.server.testing import spawn_server
 MIB = 1 << 20
 # The server's default ceilings (sandbox-server --help): every remote run gets them.
 SERVER_LIMITS = ResourceLimits(cpu_milli=4000, memory_bytes=1024 * MIB, file_size_bytes=4096 * MIB)
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": round(statistics.median(ordered) * 1e3, 3),
-        "p90_ms": round(ordered[int(len(ordered) * 0.9)] * 1e3, 3),
-        "min_ms": round(ordered[0] * 1e3, 3),
-    }
 
 
 async def bench_session(sbx: Any, args: argparse.Namespace, label: str) -> dict[str, Any]:

@@ -105,6 +105,11 @@ def test_parse_request_never_crashes(head: bytes) -> None:
 def test_http_proxy_fuzz(fuzzed: Fuzzed, net: Any, data: st.DataObject) -> None:
     request = data.draw(_requests(fuzzed.echo_port))
     reply = net.exchange(fuzzed.ports["http"], request)
+    if reply and not reply.startswith(b"HTTP/"):
+        # An allowed absolute-form request was forwarded to the echo server, which answers
+        # with the (rewritten) request itself rather than an HTTP response.
+        assert b" HTTP/1." in reply.split(b"\r\n", 1)[0], reply[:200]
+        return
     if reply:
         status_line = reply.split(b"\r\n", 1)[0]
         assert status_line.startswith(b"HTTP/1.1 "), reply[:200]

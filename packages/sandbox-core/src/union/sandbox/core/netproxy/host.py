@@ -109,31 +109,43 @@ class ProxyHost:
         listeners: Sequence[tuple[ProxyKind, socket.socket]],
         rules: RuleSet,
         decisions: DecisionLog,
+        *,
+        wait: bool = True,
     ) -> None:
         """Start accepting on ``listeners`` for ``run_key``; takes ownership of the sockets.
 
         The sockets must already be listening. They are closed by :meth:`stop`,
         :meth:`close`, or right here if serving fails (unknown kind, duplicate key, closed
-        host).
+        host). ``wait=False`` hands the work to the proxy thread without waiting for it
+        (connections queue in the listeners' backlog meanwhile); a failure is then logged.
         """
         owned = list(listeners)
         try:
             _check_kinds(owned)
-            self._call(self._add_run, run_key, owned, rules, decisions)
+            if wait:
+                self._call(self._add_run, run_key, owned, rules, decisions)
+            else:
+                self._start().start_task_soon(
+                    self._add_run_logged, run_key, owned, rules, decisions
+                )
         except BaseException:
             for _kind, sock in owned:
                 sock.close()
             raise
 
-    def stop(self, run_key: object) -> None:
+    def stop(self, run_key: object, *, wait: bool = True) -> None:
         """Stop serving ``run_key``: close its listeners and its live connections. Unknown
-        keys (and a host that never started or is closed) are a no-op."""
+        keys (and a host that never started or is closed) are a no-op. ``wait=False``
+        returns at once; the proxy thread tears the run down on its own."""
         with self._lock:
             portal = self._portal
         if portal is None:
             return
         with contextlib.suppress(RuntimeError):  # the host closed meanwhile
-            portal.call(self._stop_run, run_key)
+            if wait:
+                portal.call(self._stop_run, run_key)
+            else:
+                portal.start_task_soon(self._stop_run, run_key)
 
     def close(self) -> None:
         """Stop every run and end the thread (joined for at most ``join_timeout``).
@@ -251,6 +263,20 @@ class ProxyHost:
         run = _Run(key, listeners, ctx)
         self._runs[key] = run
         self._tg.start_soon(self._run_main, run)
+
+    async def _add_run_logged(
+        self,
+        key: object,
+        listeners: list[tuple[ProxyKind, socket.socket]],
+        rules: RuleSet,
+        decisions: DecisionLog,
+    ) -> None:
+        try:
+            self._add_run(key, listeners, rules, decisions)
+        except Exception:
+            for _kind, sock in listeners:
+                sock.close()
+            logger.exception("netproxy could not serve run %r; its proxies refuse everything", key)
 
     async def _stop_run(self, key: object) -> None:
         run = self._runs.pop(key, None)

@@ -15,7 +15,7 @@ import warnings
 
 import anyio
 
-from ..netproxy import DecisionLog, ProxyHost, RuleSet, proxy_env
+from ..netproxy import DecisionLog, ProxyHost, ProxyKind, RuleSet, proxy_env
 from ..policy import NetworkPolicy
 
 __all__ = ["PROXY_ENV_TEMPLATE", "RunEgress", "SessionEgress"]
@@ -87,13 +87,14 @@ class SessionEgress:
             for fd in fds:
                 socket.close(fd)
             return
-        listeners = [
+        listeners: list[tuple[ProxyKind, socket.socket]] = [
             ("http", socket.socket(fileno=fds[0])),
             ("socks5", socket.socket(fileno=fds[1])),
         ]
         if self._host is None:
             self._host = ProxyHost()
-        self._host.serve(run_key, listeners, egress.rules, egress.log)  # type: ignore[arg-type]
+        # Not waiting: connections queue in the listeners' backlog until the thread serves.
+        self._host.serve(run_key, listeners, egress.rules, egress.log, wait=False)
         egress.served = True
 
     async def detach(self, egress: RunEgress, run_key: object) -> None:
@@ -102,7 +103,7 @@ class SessionEgress:
         egress.run_end.close()
         if egress.served and self._host is not None:
             egress.served = False
-            await anyio.to_thread.run_sync(self._host.stop, run_key)
+            self._host.stop(run_key, wait=False)
 
     async def aclose(self) -> None:
         if self._host is not None:

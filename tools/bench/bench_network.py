@@ -1,0 +1,77 @@
+"""Network posture overhead (issue 4): ``run("true")`` + ``communicate()`` in ``allowlist``
+mode against ``blocked`` mode, in one session, interleaved so drift hits both equally.
+
+    uv run python tools/bench/bench_network.py [--backend userns] [--runs 300] [--json out]
+
+The allowlist run's init opens its two proxy listeners inside its network namespace and hands
+them to the host, which starts serving them; that is the whole difference measured here.
+Not a test: run it by hand on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import anyio
+from _common import percentiles  # the script's own folder is on sys.path
+
+from union.sandbox.core.on_device import session
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    blocked: list[float] = []
+    allowlist: list[float] = []
+    async with session(
+        backend=args.backend, network_mode="allowlist", network_allowlist=["127.0.0.1/32"]
+    ) as sbx:
+
+        async def once(mode: str) -> float:
+            start = time.perf_counter()
+            proc = await sbx.run("true", network_mode=mode)
+            await proc.communicate()
+            return time.perf_counter() - start
+
+        for _ in range(20):
+            await once("blocked")
+            await once("allowlist")
+        for _ in range(args.runs):
+            blocked.append(await once("blocked"))
+            allowlist.append(await once("allowlist"))
+    result = {
+        "backend": args.backend,
+        "blocked": percentiles(blocked),
+        "allowlist": percentiles(allowlist),
+    }
+    delta = result["allowlist"]["p50_ms"] - result["blocked"]["p50_ms"]  # type: ignore[index]
+    result["allowlist_minus_blocked_p50_ms"] = round(delta, 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="userns")
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    result = anyio.run(main_async, args)
+    for mode in ("blocked", "allowlist"):
+        figures = result[mode]
+        assert isinstance(figures, dict)
+        print(
+            f"{mode:<10} run(true) p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms"
+        )
+    print(
+        f"allowlist - blocked (p50): {result['allowlist_minus_blocked_p50_ms']:+.2f} ms "
+        "[target <= 1 ms]"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
