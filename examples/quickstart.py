@@ -65,6 +65,6 @@ async def main(backend: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="bubblewrap", choices=["bubblewrap", "userns", "none"])
+    parser.add_argument("--backend", default="bubblewrap", choices=["bubblewrap", "userns"])
     args = parser.parse_args()
     anyio.run(main, args.backend)

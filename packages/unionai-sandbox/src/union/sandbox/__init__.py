@@ -35,7 +35,13 @@ from union.sandbox.core.errors import (
     SessionPolicyMismatch,
     SessionTemplateMismatch,
 )
-from union.sandbox.core.process import ExecResult, IsolationReport, Process
+from union.sandbox.core.process import (
+    ExecResult,
+    IsolationReport,
+    Process,
+    Termination,
+    TerminationKind,
+)
 from union.sandbox.core.session import Session
 
 from . import constants, errors, on_device
@@ -115,6 +121,8 @@ __all__ = [
     "Session",
     "SessionPolicyMismatch",
     "SessionTemplateMismatch",
+    "Termination",
+    "TerminationKind",
     "__version__",
     "base_image",
     "base_sandbox_image",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from union.sandbox.core.wire.connect import Code, ConnectError
 
 from ._process import CANCELLED_REASON, STREAM_CLOSED_REASON
-from .session import HealthInfo, RemoteSession, exception_from, session
+from ._session import HealthInfo, RemoteSession, exception_from, session
 
 __all__ = [
     "CANCELLED_REASON",

@@ -22,7 +22,7 @@ from union.sandbox.core.wire.connect import Code, ConnectError
 from ._transport import StreamCall, StreamCut
 
 if TYPE_CHECKING:
-    from .session import RemoteSession
+    from ._session import RemoteSession
 
 __all__ = [
     "CANCELLED_REASON",

@@ -8,7 +8,7 @@ from typing import Any
 from ..constants import DEFAULT_RUN_TIMEOUT_S, MAX_CAPTURED_BYTES
 from .availability import available_backends, backend_report
 from .fs import default_fs_allowlist
-from .session import OnDeviceSession
+from ._session import OnDeviceSession
 
 __all__ = [
     "OnDeviceSession",

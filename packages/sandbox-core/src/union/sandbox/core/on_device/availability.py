@@ -30,7 +30,7 @@ class BackendStatus:
 
 
 async def _probe(name: str) -> BackendStatus:
-    from .session import OnDeviceSession
+    from ._session import OnDeviceSession
 
     problems = backends.static_problems(name)
     if problems:
