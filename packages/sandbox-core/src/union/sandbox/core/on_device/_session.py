@@ -211,32 +211,35 @@ class OnDeviceSession(SessionBase):
                 UserWarning,
                 stacklevel=2,
             )
-        if self._host_work_dir is not None:
-            os.makedirs(self._host_work_dir, exist_ok=True)
-            work_dir = os.path.realpath(self._host_work_dir)
-        else:
-            self._tempdir = tempfile.TemporaryDirectory(prefix="union-sandbox-")
-            work_dir = os.path.realpath(self._tempdir.name)
-        owner = self.sandbox_owner
-        if owner is not None:
-            os.chown(work_dir, *owner)
-        self._cgroup_support = cgroups.detect()
-        # A requested limit nothing here can enforce fails now, before anything runs.
-        plan_limits(self.limits, self._cgroup_support, best_effort=self.best_effort_limits)
-        self._layout = FsLayout.build(
-            work_dir,
-            self._read_only_paths,
-            self._read_write_paths,
-            devices=gpu_devices(self.limits.gpu),
-        )
-        self._venv = ensure_session_venv(work_dir, self._layout.python, owner)
-        problems = backends.static_problems(self.backend)
-        if problems:
-            self._supervisor = None
-            self._static_failure = BackendUnavailableError(self.backend, problems)
-        else:
-            self._static_failure = None
-            self._supervisor = Supervisor(self._supervisor_spec(self._layout))
+        # What can fail for bad input or host support fails first, before anything exists.
+        support = cgroups.detect()
+        plan_limits(self.limits, support, best_effort=self.best_effort_limits)
+        devices = gpu_devices(self.limits.gpu)
+        self._cgroup_support = support
+        try:
+            if self._host_work_dir is not None:
+                os.makedirs(self._host_work_dir, exist_ok=True)
+                work_dir = os.path.realpath(self._host_work_dir)
+            else:
+                self._tempdir = tempfile.TemporaryDirectory(prefix="union-sandbox-")
+                work_dir = os.path.realpath(self._tempdir.name)
+            owner = self.sandbox_owner
+            if owner is not None:
+                os.chown(work_dir, *owner)
+            self._layout = FsLayout.build(
+                work_dir, self._read_only_paths, self._read_write_paths, devices=devices
+            )
+            self._venv = ensure_session_venv(work_dir, self._layout.python, owner)
+            problems = backends.static_problems(self.backend)
+            if problems:
+                self._static_failure = BackendUnavailableError(self.backend, problems)
+            else:
+                self._supervisor = Supervisor(self._supervisor_spec(self._layout))
+        except BaseException:
+            if self._tempdir is not None:
+                self._tempdir.cleanup()
+                self._tempdir = None
+            raise
         self._open = True
         return self
 
