@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..constants import DEFAULT_RUN_TIMEOUT_S, MAX_CAPTURED_BYTES
+from ._session import OnDeviceSession
 from .availability import available_backends, backend_report
 from .fs import default_fs_allowlist
-from ._session import OnDeviceSession
 
 __all__ = [
     "OnDeviceSession",
