@@ -329,6 +329,12 @@ def setup_session(config: dict[str, Any]) -> str:
         drop_bounding_set()
         if config.get("landlock"):
             LANDLOCK_ABI = landlock_abi()
+            if not LANDLOCK_ABI and mode == "userns":
+                # userns confines files with Landlock alone: without it there is no backend.
+                raise SetupError(
+                    "Landlock is not available (kernel older than 5.13, or landlock missing "
+                    "from the lsm= boot parameter): the userns backend cannot confine files"
+                )
             prepare_landlock(config["landlock_rules"])
         prepare_seccomp(bytes.fromhex(config.get("seccomp", "")))
         SCRATCH_REBINDS.extend(outermost(config["scratch_rebinds"]))
@@ -376,7 +382,10 @@ def apply_landlock() -> None:
     )
     # This run's own mounts are new inodes: grant them here (the session's rules cannot).
     scratch = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in ("/tmp", "/dev/shm", "/proc")]
-    proc_access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+    # /proc is readable, and writable where procfs itself allows it (a thread's comm: CUDA
+    # names its threads and fails to initialise when it cannot). Kernel knobs stay out of
+    # reach: they belong to the host's root, and the run holds no capability.
+    proc_access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR | LL_WRITE_FILE | LL_TRUNCATE
     rules = [
         *LANDLOCK_RULES,
         (scratch[0], handled),
