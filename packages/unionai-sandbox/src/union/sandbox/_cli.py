@@ -20,7 +20,8 @@ from typing import Any
 
 import anyio
 
-from union.sandbox.core.constants import DEFAULT_RUN_TIMEOUT_S
+from union.sandbox.core import __version__
+from union.sandbox.core.constants import DEFAULT_RUN_TIMEOUT_S, PIPE
 from union.sandbox.core.errors import BackendUnavailableError, ExecutionError
 from union.sandbox.core.on_device import OnDeviceSession
 from union.sandbox.core.on_device.doctor import doctor_report, format_doctor
@@ -98,7 +99,7 @@ def _session_options(parser: argparse.ArgumentParser) -> None:
 def _build_session(args: argparse.Namespace) -> OnDeviceSession:
     mode = "allowlist" if args.allow and args.network == "blocked" else args.network
     resources = None
-    if args.memory or args.cpu or args.pids:
+    if args.memory or args.cpu or args.pids is not None:
         resources = Resources(cpu=args.cpu, memory=args.memory, pids=args.pids)
     return OnDeviceSession(
         backend=args.backend,
@@ -113,12 +114,16 @@ def _build_session(args: argparse.Namespace) -> OnDeviceSession:
     )
 
 
+class UsageError(ValueError):
+    """Bad command-line input (exit status 2)."""
+
+
 def _parse_env(items: Sequence[str]) -> dict[str, str]:
     env = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--env takes KEY=VALUE, got {item!r}")
+            raise UsageError(f"--env takes KEY=VALUE, got {item!r}")
         env[key] = value
     return env
 
@@ -126,8 +131,23 @@ def _parse_env(items: Sequence[str]) -> dict[str, str]:
 def _split_pair(item: str, flag: str) -> tuple[str, str]:
     left, sep, right = item.partition(":")
     if not sep or not left or not right:
-        raise SystemExit(f"{flag} takes SOURCE:DEST, got {item!r}")
+        raise UsageError(f"{flag} takes SOURCE:DEST, got {item!r}")
     return left, right
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Everything checkable before a session opens, so bad input never runs anything."""
+    _parse_env(args.env)
+    if args.command_name == "run":
+        if not args.command:
+            raise UsageError(
+                "nothing to run: give the command after --, e.g. "
+                "`unionai-sandbox run -- python3 -c 'print(1)'`"
+            )
+        for item in args.put:
+            _split_pair(item, "--put")
+        for item in args.get:
+            _split_pair(item, "--get")
 
 
 def _in_work_dir(session: OnDeviceSession, path: str) -> str:
@@ -135,11 +155,6 @@ def _in_work_dir(session: OnDeviceSession, path: str) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    if not args.command:
-        raise SystemExit(
-            "nothing to run: give the command after --, e.g. "
-            "`unionai-sandbox run -- python3 -c 'print(1)'`"
-        )
     session = _build_session(args)
     env = _parse_env(args.env)
     async with session:
@@ -147,13 +162,17 @@ async def _run(args: argparse.Namespace) -> int:
             local, remote = _split_pair(item, "--put")
             data = await anyio.Path(local).read_bytes()
             await session.put_bytes(_in_work_dir(session, remote), data)
+        piped = not sys.stdin.isatty()
         proc = await session.run(
             shlex.join(args.command),
             stdout=sys.stdout,
             stderr=sys.stderr,
+            stdin=PIPE if piped else None,
             env=env,
             cwd=args.cwd,
         )
+        if piped and proc.stdin is not None:
+            await _pump_stdin(proc.stdin)
         try:
             code = await proc.wait()
         except ExecutionError as exc:
@@ -161,8 +180,12 @@ async def _run(args: argparse.Namespace) -> int:
             return 125
         for item in args.get:
             remote, local = _split_pair(item, "--get")
-            data = await session.get_bytes(_in_work_dir(session, remote))
-            await anyio.Path(local).write_bytes(data)
+            try:
+                data = await session.get_bytes(_in_work_dir(session, remote))
+                await anyio.Path(local).write_bytes(data)
+            except (OSError, ValueError) as exc:
+                print(f"unionai-sandbox: --get {item}: {exc}", file=sys.stderr)
+                return code or 125
         if args.json:
             assert proc.termination is not None
             report = {
@@ -172,9 +195,23 @@ async def _run(args: argparse.Namespace) -> int:
                 "runtime_ms": proc.runtime_ms,
                 "backend": proc.backend,
                 "isolation": proc.isolation and proc.isolation.__dict__,
+                "network_decisions": [d.__dict__ for d in proc.network_decisions],
             }
             print(json.dumps(report, default=str), file=sys.stderr)
         return code
+
+
+async def _pump_stdin(stdin: Any) -> None:
+    """Copy our standard input to the command's, then close it (a command that exits
+    without reading all of it is fine)."""
+    fd = sys.stdin.fileno()
+    try:
+        while chunk := await anyio.to_thread.run_sync(os.read, fd, 1 << 16):
+            await stdin.write(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        await stdin.aclose()
 
 
 async def _shell(args: argparse.Namespace) -> int:
@@ -191,20 +228,21 @@ async def _shell(args: argparse.Namespace) -> int:
         last = 0
         while True:
             try:
-                line = await anyio.to_thread.run_sync(input, f"sandbox [{last}]$ ")
+                line = await anyio.to_thread.run_sync(_prompt, f"sandbox [{last}]$ ")
             except EOFError:
                 print(file=sys.stderr)
                 return 0
             line = line.strip()
             if not line:
                 continue
-            if line in ("exit", "quit", "logout"):
-                return 0
-            if line.startswith("cd ") or line == "cd":
-                target = line[3:].strip() or session.work_dir
-                result = await session.exec(f"cd {target} && pwd", cwd=cwd, env=env)
+            words = _words(line)
+            if words and words[0] in ("exit", "quit", "logout") and len(words) <= 2:
+                return int(words[1]) if len(words) == 2 and words[1].isdigit() else last
+            if words and words[0] == "cd" and len(words) <= 2:
+                target = words[1] if len(words) == 2 else session.work_dir
+                result = await session.exec(f"cd -- {shlex.quote(target)} && pwd", cwd=cwd, env=env)
                 if result.ok:
-                    cwd = result.stdout.strip()
+                    cwd = result.stdout.strip().splitlines()[-1]
                 else:
                     print(result.stderr, end="", file=sys.stderr)
                 last = result.returncode
@@ -215,6 +253,26 @@ async def _shell(args: argparse.Namespace) -> int:
             except ExecutionError as exc:
                 print(f"unionai-sandbox: {exc}", file=sys.stderr)
                 last = 125
+
+
+def _prompt(text: str) -> str:
+    """Read a line, writing the prompt to stderr so that stdout carries only output."""
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def _words(line: str) -> list[str]:
+    """Shell words of ``line``, or ``[]`` when it is more than one simple command."""
+    if any(op in line for op in (";", "&", "|", "(", ")", "<", ">", "`", "$(")):
+        return []
+    try:
+        return shlex.split(line)
+    except ValueError:
+        return []
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -242,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unionai-sandbox",
         description="Run untrusted code in sandbox sessions on this machine.",
     )
+    parser.add_argument("--version", action="version", version=f"unionai-sandbox {__version__}")
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -306,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     if args.command_name == "run" and args.command[:1] == ["--"]:
         args.command = args.command[1:]
+    try:
+        _check_arguments(args)
+    except UsageError as exc:
+        build_parser().error(str(exc))
     try:
         if args.command_name == "run":
             return anyio.run(_run, args)

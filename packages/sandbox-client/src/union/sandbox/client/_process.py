@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from union.sandbox.core.netproxy.log import NetworkDecision
 from union.sandbox.core.process import IsolationReport, Termination, TerminationKind
 from union.sandbox.core.wire import Message
 from union.sandbox.core.wire import messages as pb
@@ -55,6 +56,32 @@ _KINDS: dict[int, TerminationKind] = {
 def stream_error_reason(error: ConnectError) -> str:
     """The ``termination_reason`` of a run whose stream ended with a Connect error."""
     return f"stream error: ConnectError[{error.code.value}]: {error.message}"
+
+
+class _DecisionList:
+    """A run's egress decisions as the server reported them with its termination."""
+
+    def __init__(self) -> None:
+        self._items: list[NetworkDecision] = []
+
+    def extend(self, decisions: list[pb.NetworkDecision]) -> None:
+        for d in decisions:
+            self._items.append(
+                NetworkDecision(
+                    host=d.host,
+                    port=d.port,
+                    allowed=d.allowed,
+                    rule=d.rule or None,
+                    reason=d.reason,
+                    protocol=d.protocol,  # type: ignore[arg-type]
+                    timestamp=0.0,
+                    bytes_up=d.bytes_up,
+                    bytes_down=d.bytes_down,
+                )
+            )
+
+    def snapshot(self) -> list[NetworkDecision]:
+        return list(self._items)
 
 
 def termination_from_wire(message: pb.Termination) -> Termination:
@@ -111,6 +138,7 @@ class RemoteDriver:
         self._read_lock = anyio.Lock()
         self._termination = termination
         self.isolation: IsolationReport | None = None
+        self.network_log = _DecisionList()
         self._server_ended = False
 
     # -- reading ---------------------------------------------------------------------------
@@ -161,6 +189,7 @@ class RemoteDriver:
                 self._queues[is_stdout].append(data)
                 self._sizes[is_stdout] += len(data)
         elif message.termination is not None:
+            self.network_log.extend(message.termination.network_decisions)
             self._finish(termination_from_wire(message.termination))
             self._server_ended = True
 

@@ -434,6 +434,7 @@ class RemoteSession(SessionBase):
             stdin=in_stream,
             isolation=driver.isolation,
             forward=forward,
+            network_log=driver.network_log,
         )
 
     def _check_policy(self, policy: NetworkPolicy) -> None:

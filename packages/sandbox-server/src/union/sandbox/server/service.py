@@ -431,6 +431,19 @@ class SandboxService:
                     kind=_KIND_TO_WIRE[term.kind],
                     signal=term.signal or 0,
                     detail=term.detail,
+                    network_decisions=[
+                        pb.NetworkDecision(
+                            host=d.host,
+                            port=d.port,
+                            allowed=d.allowed,
+                            rule=d.rule or "",
+                            reason=d.reason,
+                            protocol=d.protocol,
+                            bytes_up=d.bytes_up,
+                            bytes_down=d.bytes_down,
+                        )
+                        for d in run.proc.network_decisions
+                    ],
                 )
             ),
             last=True,

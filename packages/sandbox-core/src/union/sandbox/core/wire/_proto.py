@@ -4,8 +4,8 @@ Just what ``sandbox.proto`` uses: scalar fields (``string``, ``bytes``, ``bool``
 ``uint32``, ``int64``, ``uint64``, ``double``, enums), ``optional`` scalars, embedded
 messages, ``repeated string``, ``map<string, string>`` and a ``oneof``. Decoding follows the
 protobuf rules a conforming parser applies: unknown fields (of any wire type, groups included)
-are skipped, the last value of a singular scalar wins, repeated occurrences of an embedded
-message merge, packed and unpacked repeated scalars are both accepted.
+are skipped, the last value of a singular scalar wins, repeated occurrences of a singular
+embedded message merge (a repeated message field collects one element per occurrence), packed and unpacked repeated scalars are both accepted.
 
 The JSON mapping is proto3's: ``lowerCamelCase`` names (the original names are accepted on
 input too), enums by name, ``bytes`` as base64, 64-bit integers as strings, default values
@@ -338,8 +338,13 @@ class Message:
             raise DecodeError(f"{cls.FULL_NAME}: truncated message")
         for name, chunks in pending.items():
             field = cls._BY_JSON[name]
+            decode = field.message_type()._decode
+            if field.repeated:
+                # Each occurrence of a repeated message field is one element.
+                values[name] = [decode(chunk, 0, len(chunk), borrow) for chunk in chunks]
+                continue
             joined = chunks[0] if len(chunks) == 1 else memoryview(b"".join(chunks))
-            values[name] = field.message_type()._decode(joined, 0, len(joined), borrow)
+            values[name] = decode(joined, 0, len(joined), borrow)
         return cls(**values)
 
     # -- JSON ------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "SessionInfo",
     "SignalRequest",
     "SignalResponse",
+    "NetworkDecision",
     "Termination",
     "TerminationKind",
     "WriteStdinRequest",
@@ -199,6 +200,29 @@ class SessionInfo(Message):
 
 
 @_schema(
+    "NetworkDecision",
+    Field(1, "host", _S),
+    Field(2, "port", _U32),
+    Field(3, "allowed", _BOOL),
+    Field(4, "rule", _S),
+    Field(5, "reason", _S),
+    Field(6, "protocol", _S),
+    Field(7, "bytes_up", _U64),
+    Field(8, "bytes_down", _U64),
+)
+@dataclasses.dataclass(slots=True)
+class NetworkDecision(Message):
+    host: str = ""
+    port: int = 0
+    allowed: bool = False
+    rule: str = ""
+    reason: str = ""
+    protocol: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@_schema(
     "Termination",
     Field(1, "exit_code", _I32),
     Field(2, "reason", _S),
@@ -206,6 +230,7 @@ class SessionInfo(Message):
     Field(100, "kind", _ENUM, enum=TerminationKind),
     Field(101, "signal", _I32),
     Field(102, "detail", _S),
+    Field(103, "network_decisions", _MSG, message=NetworkDecision, repeated=True),
 )
 @dataclasses.dataclass(slots=True)
 class Termination(Message):
@@ -215,6 +240,7 @@ class Termination(Message):
     kind: int = TerminationKind.TERMINATION_KIND_UNSPECIFIED
     signal: int = 0
     detail: str = ""
+    network_decisions: list[NetworkDecision] = dataclasses.field(default_factory=list)
 
 
 @_schema(
