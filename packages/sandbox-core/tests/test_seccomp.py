@@ -409,7 +409,11 @@ def test_socket_rules(arch: str) -> None:
     assert decide(arch, "socket", af_inet6, dgram, 17) == RET_ALLOW
     assert decide(arch, "socket", af_inet, dgram, 1) == RET_ALLOW  # unprivileged ICMP ping
     assert decide(arch, "socket", af_unix, stream) == RET_ALLOW
-    assert decide(arch, "socket", 38, 5) == RET_ALLOW  # AF_ALG
+    # Families outside the allow-list: AF_ALG (kernel crypto API), AF_VSOCK (ignores
+    # network namespaces: it reaches the hypervisor), AF_BLUETOOTH.
+    assert decide(arch, "socket", 38, 5) == RET_EAFNOSUPPORT
+    assert decide(arch, "socket", 40, stream) == RET_EAFNOSUPPORT
+    assert decide(arch, "socket", 31, stream) == RET_EAFNOSUPPORT
 
 
 # --------------------------------------------------------------------------- installed

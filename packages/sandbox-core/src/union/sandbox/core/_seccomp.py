@@ -22,9 +22,11 @@ What the program does, in order:
    * ``unshare`` and ``clone`` fail with ``EPERM`` when the flags ask for any new namespace.
    * ``personality`` fails with ``EPERM`` unless the argument is ``PER_LINUX`` (0) or the
      query value ``0xffffffff``.
-   * ``socket`` fails with ``EAFNOSUPPORT`` for ``AF_PACKET`` and ``AF_KEY``, and with
-     ``EPERM`` for ``SOCK_RAW``/``SOCK_PACKET`` in any family but ``AF_NETLINK`` (which glibc
-     needs for ``getaddrinfo``).
+   * ``socket`` allows only ``AF_UNIX``, ``AF_INET``, ``AF_INET6`` and ``AF_NETLINK`` (which
+     glibc needs for ``getaddrinfo``); any other family (``AF_PACKET``, ``AF_KEY``, and
+     ``AF_VSOCK``, which ignores network namespaces and reaches the hypervisor) fails with
+     ``EAFNOSUPPORT``. ``SOCK_RAW``/``SOCK_PACKET`` fail with ``EPERM`` in any family but
+     ``AF_NETLINK``.
 
 5. Everything else is allowed. Landlock stays allowed on purpose: a nested restriction can
    only narrow what the run may do.
@@ -307,6 +309,9 @@ _UNSHARE_NEW_MASK: Final = _CLONE_NEW_MASK | _CLONE_NEWTIME
 _PER_LINUX: Final = 0
 _PER_QUERY: Final = 0xFFFFFFFF
 
+_AF_UNIX: Final = 1
+_AF_INET: Final = 2
+_AF_INET6: Final = 10
 _AF_KEY: Final = 15
 _AF_NETLINK: Final = 16
 _AF_PACKET: Final = 17
@@ -473,12 +478,15 @@ def _build(arch: str) -> bytes:
     after_socket = asm.new_label("after_socket")
     socket_ok = asm.new_label("socket_ok")
     socket_eperm = asm.new_label("socket_eperm")
-    socket_eafnosupport = asm.new_label("socket_eafnosupport")
+    socket_inet = asm.new_label("socket_inet")
     asm.jeq(table["socket"], jf=after_socket)
-    asm.load(_arg_low(0))  # domain
-    asm.jeq(_AF_PACKET, jt=socket_eafnosupport)
-    asm.jeq(_AF_KEY, jt=socket_eafnosupport)
+    asm.load(_arg_low(0))  # domain: an allow-list, since families ignore namespaces (vsock)
     asm.jeq(_AF_NETLINK, jt=socket_ok)
+    asm.jeq(_AF_UNIX, jt=socket_inet)
+    asm.jeq(_AF_INET, jt=socket_inet)
+    asm.jeq(_AF_INET6, jt=socket_inet)
+    asm.ret(_RET_ERRNO | _EAFNOSUPPORT)
+    asm.label(socket_inet)
     asm.load(_arg_low(1))  # type, with SOCK_NONBLOCK / SOCK_CLOEXEC
     asm.and_(_SOCK_TYPE_MASK)
     asm.jeq(_SOCK_RAW, jt=socket_eperm)
@@ -487,8 +495,6 @@ def _build(arch: str) -> bytes:
     asm.ret(_RET_ALLOW)
     asm.label(socket_eperm)
     asm.ret(eperm)
-    asm.label(socket_eafnosupport)
-    asm.ret(_RET_ERRNO | _EAFNOSUPPORT)
     asm.label(after_socket)
 
     # 5. Default.

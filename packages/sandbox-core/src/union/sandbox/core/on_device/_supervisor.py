@@ -313,6 +313,18 @@ def setup_session(config: dict[str, Any]) -> str:
         )
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         socket.sethostname("sandbox")
+        # Landlock does not mediate connect() on pathname unix sockets, and this backend
+        # shows the host's tree: hide the usual socket directories (D-Bus, journald, the
+        # Docker socket) behind empty read-only tmpfs.
+        for path in config.get("hide_dirs", ()):
+            if os.path.isdir(path) and not os.path.islink(path):
+                mount(
+                    "tmpfs",
+                    path,
+                    "tmpfs",
+                    MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+                    "mode=0755,size=4k",
+                )
     elif os.getuid() == 0 and config.get("sandbox_uid") is not None and not config["in_userns"]:
         # bubblewrap started as host root: bwrap built the root and namespaces with root's
         # rights; now leave the initial user namespace for an unprivileged mapped one.
@@ -433,6 +445,19 @@ class Timeout(Exception):
     pass
 
 
+class KillRequested(Exception):
+    pass
+
+
+#: Sent by the supervisor to a run's init to kill the run where SIGKILL to init is not enough
+#: (backend none: the command is not in a pid namespace that dies with init).
+KILL_RUN = signal.SIGRTMIN + 1
+
+
+def on_kill_request(signo: int, frame: object) -> None:
+    raise KillRequested
+
+
 def on_alarm(signo: int, frame: object) -> None:
     raise Timeout
 
@@ -527,6 +552,7 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
         for signo in FORWARDED_SIGNALS:
             signal.signal(signo, forward_signal)
         signal.signal(signal.SIGALRM, on_alarm)
+        signal.signal(KILL_RUN, on_kill_request)
         file_actions = [
             (os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
             (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
@@ -543,7 +569,15 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
                 env,
                 file_actions=file_actions,
                 setsid=True,
-                setsigdef=(*FORWARDED_SIGNALS, signal.SIGALRM, signal.SIGPIPE, signal.SIGCHLD),
+                # Our interpreter ignores SIGPIPE and SIGXFSZ; commands get the defaults
+                # (a write past the file-size limit must end them with SIGXFSZ).
+                setsigdef=(
+                    *FORWARDED_SIGNALS,
+                    signal.SIGALRM,
+                    signal.SIGPIPE,
+                    signal.SIGCHLD,
+                    signal.SIGXFSZ,
+                ),
             )
         except OSError as exc:
             raise SetupError(f"cannot execute {argv[0]!r}: {exc.strerror}") from None
@@ -563,6 +597,10 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
         runtime_ns = int((time.monotonic() - started) * 1e9)
         end_everything(CHILD)
         report(status_fd, REC_TIMEOUT, struct.pack("<q", runtime_ns))
+    except KillRequested:
+        # Backend none: no pid namespace, so init itself takes the command's group down;
+        # the supervisor's "reaped" record then says the host asked for it.
+        end_everything(CHILD)
     except SetupError as exc:
         report(status_fd, REC_ERROR, str(exc).encode())
     except BaseException as exc:  # report anything, never hang the caller
@@ -728,12 +766,18 @@ def handle(msg: dict[str, Any], fds: list[int]) -> None:
     pid = find_run(msg.get("id", -1))
     if pid is None:
         return
-    signo = int(signal.SIGKILL) if op == "kill" else int(msg.get("signal", 0))
+    signo = int(kill_signal()) if op == "kill" else int(msg.get("signal", 0))
     if signo:
         try:
             os.kill(pid, signo)
         except ProcessLookupError:
             pass
+
+
+def kill_signal() -> int:
+    """How the supervisor kills a run's init: SIGKILL takes a pid namespace down with it; with
+    backend none, init must do the killing itself."""
+    return int(KILL_RUN) if CONFIG["mode"] == "none" else int(signal.SIGKILL)
 
 
 def reaped(pid: int, status: int) -> None:
@@ -800,9 +844,25 @@ def shutdown() -> None:
             pass
     for pid in list(RUNS):
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, kill_signal())
         except ProcessLookupError:
             pass
+    if CONFIG.get("mode") == "none":
+        grace = time.monotonic() + 1
+        while RUNS and time.monotonic() < grace:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                reaped(pid, status)
+            else:
+                time.sleep(0.005)
+        for pid in list(RUNS):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + 5
     while RUNS and time.monotonic() < deadline:
         try:

@@ -180,6 +180,11 @@ def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[
         "sandbox_uid": UNPRIVILEGED_ID if (isolate and root) else None,
         "sandbox_gid": UNPRIVILEGED_ID if (isolate and root) else None,
         "mask_dirs": (masks := _mask_dirs(granted)),
+        "hide_dirs": [
+            d
+            for d in ("/run", "/var/run")
+            if backend == "userns" and not any(p == d or p.startswith(d + "/") for p in granted)
+        ],
         "rebind": [p for p in granted if any(p.startswith(m + "/") for m in masks)],
         "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
         "landlock": isolate,

@@ -158,9 +158,12 @@ class CgroupSession:
                     _enable_v2_children(path)
             self.dirs[controller] = path
         self._pending: list[Path] = []
+        self._runs: set[CgroupRun] = set()
 
     def create_run(self, run_id: int, limits: ResourceLimits) -> CgroupRun:
-        return CgroupRun(self, run_id, limits)
+        run = CgroupRun(self, run_id, limits)
+        self._runs.add(run)
+        return run
 
     def defer_removal(self, path: Path) -> None:
         self._pending.append(path)
@@ -177,6 +180,14 @@ class CgroupSession:
                 still.append(path)
         self._pending = still
         if final:
+            # Runs nobody waited on still hold their cgroups: the session is over, so are they.
+            for run in list(self._runs):
+                run.remove()
+            for path in self._pending:
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
             for path in set(self.dirs.values()):
                 try:
                     path.rmdir()
@@ -261,6 +272,7 @@ class CgroupRun:
         self.procs_fds = []
 
     def remove(self) -> None:
+        self.session._runs.discard(self)
         for path in set(self.dirs.values()):
             try:
                 path.rmdir()

@@ -2,10 +2,11 @@
 
 Just what ``sandbox.proto`` uses: scalar fields (``string``, ``bytes``, ``bool``, ``int32``,
 ``uint32``, ``int64``, ``uint64``, ``double``, enums), ``optional`` scalars, embedded
-messages, ``repeated string``, ``map<string, string>`` and a ``oneof``. Decoding follows the
-protobuf rules a conforming parser applies: unknown fields (of any wire type, groups included)
-are skipped, the last value of a singular scalar wins, repeated occurrences of a singular
-embedded message merge (a repeated message field collects one element per occurrence), packed and unpacked repeated scalars are both accepted.
+messages (singular and repeated), ``repeated string``, ``map<string, string>`` and a
+``oneof``. Decoding follows the protobuf rules a conforming parser applies: unknown fields (of
+any wire type, groups included) are skipped, the last value of a singular scalar wins,
+repeated occurrences of a singular embedded message merge (a repeated message field collects
+one element per occurrence), packed and unpacked repeated scalars are both accepted.
 
 The JSON mapping is proto3's: ``lowerCamelCase`` names (the original names are accepted on
 input too), enums by name, ``bytes`` as base64, 64-bit integers as strings, default values
