@@ -20,6 +20,7 @@ import anyio
 
 from ..constants import DEFAULT_RUN_TIMEOUT_S, DEVNULL, INHERIT, MAX_CAPTURED_BYTES, PIPE
 from ..errors import BackendUnavailableError
+from ..netproxy import RuleSet
 from ..policy import (
     NetworkPolicy,
     resolve_run_network,
@@ -141,6 +142,8 @@ class OnDeviceSession(SessionBase):
             )
         self.best_effort_limits = bool(best_effort_limits)
         self.network = validate_network(network_mode, network_allowlist, network_denylist)
+        # Rule syntax is checked now, not at the first run that needs the proxies.
+        RuleSet.parse(self.network.allowlist, self.network.denylist)
         self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
         if not isinstance(default_cwd, str):
             raise TypeError(f"default_cwd must be a str, got {type(default_cwd).__name__}")
