@@ -10,10 +10,22 @@ def _termination() -> pb.Termination:
     return pb.Termination(
         exit_code=0,
         network_decisions=[
-            pb.NetworkDecision(host="pypi.org", port=443, allowed=True, rule="pypi.org",
-                               reason="allowed", protocol="http-connect", bytes_down=10),
-            pb.NetworkDecision(host="10.0.0.1", port=80, allowed=False,
-                               reason="not on the allow-list", protocol="socks5"),
+            pb.NetworkDecision(
+                host="pypi.org",
+                port=443,
+                allowed=True,
+                rule="pypi.org",
+                reason="allowed",
+                protocol="http-connect",
+                bytes_down=10,
+            ),
+            pb.NetworkDecision(
+                host="10.0.0.1",
+                port=80,
+                allowed=False,
+                reason="not on the allow-list",
+                protocol="socks5",
+            ),
         ],
     )
 

@@ -15,7 +15,6 @@ import math
 import os
 import secrets
 import signal as _signal
-import stat
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -24,7 +23,6 @@ import anyio
 from union.sandbox.core import errors as core_errors
 from union.sandbox.core.constants import PIPE
 from union.sandbox.core.on_device import OnDeviceSession
-from union.sandbox.core.on_device.fs import check_session_path
 from union.sandbox.core.process import IsolationReport, OutputStream, Process
 from union.sandbox.core.process import TerminationKind as CoreKind
 from union.sandbox.core.resources import ResourceLimits
@@ -623,7 +621,7 @@ class SandboxService:
     ) -> None:
         limit, server_cap = self._get_limit(req.max_bytes)
         try:
-            fd, size, target = _open_for_read(self.session.work_dir, req.source_path, limit)
+            fd, size, target = self.session.open_for_read(req.source_path, max_bytes=limit)
         except Exception as exc:
             raise self._get_error(exc, server_cap) from None
         try:
@@ -677,64 +675,3 @@ async def _sha256(data: bytes | memoryview) -> str:
 
 async def _read_chunk(fd: int) -> bytes:
     return os.read(fd, _CHUNK)
-
-
-def _open_for_read(work_dir: str, path: str, limit: int) -> tuple[int, int, str]:
-    """Open ``path`` for streaming with the ``get_bytes`` rules (absolute, under the work dir,
-    no symlink at any level, a regular file, at most ``limit`` bytes when non-zero):
-    ``(fd, size, normalised path)``."""
-    target = check_session_path(path, work_dir)
-    root = os.path.normpath(work_dir)
-    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        parts = os.path.relpath(target, root).split("/")
-        current = root
-        for part in parts[:-1]:
-            current = os.path.join(current, part)
-            try:
-                next_fd = os.open(
-                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    errno.ENOENT, f"parent directory does not exist: {os.path.dirname(target)}"
-                ) from None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(current):
-                    raise PermissionError(f"refusing to read through symlink: {current}") from None
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise FileNotFoundError(
-                        errno.ENOENT,
-                        f"parent directory does not exist: {os.path.dirname(target)}",
-                    ) from None
-                raise
-            os.close(dir_fd)
-            dir_fd = next_fd
-        try:
-            fd = os.open(
-                parts[-1],
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=dir_fd,
-            )
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise PermissionError(f"refusing to read through symlink: {target}") from None
-            raise
-    finally:
-        os.close(dir_fd)
-    try:
-        size = _regular_size(fd, target, limit)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, size, target
-
-
-def _regular_size(fd: int, target: str, limit: int) -> int:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise PermissionError(f"not a regular file: {target}")
-    if limit and st.st_size > limit:
-        raise ValueError(f"{target} is {st.st_size} bytes, exceeds max_bytes={limit}")
-    return st.st_size

@@ -596,6 +596,15 @@ class OnDeviceSession(SessionBase):
     async def get_bytes(self, path: str, *, max_bytes: int = 0) -> bytes:
         """Read ``path`` (absolute, under the work dir, a regular file, no symlinks).
         ``max_bytes > 0`` raises ``ValueError`` for a larger file instead of truncating."""
+        fd, size, target = self.open_for_read(path, max_bytes=max_bytes)
+        try:
+            return await _read_all(fd, size, max_bytes or None, target)
+        finally:
+            os.close(fd)
+
+    def open_for_read(self, path: str, *, max_bytes: int = 0) -> tuple[int, int, str]:
+        """Open ``path`` with the ``get_bytes`` rules for a caller that streams it (the
+        server): ``(blocking fd, size, normalised path)``; the caller closes the fd."""
         self._require_layout()
         if not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
@@ -615,15 +624,12 @@ class OnDeviceSession(SessionBase):
         finally:
             os.close(parent_fd)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise PermissionError(f"not a regular file: {target}")
-            if max_bytes and st.st_size > max_bytes:
-                raise ValueError(f"{target} is {st.st_size} bytes, exceeds max_bytes={max_bytes}")
-            limit = max_bytes or None
-            return await _read_all(fd, st.st_size, limit, target)
-        finally:
+            size = _regular_file_size(fd, target, max_bytes)
+            os.set_blocking(fd, True)
+        except BaseException:
             os.close(fd)
+            raise
+        return fd, size, target
 
     def _require_layout(self) -> None:
         if not self._open:
@@ -707,6 +713,15 @@ def _open_parent(work_dir: str, target: str) -> int:
         os.close(fd)
         fd = next_fd
     return fd
+
+
+def _regular_file_size(fd: int, target: str, max_bytes: int) -> int:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise PermissionError(f"not a regular file: {target}")
+    if max_bytes and st.st_size > max_bytes:
+        raise ValueError(f"{target} is {st.st_size} bytes, exceeds max_bytes={max_bytes}")
+    return st.st_size
 
 
 def _exists(dir_fd: int, name: str) -> bool:
