@@ -277,18 +277,8 @@ async def test_concurrent_runs(sbx: Session) -> None:
     assert results == {i: f"{i}\n" for i in range(16)}
 
 
-async def test_concurrent_first_runs(
-    sbx: Session, transport: str, request: pytest.FixtureRequest
-) -> None:
+async def test_concurrent_first_runs(sbx: Session) -> None:
     """Runs started at once on a fresh session, before its supervisor reported ready."""
-    if transport == "on_device":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="core: Supervisor.ready() is not safe for concurrent callers "
-                "(BusyResourceError); reported to the core owner",
-                raises=BaseException,
-            )
-        )
     async with anyio.create_task_group() as tg:
         for _ in range(4):
             tg.start_soon(sbx.exec, "true")

@@ -257,9 +257,9 @@ class RemoteDriver:
         if self._termination is not None:
             return
         if kind is TerminationKind.CANCELLED:
-            # Dropping the stream is how a client cancels: the server kills the tree.
-            self._finish(Termination(TerminationKind.CANCELLED, -1, detail=CANCELLED_REASON))
-            await self.release()
+            await self.kill_and_wait(
+                Termination(TerminationKind.CANCELLED, -1, detail=CANCELLED_REASON)
+            )
             return
         try:
             await self._control(
@@ -292,6 +292,27 @@ class RemoteDriver:
                             pass
                 await call.aclose()
         self._session._live.discard(self)
+
+    async def kill_and_wait(self, termination: Termination, within: float = 5.0) -> None:
+        """Ask the server to kill the run and wait (bounded) for its termination record,
+        which the server sends once the whole tree is gone; output still in flight is
+        dropped. The run then ends as ``termination`` says (a cancellation, a close)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(within):
+            try:
+                await self._control(
+                    "Kill", pb.KillRequest(execution_id=self.execution_id), pb.KillResponse
+                )
+            except ConnectError:
+                pass  # already over, or unreachable: dropping the stream kills it
+            async with self._read_lock:
+                while self._termination is None and self._call is not None:
+                    for stream in (True, False):
+                        while self._pop(stream) is not None:
+                            pass
+                    await self._read_one()
+        # The record we were waiting for only proves the tree is gone; the reason is ours.
+        self._termination = termination
+        await self.release()
 
     def abandon(self) -> None:
         """The session is closing: record the cancellation (the stream is dropped with the

@@ -26,6 +26,7 @@ from union.sandbox.core.process import (
     OutputStream,
     Process,
     Termination,
+    TerminationKind,
 )
 from union.sandbox.core.resources import ResourceLimits, to_limits
 from union.sandbox.core.session import SessionBase
@@ -33,7 +34,7 @@ from union.sandbox.core.wire import Message
 from union.sandbox.core.wire import messages as pb
 from union.sandbox.core.wire.connect import Code, ConnectError
 
-from ._process import RemoteDriver, failure_from_error
+from ._process import CANCELLED_REASON, RemoteDriver, failure_from_error
 from ._transport import ConnectTransport
 
 __all__ = ["HealthInfo", "RemoteSession", "session"]
@@ -327,11 +328,12 @@ class RemoteSession(SessionBase):
             return
         self._closed = True
         self._open = False
-        for driver in list(self._live):
-            driver.abandon()
+        closing = Termination(TerminationKind.CANCELLED, -1, detail=CANCELLED_REASON)
         with anyio.CancelScope(shield=True):
-            for driver in list(self._live):
-                await driver.release()
+            # Kill every live run and wait for the server's word that its tree is gone.
+            async with anyio.create_task_group() as tg:
+                for driver in list(self._live):
+                    tg.start_soon(driver.kill_and_wait, closing)
             await self._transport.aclose()
 
     def _require_open(self) -> None:
