@@ -24,6 +24,8 @@ import pytest
 pytestmark = pytest.mark.anyio
 
 BAIT = "union-conformance"
+#: Labels of the targets that claim isolation (for ``hole`` markers).
+ISOLATING = ("bubblewrap", "userns", "remote/bubblewrap", "remote/userns")
 
 
 def _need_root() -> None:
@@ -223,24 +225,30 @@ for pid in entries + ["self", "1"]:
     for var in data.split(b"\\0"):
         if var.startswith(needle):
             found[pid] = var.decode(errors="replace")
-host = os.environ["HOST_PID"]
-found["/proc/<host pid>"] = read_text("/proc/%s/cmdline" % host, 200).replace("\\0", " ")
+for host in os.environ["HOST_PIDS"].split(","):
+    found["/proc/<host pid %s>" % host] = read_text("/proc/%s/cmdline" % host, 200).replace(
+        "\\0", " ")
 verdict(False, "", found=found)
 """
     async with open_sandbox() as sbx:
+        # Over the remote transport the server (started with its own canary, see
+        # SERVER_CANARY) is the host process whose environment and /proc entry are at stake.
         result = await probe.run_py(
-            sbx, code, env={"HOST_PID": str(os.getpid()), "HELPER_PID": str(helper.pid)}
+            sbx, code, env={"HOST_PIDS": probe.host_pids(sbx), "HELPER_PID": str(helper.pid)}
         )
     found = result["found"]
-    leaked = [where for where, value in found.items() if canary in value]
-    host_proc = found.get("/proc/<host pid>", "")
-    sees_host = "pytest" in host_proc or sys.argv[0] in host_proc
+    canaries = [canary, probe.SERVER_CANARY]
+    leaked = [where for where, value in found.items() if any(c in value for c in canaries)]
+    host_proc = " ".join(v for k, v in found.items() if k.startswith("/proc/<host pid"))
+    sees_host = any(
+        needle in host_proc for needle in ("pytest", sys.argv[0], "union.sandbox.server")
+    )
     probe.verdict(
         "read the caller's environment (inherited, /proc/*/environ, /proc/<host pid>)",
         "canary absent; /proc/<host pid> absent",
         let_through=bool(leaked) or sees_host,
         detail=(f"canary in {leaked}" if leaked else "canary absent")
-        + f"; /proc/<host pid>: {host_proc[:40]}",
+        + f"; /proc/<host pid>: {host_proc[:40] or '-'}",
     )
 
 
@@ -256,14 +264,16 @@ tagged = []
 for pid in pids if isinstance(pids, list) else []:
     if os.environ["TAG"] in read_text("/proc/%d/cmdline" % pid, 200):
         tagged.append(pid)
-host_pid = int(os.environ["HOST_PID"])
+visible = [h for h in os.environ["HOST_PIDS"].split(",") if os.path.exists("/proc/" + h)]
 verdict(False, "", pids=pids if not isinstance(pids, list) else len(pids), tagged=tagged,
-        host_pid_visible=os.path.exists("/proc/%d" % host_pid))
+        host_pid_visible=bool(visible))
 """
-    result = await probe.run_py(sandbox, code, env={"TAG": tag, "HOST_PID": str(os.getpid())})
+    result = await probe.run_py(
+        sandbox, code, env={"TAG": tag, "HOST_PIDS": probe.host_pids(sandbox)}
+    )
     let_through = bool(result["tagged"]) or result["host_pid_visible"]
     probe.verdict(
-        "see host processes (/proc: a host process, the caller)",
+        "see host processes (/proc: a host process, the caller, the server)",
         "not visible",
         let_through=let_through,
         detail=f"/proc pids: {result['pids']}, host process seen: {bool(result['tagged'])}, "
@@ -276,18 +286,20 @@ async def test_signal_host_processes(sandbox: Any, probe: Any, host: Any) -> Non
     helper = host.spawn(tag)
     code = """
 out = {}
-for name in ("HOST_PID", "HELPER_PID"):
-    out[name] = attempt(os.kill, int(os.environ[name]), 0)
-sh = subprocess.run(["sh", "-c", "kill -0 %s" % os.environ["HOST_PID"]], capture_output=True)
+hosts = os.environ["HOST_PIDS"].split(",")
+for i, pid in enumerate(hosts + [os.environ["HELPER_PID"]]):
+    out["HELPER_PID" if i == len(hosts) else "HOST_PID" if i == 0 else "SERVER_PID"] = \
+        attempt(os.kill, int(pid), 0)
+sh = subprocess.run(["sh", "-c", "kill -0 %s" % " ".join(hosts)], capture_output=True)
 out["kill -0 (sh)"] = "ok" if sh.returncode == 0 else "rc=%d" % sh.returncode
 verdict(any(v == "ok" for v in out.values()), out)
 """
     result = await probe.run_py(
-        sandbox, code, env={"HOST_PID": str(os.getpid()), "HELPER_PID": str(helper.pid)}
+        sandbox, code, env={"HOST_PIDS": probe.host_pids(sandbox), "HELPER_PID": str(helper.pid)}
     )
     helper_alive = helper.poll() is None
     probe.verdict(
-        "signal host processes (kill -0 <caller pid>, <host pid>)",
+        "signal host processes (kill -0 <caller pid>, <server pid>, <host pid>)",
         "ESRCH",
         let_through=result["let_through"] or not helper_alive,
         detail=result["detail"],
@@ -326,11 +338,12 @@ verdict(False, "", wrote=out)
     )
 
 
-async def test_other_sessions_work_dir(sandbox: Any, open_sandbox: Any, probe: Any) -> None:
+async def test_other_sessions_work_dir(sandbox: Any, open_peer_sandbox: Any, probe: Any) -> None:
     """Two sessions run as the same unprivileged host uid: only mount visibility keeps one
-    session's files from the other."""
+    session's files from the other. (Over the remote transport the other session is on
+    another server: one server is one session, whose work dir all its clients share.)"""
     token = f"UCSESSION-{secrets.token_hex(8)}"
-    async with open_sandbox() as other:
+    async with open_peer_sandbox() as other:
         other_dir = await probe.work_dir(other)
         await other.put_bytes(f"{other_dir}/secret", token.encode(), mode=0o600)
         code = """
@@ -469,7 +482,7 @@ def host_unix_sockets() -> Iterator[list[str]]:
         pytest.param("outside"),
         pytest.param(
             "granted",
-            marks=pytest.mark.hole(bubblewrap=UNIX_GRANTED_HOLE, userns=UNIX_GRANTED_HOLE),
+            marks=pytest.mark.hole(**dict.fromkeys(ISOLATING, UNIX_GRANTED_HOLE)),
         ),
     ],
 )
@@ -510,7 +523,7 @@ STAT_HOLE = (
 )
 
 
-@pytest.mark.hole(userns=STAT_HOLE)
+@pytest.mark.hole(**dict.fromkeys(["userns", "remote/userns"], STAT_HOLE))
 async def test_stat_outside_grants(sandbox: Any, probe: Any) -> None:
     _need_root()
     path = f"/var/tmp/{BAIT}-{secrets.token_hex(4)}.secret"

@@ -178,7 +178,11 @@ WORK_DIR_DISK_HOLE = (
 
 
 @asyncio_only
-@pytest.mark.hole(bubblewrap=WORK_DIR_DISK_HOLE, userns=WORK_DIR_DISK_HOLE)
+@pytest.mark.hole(
+    **dict.fromkeys(
+        ("bubblewrap", "userns", "remote/bubblewrap", "remote/userns"), WORK_DIR_DISK_HOLE
+    )
+)
 async def test_work_dir_fill(open_sandbox: Any, probe: Any) -> None:
     """Many files, each under ``file_size``, must still stop at the ``disk`` limit."""
     code = """
@@ -205,17 +209,17 @@ verdict(False, "", total=total, outcome=outcome)
     )
 
 
-def _rss(key: str = "VmRSS") -> int:
-    with open("/proc/self/status") as f:
+def _rss(key: str = "VmRSS", pid: str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
 
-def _reset_peak_rss() -> bool:
+def _reset_peak_rss(pid: str = "self") -> bool:
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         return False
@@ -228,24 +232,33 @@ CAP = 8_000_000
 
 @asyncio_only
 async def test_output_flood(open_sandbox: Any, probe: Any) -> None:
-    """A flood far above ``max_output_bytes`` is truncated; the caller's memory stays put."""
+    """A flood far above ``max_output_bytes`` is truncated; the caller's memory stays put
+    (and, over the remote transport, the server's: it relays the whole stream)."""
     async with open_sandbox(max_output_bytes=CAP) as sbx:
         await sbx.exec("true")
-        peak_ok = _reset_peak_rss()
-        before = _rss()
+        server = probe.server(sbx)
+        pids = ["self", *([str(server.pid)] if server else [])]
+        peak_ok = all([_reset_peak_rss(pid) for pid in pids])
+        before = [_rss(pid=pid) for pid in pids]
         start = time.monotonic()
         proc = await sbx.run(f"yes | head -c {FLOOD_BYTES}", timeout_s=120)
         out, _ = await proc.communicate()
         elapsed = time.monotonic() - start
-        growth = (_rss("VmHWM") if peak_ok else _rss()) - before
+        growths = [
+            (_rss("VmHWM" if peak_ok else "VmRSS", pid) - b)
+            for pid, b in zip(pids, before, strict=True)
+        ]
+    growth = max(growths)
+    peak = "peak " if peak_ok else ""
+    server_growth = f", server {peak}RSS growth {growths[1] / 1e6:.1f} MB" if server else ""
     probe.figure(
         f"output flood {FLOOD_BYTES >> 20} MiB, cap {CAP}",
-        f"caller {'peak ' if peak_ok else ''}RSS growth {growth / 1e6:.1f} MB, kept "
+        f"caller {peak}RSS growth {growths[0] / 1e6:.1f} MB{server_growth}, kept "
         f"{len(out)} bytes, {FLOOD_BYTES / elapsed / 1e9:.2f} GB/s",
     )
     probe.verdict(
         "output flood: yes | head -c 512M, max_output_bytes=8e6",
-        "stdout_truncated; caller RSS growth < 100 MB",
+        "stdout_truncated; caller (and server) RSS growth < 100 MB",
         let_through=not (proc.stdout_truncated and len(out) <= CAP and growth < 100e6),
         detail=f"truncated {proc.stdout_truncated}, kept {len(out)} B, RSS +{growth / 1e6:.0f} MB",
         unisolated="held",

@@ -55,6 +55,15 @@ exec >/dev/null 2>&1
 
 EXPECTED = "no process left on the host"
 
+#: Remote labels, for ``hole`` markers.
+REMOTE = ("remote/bubblewrap", "remote/userns")
+REMOTE_CANCEL_RACE = (
+    "HOLE (racy, under investigation): over the remote transport a cancelled wait sends Kill "
+    "and waits for the server's termination record, yet one process of the evasion probe "
+    "was occasionally still on the host when the cancelled call returned. Layer: the client's "
+    "cancellation path (RemoteDriver.kill_and_wait) or the server's Kill handling."
+)
+
 
 def _verdict(probe: Any, how: str, leftovers: list[int], detail: str) -> None:
     probe.verdict(
@@ -137,12 +146,24 @@ async def _ended_by(
                 start += 0.05  # from the moment the wait was cancelled
             elapsed = time.monotonic() - start
             leftovers = host.pids(tag)
+            # Whether they go at all (only where they should: ``none`` leaves them).
+            gone = host.gone_within(tag, 5.0) if leftovers and probe.target.isolated else 0.0
             reason = proc.termination_reason or ""
     _cleanup_ready(ready)
-    return leftovers, elapsed, reason
+    return leftovers, elapsed, reason + (" (still there 5 s later)" if gone is None else "")
 
 
-@pytest.mark.parametrize("how", ["kill", "close", "cancel"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "kill",
+        "close",
+        pytest.param(
+            "cancel",
+            marks=pytest.mark.hole(racy=True, **dict.fromkeys(REMOTE, REMOTE_CANCEL_RACE)),
+        ),
+    ],
+)
 async def test_evasion_after(how: str, open_sandbox: Any, probe: Any, host: Any) -> None:
     leftovers, elapsed, reason = await _ended_by(how, open_sandbox, probe, host)
     if probe.target.isolated:
@@ -187,28 +208,79 @@ async def test_close_with_50_processes(open_sandbox: Any, probe: Any, host: Any)
     )
 
 
+def _read_proc(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _run_cgroups(proc_cgroup: str) -> set[str]:
+    """The host directories of the sandbox cgroups listed in a ``/proc/<pid>/cgroup``."""
+    dirs = set()
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "union-sandbox-" not in path:
+            continue
+        controller = controllers.split(",")[0].removeprefix("name=")
+        base = "/sys/fs/cgroup" + (f"/{controller}" if controller else "")
+        if controller and not os.path.isdir(base):
+            base = "/sys/fs/cgroup/" + controllers
+        dirs.add(base + path)
+    return dirs
+
+
+REMOTE_CGROUP_HOLE = (
+    "HOLE (low, resources): over the remote transport the cgroup of a finished run can "
+    "outlive it: after the client closed, the run-N cgroup of its last exec'd command is "
+    "still there seconds later (the server's session never closes, and the engine reclaims "
+    "that run cgroup only when a later run starts). Layer: on-device engine run cgroup "
+    "teardown as driven by sandbox-server. Fix: remove a run's cgroups when the run ends, "
+    "not lazily."
+)
+
+
 @asyncio_only
+@pytest.mark.hole(**dict.fromkeys(REMOTE, REMOTE_CGROUP_HOLE))
 async def test_close_leaves_no_cgroups(open_sandbox: Any, probe: Any, host: Any) -> None:
+    """On-device: close() removes the session's cgroups and its runs'. Over the remote
+    transport the session's cgroup belongs to the server (it outlives its clients): the run
+    cgroups of this client's runs must be gone once their processes are (the timing of
+    close() is the close probes' business)."""
     tag = host.tag()
     async with open_sandbox(resources=Resources(pids=64, memory="256Mi")) as sbx:
+        server = probe.server(sbx)
         client_id = getattr(sbx, "client_id", "")
-        if not client_id:
+        if not server and not client_id:
             pytest.fail("this transport does not expose the session's cgroup name", pytrace=False)
-        await sbx.exec("true")
+        runs = _run_cgroups((await sbx.exec("cat /proc/self/cgroup")).stdout)
         await sbx.run(f"sleep {tag}")
-        await sbx.exec("true")
+        for _ in range(500):
+            if host.pids(tag):
+                break
+            await anyio.sleep(0.01)
+        for pid in host.pids(tag):
+            runs |= _run_cgroups(_read_proc(f"/proc/{pid}/cgroup"))
+        runs |= _run_cgroups((await sbx.exec("cat /proc/self/cgroup")).stdout)
         await sbx.close()
-        # Checked before the fixture's housekeeping removes what close() left.
-        left = sorted(
-            p.removeprefix("/sys/fs/cgroup/")
-            for p in glob.glob(f"/sys/fs/cgroup/*/union-sandbox-{client_id[:8]}*")
-            + glob.glob(f"/sys/fs/cgroup/union-sandbox-{client_id[:8]}*")
-        )
+        if server:
+            host.gone_within(tag, 5.0)
+            left = sorted(p.removeprefix("/sys/fs/cgroup/") for p in runs if os.path.exists(p))
+        else:
+            # Checked before the fixture's housekeeping removes what close() left.
+            left = sorted(
+                p.removeprefix("/sys/fs/cgroup/")
+                for p in glob.glob(f"/sys/fs/cgroup/*/union-sandbox-{client_id[:8]}*")
+                + glob.glob(f"/sys/fs/cgroup/union-sandbox-{client_id[:8]}*")
+            )
+    if probe.target.isolated and not runs:
+        pytest.fail("no run cgroup seen: the probe cannot see what it looks for", pytrace=False)
     probe.verdict(
         "close() leaves no cgroups behind",
-        "session and run cgroups removed",
+        "session and run cgroups removed (remote: run cgroups)",
         let_through=bool(left),
-        detail=f"left: {', '.join(left)}" if left else "none left",
+        detail=f"left: {', '.join(left)}" if left else f"none left ({len(runs)} run cgroups seen)",
         unisolated="held",
     )
 

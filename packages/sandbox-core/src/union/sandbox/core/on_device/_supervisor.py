@@ -562,6 +562,10 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
             file_actions.append((os.POSIX_SPAWN_DUP2, fds["script_fd"], 3))
         argv = req["argv"]
         started = time.monotonic()
+        # A signal to forward that arrived before CHILD is known would be lost: hold them
+        # until it is; the command itself starts with nothing blocked.
+        held = (*FORWARDED_SIGNALS, KILL_RUN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             CHILD = os.posix_spawn(
                 argv[0],
@@ -578,9 +582,12 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
                     signal.SIGCHLD,
                     signal.SIGXFSZ,
                 ),
+                setsigmask=(),
             )
         except OSError as exc:
             raise SetupError(f"cannot execute {argv[0]!r}: {exc.strerror}") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         for name in ("stdin", "stdout", "stderr", "script_fd"):
             if name in fds:
                 os.close(fds[name])

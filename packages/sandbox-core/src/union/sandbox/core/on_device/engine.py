@@ -186,6 +186,11 @@ class Supervisor:
                 return
             except BlockingIOError:
                 await anyio.wait_writable(self._sock)
+            except OSError as exc:
+                raise RuntimeError(
+                    "the session's sandbox supervisor has died (its runs were killed with "
+                    f"it: {exc.strerror}); close this session and open a new one"
+                ) from None
 
     @property
     def alive(self) -> bool:
@@ -384,7 +389,8 @@ class RunChannel:
 
     async def send_signal(self, signo: int) -> None:
         if signo == signal.SIGKILL:
-            await self.supervisor.kill(self.run_id)
+            # Killing the run's init is how SIGKILL reaches the whole tree; record why.
+            await self.kill(TerminationKind.SIGNAL)
         else:
             await self.supervisor.signal(self.run_id, signo)
 
