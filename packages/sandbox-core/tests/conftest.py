@@ -85,6 +85,24 @@ def host_pids_with() -> Callable[[str], list[int]]:
 
 
 @pytest.fixture
+def survivors(request: pytest.FixtureRequest) -> Callable[[str], list[int]]:
+    """``survivors(needle)``: host processes still matching ``needle`` once a run is over.
+
+    Isolating backends end a run with its pid namespace, so nothing may be left the moment
+    the result is in. Backend ``none`` kills the command's process group with SIGKILL and
+    reports without waiting for grandchildren to finish dying, so it gets a short grace."""
+    params = getattr(request.node, "callspec", None)
+    backend = params.params.get("any_backend") if params else None
+
+    def check(needle: str) -> list[int]:
+        if backend == "none":
+            wait_until(lambda: not _host_pids_with(needle), timeout=2.0)
+        return _host_pids_with(needle)
+
+    return check
+
+
+@pytest.fixture
 def unique_sleep() -> Iterator[str]:
     """A ``sleep`` argument no other process on the host uses (e.g. ``"4321.73519"``), so
     the host can tell whether a sandboxed sleep survived. Any survivor is killed at the end
@@ -115,9 +133,31 @@ def children_of(pid: int) -> set[int]:
 
 
 @pytest.fixture
+def children() -> Callable[[int], set[int]]:
+    """``children(pid)``: the direct children of any process."""
+    return children_of
+
+
+@pytest.fixture
 def my_children() -> Callable[[], set[int]]:
     """``my_children()``: the test process's direct child pids."""
     return lambda: children_of(os.getpid())
+
+
+def descendants(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (children, grandchildren, ...)."""
+    found: set[int] = set()
+    frontier = children_of(pid)
+    while frontier:
+        found |= frontier
+        frontier = set().union(*(children_of(p) for p in frontier)) - found
+    return found
+
+
+@pytest.fixture
+def my_descendants() -> Callable[[], set[int]]:
+    """``my_descendants()``: every process below the test process."""
+    return lambda: descendants(os.getpid())
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
