@@ -53,6 +53,38 @@ def raw_bwrap_true(n: int) -> dict[str, float]:
     return percentiles(samples)
 
 
+def raw_file_round_trip(size: int, rounds: int = 10) -> float:
+    """GB/s of writing ``size`` bytes to a new file in a temp dir, renaming it over the old
+    one and reading it back: the filesystem's own cost of what put+get do."""
+    import tempfile
+
+    payload = os.urandom(size)
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="bench-raw-") as tmp:
+        target = os.path.join(tmp, "blob.bin")
+        for i in range(rounds + 3):
+            start = time.perf_counter()
+            fd = os.open(f"{target}.{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, payload)
+            os.close(fd)
+            os.rename(f"{target}.{i}", target)
+            with open(target, "rb") as f:
+                f.read()
+            if i >= 3:
+                samples.append(time.perf_counter() - start)
+    return 2 * size / statistics.median(samples) / 1e9
+
+
+def raw_python_start(n: int = 10) -> dict[str, Any]:
+    """A bare ``python -I -S`` start and exit: the floor of starting a session supervisor."""
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
 def raw_subprocess_true(n: int) -> dict[str, float]:
     samples = []
     for _ in range(n):
@@ -179,6 +211,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "baselines": {
             "raw_bwrap_true": raw_bwrap_true(args.runs),
             "raw_subprocess_true": raw_subprocess_true(args.runs),
+            "raw_file_put_get_16MiB_GBps": raw_file_round_trip(16 * 1024 * 1024),
+            "raw_python_start": raw_python_start(),
         },
         "backends": [],
     }
@@ -191,6 +225,9 @@ def print_table(report: dict[str, Any]) -> None:
     base = report["baselines"]
     print(f"baseline raw bwrap true:      p50 {base['raw_bwrap_true']['p50_ms']:.2f} ms")
     print(f"baseline raw subprocess true: p50 {base['raw_subprocess_true']['p50_ms']:.2f} ms")
+    raw_file = base["raw_file_put_get_16MiB_GBps"]
+    print(f"baseline raw file write+rename+read 16 MiB: {raw_file:.2f} GB/s")
+    print(f"baseline bare python -I -S start: p50 {base['raw_python_start']['p50_ms']:.1f} ms")
     for b in report["backends"]:
         print(f"\n[{b['backend']}]")
         print(
