@@ -66,8 +66,9 @@ def _entry_point(tree: ast.Module) -> str | None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("name", "code"), [(n, c) for n, c, why in BLOCKS if why is None], ids=lambda v: v
-    if isinstance(v, str) and "#" in v else "code"
+    ("name", "code"),
+    [(n, c) for n, c, why in BLOCKS if why is None],
+    ids=lambda v: v if isinstance(v, str) and "#" in v else "code",
 )
 async def test_docs_block_runs(name: str, code: str, tmp_path: Path) -> None:
     tree = ast.parse(code, filename=name)
@@ -75,7 +76,7 @@ async def test_docs_block_runs(name: str, code: str, tmp_path: Path) -> None:
     namespace: dict[str, object] = {"__name__": f"docs_{name}"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        exec(compile(tree, name, "exec"), namespace)  # noqa: S102 - running our own docs
+        exec(compile(tree, name, "exec"), namespace)
         if entry is not None:
             main = namespace[entry]
             assert callable(main)
