@@ -19,6 +19,7 @@ from union.sandbox.core.process import IsolationReport, Termination, Termination
 from union.sandbox.core.wire import Message
 from union.sandbox.core.wire import messages as pb
 from union.sandbox.core.wire.connect import Code, ConnectError
+from union.sandbox.core.wire.convert import decisions_from_wire
 
 from ._transport import StreamCall, StreamCut
 
@@ -65,20 +66,7 @@ class _DecisionList:
         self._items: list[NetworkDecision] = []
 
     def extend(self, decisions: list[pb.NetworkDecision]) -> None:
-        for d in decisions:
-            self._items.append(
-                NetworkDecision(
-                    host=d.host,
-                    port=d.port,
-                    allowed=d.allowed,
-                    rule=d.rule or None,
-                    reason=d.reason,
-                    protocol=d.protocol,  # type: ignore[arg-type]
-                    timestamp=0.0,
-                    bytes_up=d.bytes_up,
-                    bytes_down=d.bytes_down,
-                )
-            )
+        self._items.extend(decisions_from_wire(decisions))
 
     def snapshot(self) -> list[NetworkDecision]:
         return list(self._items)

@@ -22,7 +22,6 @@ from union.sandbox.core.policy import (
 )
 from union.sandbox.core.process import (
     InputStream,
-    IsolationReport,
     OutputStream,
     Process,
     Termination,
@@ -33,6 +32,7 @@ from union.sandbox.core.session import SessionBase
 from union.sandbox.core.wire import Message
 from union.sandbox.core.wire import messages as pb
 from union.sandbox.core.wire.connect import Code, ConnectError
+from union.sandbox.core.wire.convert import isolation_from_wire
 
 from ._process import CANCELLED_REASON, RemoteDriver, failure_from_error
 from ._transport import ConnectTransport
@@ -174,24 +174,6 @@ def _resources_message(limits: ResourceLimits) -> pb.Resources:
         ephemeral_storage_bytes=limits.ephemeral_storage_bytes,
         pids=limits.pids,
         file_size_bytes=limits.file_size_bytes,
-    )
-
-
-def _isolation(message: pb.IsolationReport | None) -> IsolationReport | None:
-    if message is None:
-        return None
-    return IsolationReport(
-        backend=message.backend,
-        namespaces=tuple(message.namespaces),
-        landlock_abi=message.landlock_abi,
-        seccomp=message.seccomp,
-        no_new_privs=message.no_new_privs,
-        capabilities_dropped=message.capabilities_dropped,
-        uid=message.uid,
-        limits=dict(message.limits),
-        fresh_tmp=message.fresh_tmp,
-        network=message.network,
-        gpus=message.gpus,
     )
 
 
@@ -481,7 +463,7 @@ class RemoteSession(SessionBase):
             execution_id=info.execution_id,
             buffer_bytes=self._buffer_bytes,
         )
-        driver.isolation = _isolation(info.isolation)
+        driver.isolation = isolation_from_wire(info.isolation)
         self._live.add(driver)
         return driver
 

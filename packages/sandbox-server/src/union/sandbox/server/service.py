@@ -23,11 +23,12 @@ import anyio
 from union.sandbox.core import errors as core_errors
 from union.sandbox.core.constants import PIPE
 from union.sandbox.core.on_device import OnDeviceSession
-from union.sandbox.core.process import IsolationReport, OutputStream, Process
+from union.sandbox.core.process import OutputStream, Process
 from union.sandbox.core.process import TerminationKind as CoreKind
 from union.sandbox.core.resources import ResourceLimits
 from union.sandbox.core.wire import messages as pb
 from union.sandbox.core.wire.connect import Code, ConnectError
+from union.sandbox.core.wire.convert import decisions_to_wire, isolation_to_wire
 
 from ._connect import CallContext, ResponseStream, Rpc
 from .config import ServerConfig
@@ -142,24 +143,6 @@ def _limits_message(limits: ResourceLimits) -> pb.Resources:
         ephemeral_storage_bytes=limits.ephemeral_storage_bytes,
         pids=limits.pids,
         file_size_bytes=limits.file_size_bytes,
-    )
-
-
-def _isolation_message(report: IsolationReport | None) -> pb.IsolationReport | None:
-    if report is None:
-        return None
-    return pb.IsolationReport(
-        backend=report.backend,
-        namespaces=list(report.namespaces),
-        landlock_abi=report.landlock_abi,
-        seccomp=report.seccomp,
-        no_new_privs=report.no_new_privs,
-        capabilities_dropped=report.capabilities_dropped,
-        uid=report.uid,
-        limits=dict(report.limits),
-        fresh_tmp=report.fresh_tmp,
-        network=report.network,
-        gpus=report.gpus,
     )
 
 
@@ -384,7 +367,7 @@ class SandboxService:
                         backend=self.session.backend,
                         resources=_limits_message(limits),
                         execution_id=run.id,
-                        isolation=_isolation_message(proc.isolation),
+                        isolation=isolation_to_wire(proc.isolation),
                     )
                 )
             )
@@ -429,19 +412,7 @@ class SandboxService:
                     kind=_KIND_TO_WIRE[term.kind],
                     signal=term.signal or 0,
                     detail=term.detail,
-                    network_decisions=[
-                        pb.NetworkDecision(
-                            host=d.host,
-                            port=d.port,
-                            allowed=d.allowed,
-                            rule=d.rule or "",
-                            reason=d.reason,
-                            protocol=d.protocol,
-                            bytes_up=d.bytes_up,
-                            bytes_down=d.bytes_down,
-                        )
-                        for d in run.proc.network_decisions
-                    ],
+                    network_decisions=decisions_to_wire(run.proc.network_decisions),
                 )
             ),
             last=True,
