@@ -109,7 +109,8 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
         "--hostname",
         "sandbox",
     ]
-    for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"):
+    # SETPCAP: the supervisor empties the bounding set and sets securebits for runs.
+    for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
         args += ["--cap-add", cap]
     binds: list[tuple[str, str]] = []
     for path in layout.read_only:
