@@ -328,7 +328,7 @@ def _supervisor_pid(roots: set[int], children_of) -> int:
     while frontier:
         pid = frontier.pop(0)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"sandbox supervisor" in f.read():
+            if b"union-sandbox supervisor" in f.read():
                 return pid
         frontier += sorted(children_of(pid))
     raise AssertionError("no supervisor process found")

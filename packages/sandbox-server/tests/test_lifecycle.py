@@ -94,7 +94,12 @@ def test_client_killed_mid_stream_leaves_no_orphans(unique_sleep: str) -> None:
                 time.sleep(0.05)
             assert not host_pids_with(unique_sleep)
             assert server.alive()
+            # The server logs the call once its handler has unwound: give it the time.
+            deadline = time.monotonic() + 10
             cancelled = [r for r in server.logs() if r.get("rpc") == "Execute"]
+            while not cancelled and time.monotonic() < deadline:
+                time.sleep(0.05)
+                cancelled = [r for r in server.logs() if r.get("rpc") == "Execute"]
             assert cancelled
             assert cancelled[-1]["code"] == "canceled"
         finally:

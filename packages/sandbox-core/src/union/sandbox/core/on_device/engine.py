@@ -33,6 +33,7 @@ SUPERVISOR_SOURCE = (Path(__file__).with_name("_supervisor.py")).read_text()
 # The supervisor runs on this very interpreter, so it can take our compiled code object
 # (marshal) instead of compiling its source at every session start (~9 ms here).
 _BOOTSTRAP = (
+    "# union-sandbox supervisor (its code arrives compiled, on the fd named last)\n"
     "import marshal, os, sys\n"
     "fd = int(sys.argv.pop())\n"
     "code = marshal.loads(os.pread(fd, os.fstat(fd).st_size, 0))\n"
