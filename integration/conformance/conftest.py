@@ -88,6 +88,7 @@ from typing import Any
 import pytest
 
 from union import sandbox as sb
+from union.sandbox.core.testing import host_pids_with
 
 # ---------------------------------------------------------------------------------------
 # Targets
@@ -734,22 +735,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # ---------------------------------------------------------------------------------------
 # Host-side helpers
 # ---------------------------------------------------------------------------------------
-
-
-def host_pids_with(needle: str) -> list[int]:
-    """Host pids (not ours) whose command line contains ``needle``."""
-    found = []
-    raw = needle.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if raw in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def kill_host_pids(needle: str) -> list[int]:

@@ -19,6 +19,7 @@ from union.sandbox.client import RemoteSession
 from union.sandbox.client import session as remote_session
 from union.sandbox.core.on_device import OnDeviceSession
 from union.sandbox.core.on_device import session as on_device_session
+from union.sandbox.core.testing import host_pids_with
 from union.sandbox.server.testing import RunningServer, spawn_server
 
 BACKEND = "userns"
@@ -67,23 +68,6 @@ async def sbx(make_session: Callable[..., Session]) -> AsyncIterator[Session]:
 def unique() -> str:
     """A fresh name for files in the (possibly shared) work dir."""
     return f"t-{secrets.token_hex(6)}"
-
-
-def host_pids_with(needle: str) -> list[int]:
-    """Host pids (other than ours) whose command line contains ``needle``."""
-    found = []
-    raw = needle.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if raw in cmdline:
-            found.append(int(entry))
-    return found
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from union import sandbox as sb
+from union.sandbox.core.testing import host_pids_with as _host_pids_with
 
 ISOLATING_BACKENDS = ("bubblewrap", "userns")
 ALL_BACKENDS = ("bubblewrap", "userns", "none")
@@ -59,23 +60,6 @@ async def any_sbx(any_backend: str) -> AsyncIterator[sb.on_device.OnDeviceSessio
         yield session
     finally:
         await session.close()
-
-
-def _host_pids_with(needle: str) -> list[int]:
-    """Host pids (other than ours) whose command line contains ``needle``."""
-    found = []
-    raw = needle.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if raw in cmdline:
-            found.append(int(entry))
-    return found
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from union.sandbox.core.testing import host_pids_with
 from union.sandbox.server.testing import RunningServer, spawn_server
 
 SERVICE = "sandbox.v2.SandboxService"
@@ -31,21 +32,6 @@ def http(server: RunningServer) -> Iterator[httpx.Client]:
         timeout=60,
     ) as client:
         yield client
-
-
-def host_pids_with(needle: str) -> list[int]:
-    found = []
-    raw = needle.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if raw in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture
