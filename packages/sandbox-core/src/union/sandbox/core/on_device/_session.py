@@ -45,6 +45,7 @@ from .egress import PROXY_ENV_TEMPLATE, RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .fs import FsLayout, check_session_path, gpu_devices
 from .limits import LimitPlan, plan_limits
+from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
 
 __all__ = ["OnDeviceSession"]
@@ -64,25 +65,29 @@ class _RunDriver:
         self,
         session: OnDeviceSession,
         channel: RunChannel,
-        cgroup: CgroupRun | None,
+        slot: RunSlot,
         egress: RunEgress | None,
     ) -> None:
         self.backend = session.backend
         self._session = session
         self._channel = channel
-        self._cgroup = cgroup
+        self._slot = slot
+        self._observed = False
         self._egress = egress
 
     async def wait_exit(self) -> Termination:
         termination = await self._channel.wait_exit()
-        cgroup = self._cgroup
-        if cgroup is None or termination.kind not in (TerminationKind.EXIT, TerminationKind.SIGNAL):
+        if self._slot.cgroup is None or self._observed:
             return termination
-        if cgroup.oom_kills():
+        self._observed = True
+        oom_kills, pids_limit_hits = self._slot.observe()
+        if termination.kind not in (TerminationKind.EXIT, TerminationKind.SIGNAL):
+            return termination
+        if oom_kills:
             return dataclasses.replace(
                 termination, kind=TerminationKind.OOM, detail="the memory limit was exceeded"
             )
-        if termination.returncode != 0 and cgroup.pids_limit_hits():
+        if termination.returncode != 0 and pids_limit_hits:
             return dataclasses.replace(
                 termination,
                 kind=TerminationKind.PIDS_LIMIT,
@@ -97,12 +102,16 @@ class _RunDriver:
         await self._channel.kill(kind)
 
     async def release(self) -> None:
-        self._channel.close()
-        self._session._live.discard(self._channel)
-        if self._cgroup is not None:
-            self._cgroup.remove()
+        channel = self._channel
+        channel.close()
+        self._session._live.discard(channel)
+        # Reusable only if the run is known to be over, everything in its cgroups reaped,
+        # and their counters read (so the next run's count from there).
+        reusable = channel.ended_clean and (self._slot.cgroup is None or self._observed)
+        self._slot.init_serial = channel.idle_init if reusable else 0
+        await self._session._release_slot(self._slot, reusable)
         if self._egress is not None:
-            await self._session._egress.detach(self._egress, self._channel)
+            await self._session._egress.detach(self._egress, channel)
 
 
 class OnDeviceSession(SessionBase):
@@ -176,6 +185,9 @@ class OnDeviceSession(SessionBase):
         self._static_failure: BackendUnavailableError | None = None
         self._cgroup_support: CgroupSupport | None = None
         self._cgroup_session: CgroupSession | None = None
+        self._slots = SlotPool()
+        # UNION_SANDBOX_RECYCLE=0 makes every run start a fresh init (for benchmarks).
+        self._recycle_inits = os.environ.get("UNION_SANDBOX_RECYCLE", "1") != "0"
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
         self._run_counter = 0
@@ -271,6 +283,7 @@ class OnDeviceSession(SessionBase):
             if self._supervisor is not None:
                 await self._supervisor.aclose()
             await self._egress.aclose()
+            self._slots.drain()  # their inits died with the supervisor
             if self._cgroup_session is not None:
                 self._cgroup_session.cleanup(final=True)
             if self._tempdir is not None:
@@ -404,7 +417,11 @@ class OnDeviceSession(SessionBase):
         egress = self._egress.prepare(policy) if proxied else None
         if egress is not None:
             request["proxy_env"] = PROXY_ENV_TEMPLATE
-        cgroup = self._cgroup_for_run(plan)
+        slot = self._slot_for_run(request, plan)
+        request["slot"] = slot.init_serial
+        # An init that served a proxied run is not reused: its network namespace holds the
+        # run's proxy listeners until the host stops serving them.
+        request["recycle"] = self._recycle_inits and egress is None
         try:
             channel = await supervisor.start_run(
                 request,
@@ -413,19 +430,17 @@ class OnDeviceSession(SessionBase):
                 capture_stderr=capture_err or sink_err is not None,
                 script=script,
                 proxy_fd=egress.run_fd if egress is not None else None,
-                cgroup_fds=cgroup.procs_fds if cgroup is not None else (),
+                cgroup_fds=slot.cgroup.procs_fds if slot.cgroup is not None else (),
             )
             if egress is not None:
                 await self._egress.attach(egress, channel)
         except BaseException:
-            if cgroup is not None:
-                cgroup.remove()
-            if egress is not None:
-                await self._egress.detach(egress, None)
+            slot.init_serial = 0  # whether the request reached it is unknown
+            with anyio.CancelScope(shield=True):
+                await self._release_slot(slot, reusable=False)
+                if egress is not None:
+                    await self._egress.detach(egress, None)
             raise
-        finally:
-            if cgroup is not None:
-                cgroup.close_fds()
         self._live.add(channel)
         forward = []
         out_stream = err_stream = None
@@ -447,7 +462,7 @@ class OnDeviceSession(SessionBase):
         if "stdin" in channel.fds:
             in_stream = _pipe_writer(channel)
         process = Process(
-            _RunDriver(self, channel, cgroup, egress),
+            _RunDriver(self, channel, slot, egress),
             stdout=out_stream,
             stderr=err_stream,
             stdin=in_stream,
@@ -494,6 +509,30 @@ class OnDeviceSession(SessionBase):
             limits = limits.merged(override)
         assert self._cgroup_support is not None
         return plan_limits(limits, self._cgroup_support, best_effort=self.best_effort_limits)
+
+    def _slot_for_run(self, request: dict[str, Any], plan: LimitPlan) -> RunSlot:
+        """An idle slot of an earlier run with the same settings, or a new one."""
+        key = (
+            request["net"],
+            plan.tmp_size,
+            tuple(sorted(plan.rlimits.items())),
+            plan.limits if plan.use_cgroup else None,
+        )
+        slot = self._slots.take(key)
+        if slot is None:
+            slot = RunSlot(key, self._cgroup_for_run(plan))
+        return slot
+
+    async def _release_slot(self, slot: RunSlot, reusable: bool) -> None:
+        """Keep a finished run's slot for a later run, or discard it."""
+        discard = [slot]
+        if reusable and not self._closed:
+            discard = self._slots.put(slot)
+        for old in discard:
+            if old.init_serial and self._supervisor is not None:
+                await self._supervisor.retire(old.init_serial)
+            if old.cgroup is not None:
+                old.cgroup.remove()
 
     def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
         if not plan.use_cgroup:

@@ -85,9 +85,22 @@ LANDLOCK_RULES: list[tuple[int, int]] = []  # (O_PATH fd, access) opened once pe
 SCRATCH_REBINDS: list[str] = []  # granted paths under /tmp or /dev/shm
 CONTROL_FD = -1
 CHILD = 0
-WARM: dict[str, tuple[int, socket.socket]] = {}  # network posture -> prepared init
+WARM: dict[str, tuple[int, socket.socket, int]] = {}  # posture -> prepared (pid, sock, serial)
 PENDING_PREFORK: set[str] = set()
 WAKE_FDS: list[int] = []
+# Inits that may be recycled: serial -> {"pid", "sock"} (the supervisor's end of the init's
+# socket). An init whose run ended clean says "I" on it and waits there for its next run.
+INITS: dict[int, dict[str, Any]] = {}
+INIT_SERIALS: dict[int, int] = {}  # pid -> serial
+INIT_BY_FD: dict[int, int] = {}  # socket fd -> serial
+IDLE: set[int] = set()
+LAST_SERIAL = 0
+POLLER: Any = None
+# In a run's init: its serial (what the host names to reuse it), and what its scratch mounts
+# looked like before the first run (a later run reuses the init only if they still do).
+MY_SERIAL = 0
+SCRATCH_DIRS: list[str] = []
+SCRATCH_BASELINE: Any = None
 
 # Status records on a run's status pipe: a kind byte, then fields.
 REC_EXIT, REC_TIMEOUT, REC_ERROR, REC_REAPED = b"E", b"T", b"X", b"R"
@@ -515,6 +528,7 @@ def prepare_init(net: str, tmp_size: int) -> str:
             if net != "open":
                 loopback_up()
             lock_down()
+            remember_scratch()
     except SetupError as exc:
         return str(exc)
     except Exception as exc:  # report anything, never hang the caller
@@ -522,14 +536,103 @@ def prepare_init(net: str, tmp_size: int) -> str:
     return ""
 
 
-def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> None:
-    """Body of the run's pid 1 once its request is known. Never returns."""
+def remember_scratch() -> None:
+    """Note the scratch directories a run could leave something in (/tmp, /dev/shm and the
+    directories leading to paths bound under them) and their state now."""
+    global SCRATCH_BASELINE
+    dirs = {"/tmp", "/dev/shm"}
+    for path in SCRATCH_REBINDS:
+        parent = os.path.dirname(path)
+        while parent not in ("/", "/dev") and parent not in dirs:
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    SCRATCH_DIRS[:] = sorted(dirs)
+    SCRATCH_BASELINE = scratch_state()
+
+
+def scratch_state() -> Any:
+    state = []
+    try:
+        for path in SCRATCH_DIRS:
+            st = os.lstat(path)
+            state.append((path, st.st_mode, st.st_uid, st.st_gid, sorted(os.listdir(path))))
+    except OSError:
+        return None
+    return state
+
+
+def left_clean() -> bool:
+    """Whether the run that just ended (everything it started is dead and reaped) left the
+    run's namespaces as the next run must find them: the same scratch directories, empty of
+    anything new, and no System V IPC object. (It cannot have changed mounts, network
+    configuration or anything else: it held no capability.)"""
+    if CONFIG["mode"] == "none":
+        return True
+    if SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
+        return False
+    try:
+        for kind in ("shm", "sem", "msg"):
+            with open(f"/proc/sysvipc/{kind}", "rb") as f:
+                if f.read().count(b"\n") > 1:  # more than the header line
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def conclude(
+    sock: socket.socket | None, req: dict[str, Any], status_fd: int, record: bytes
+) -> bool:
+    """Report the run's end to the host; return whether this init serves another run. It
+    does when the host allowed it and the run left nothing behind; it then tells the
+    supervisor first ("I"), so the host, which learns the init's serial from the report, can
+    only name an init that the supervisor already knows is idle."""
+    global CHILD
+    CHILD = 0
+    serial = 0
+    if sock is not None and req.get("recycle") and left_clean():
+        signal.signal(KILL_RUN, signal.SIG_IGN)  # a late kill for the finished run: moot
+        try:
+            sock.send(b"I")
+            serial = MY_SERIAL
+        except OSError:
+            serial = 0
+    report(status_fd, record[:1], record[1:] + struct.pack("<q", serial))
+    os.close(status_fd)
+    return bool(serial)
+
+
+def init_loop(
+    sock: socket.socket | None, req: dict[str, Any], fds: dict[str, Any], setup_error: str
+) -> None:
+    """A run's pid 1: serve this run and, while each leaves things clean, the next ones the
+    supervisor hands over on ``sock``. Never returns."""
+    while run_once(sock, req, fds, setup_error):
+        assert sock is not None
+        try:
+            data, raw_fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 16)
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)  # retired by the supervisor
+        req = marshal.loads(data)
+        named = name_fds(req, raw_fds)
+        if named is None:
+            os._exit(0)
+        fds, setup_error = named, ""
+    os._exit(0)
+
+
+def run_once(
+    sock: socket.socket | None, req: dict[str, Any], fds: dict[str, Any], setup_error: str
+) -> bool:
+    """One run, from its request to its report; returns whether the init may serve another."""
     global CHILD
     status_fd = fds["status"]
     started = time.monotonic()
     if setup_error:
         report(status_fd, REC_ERROR, setup_error.encode())
-        os._exit(0)
+        return False
     try:
         # Join the run's cgroups (memory, pids, cpu) before the command exists. (Writing to
         # a cgroup.procs file the host opened needs no privilege: we move ourselves.)
@@ -599,11 +702,11 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
         signal.setitimer(signal.ITIMER_REAL, 0)
         runtime_ns = int((time.monotonic() - started) * 1e9)
         end_everything(CHILD)
-        report(status_fd, REC_EXIT, struct.pack("<iq", status, runtime_ns))
+        return conclude(sock, req, status_fd, REC_EXIT + struct.pack("<iq", status, runtime_ns))
     except Timeout:
         runtime_ns = int((time.monotonic() - started) * 1e9)
         end_everything(CHILD)
-        report(status_fd, REC_TIMEOUT, struct.pack("<q", runtime_ns))
+        return conclude(sock, req, status_fd, REC_TIMEOUT + struct.pack("<q", runtime_ns))
     except KillRequested:
         # Backend none: no pid namespace, so init itself takes the command's group down;
         # the supervisor's "reaped" record then says the host asked for it.
@@ -612,7 +715,7 @@ def finish_init(req: dict[str, Any], fds: dict[str, Any], setup_error: str) -> N
         report(status_fd, REC_ERROR, str(exc).encode())
     except BaseException as exc:  # report anything, never hang the caller
         report(status_fd, REC_ERROR, f"sandbox init failed: {exc!r}".encode())
-    os._exit(0)
+    return False
 
 
 def open_proxy_listeners(
@@ -653,12 +756,11 @@ def warm_init(sock: socket.socket, net: str) -> None:
         os._exit(0)
     if not data:
         os._exit(0)
-    sock.close()
     req = marshal.loads(data)
     named = name_fds(req, fds)
     if named is None:
         os._exit(0)
-    finish_init(req, named, error)
+    init_loop(sock, req, named, error)
 
 
 # --------------------------------------------------------------------------------------
@@ -684,8 +786,8 @@ def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
 
 def supervisor_fds() -> list[int]:
     """Descriptors the supervisor holds for itself (a run's init must not keep them)."""
-    fds = [CONTROL_FD, *WAKE_FDS]
-    fds += [sock.fileno() for _pid, sock in WARM.values()]
+    fds = [CONTROL_FD, *WAKE_FDS, *INIT_BY_FD]
+    fds += [sock.fileno() for _pid, sock, _serial in WARM.values()]
     fds += [run["status_fd"] for run in RUNS.values()]
     return fds
 
@@ -694,15 +796,79 @@ def net_key(req_net: str) -> str:
     return "open" if req_net == "open" or CONFIG["mode"] == "none" else "blocked"
 
 
-def clone_init(net: str) -> int:
-    """Clone a run's init into fresh namespaces; returns its pid (0 in the child)."""
+def clone_init(net: str) -> tuple[int, int]:
+    """Clone a run's init into fresh namespaces; returns its pid (0 in the child) and its
+    serial."""
+    global LAST_SERIAL, MY_SERIAL
+    LAST_SERIAL += 1
     flags = int(signal.SIGCHLD)
     if CONFIG["mode"] != "none":
         flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
         if net != "open":
             flags |= CLONE_NEWNET
     pid: int = LIBC.syscall(SYS_CLONE, flags, 0, 0, 0, 0)
-    return pid
+    if pid == 0:
+        MY_SERIAL = LAST_SERIAL
+    return pid, LAST_SERIAL
+
+
+def track_init(pid: int, serial: int, sock: socket.socket) -> None:
+    """Listen for a dispatched init's "I" (its run ended clean and it waits for another)."""
+    INITS[serial] = {"pid": pid, "sock": sock}
+    INIT_SERIALS[pid] = serial
+    INIT_BY_FD[sock.fileno()] = serial
+    POLLER.register(sock.fileno(), select.POLLIN)
+
+
+def forget_init(serial: int) -> None:
+    """Stop tracking an init (it died, or is retired: closing its socket makes it exit)."""
+    info = INITS.pop(serial, None)
+    if info is None:
+        return
+    IDLE.discard(serial)
+    INIT_SERIALS.pop(info["pid"], None)
+    fd = info["sock"].fileno()
+    INIT_BY_FD.pop(fd, None)
+    POLLER.unregister(fd)
+    info["sock"].close()
+
+
+def init_message(serial: int) -> None:
+    """Read what an init said: "I" (idle), or end of file (it is gone)."""
+    info = INITS[serial]
+    try:
+        msg = info["sock"].recv(16, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return
+    except OSError:
+        msg = b""
+    if msg != b"I":
+        forget_init(serial)
+        return
+    run = RUNS.pop(info["pid"], None)
+    if run is not None:
+        os.close(run["status_fd"])
+    IDLE.add(serial)
+
+
+def dispatch_to_idle(serial: int, req: dict[str, Any], fds: list[int]) -> int:
+    """Hand a run to the idle init the host named; its pid, or 0 if it cannot take it."""
+    info = INITS.get(serial)
+    if info is None:
+        return 0
+    if serial not in IDLE:
+        # Its "I" may be queued behind the host's request: the host learned the serial
+        # from the report the init sent after it.
+        init_message(serial)
+        if serial not in IDLE:
+            return 0
+    try:
+        socket.send_fds(info["sock"], [marshal.dumps(req)], fds)
+    except OSError:
+        forget_init(serial)
+        return 0
+    IDLE.discard(serial)
+    return int(info["pid"])
 
 
 def prefork(net: str) -> None:
@@ -711,7 +877,7 @@ def prefork(net: str) -> None:
     if net in WARM:
         return
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = clone_init(net)
+    pid, serial = clone_init(net)
     if pid == 0:
         ours.close()
         warm_init(theirs, net)
@@ -719,7 +885,7 @@ def prefork(net: str) -> None:
     if pid < 0:
         ours.close()
         return
-    WARM[net] = (pid, ours)
+    WARM[net] = (pid, ours, serial)
 
 
 def start_run(req: dict[str, Any], fds: list[int]) -> None:
@@ -727,24 +893,33 @@ def start_run(req: dict[str, Any], fds: list[int]) -> None:
     if named is None:
         return
     net = net_key(req["net"])
-    pid = 0
-    # A prepared init has the default scratch size; other sizes start cold.
-    warm = WARM.pop(net, None) if req["tmp_size"] == CONFIG["tmp_size"] else None
+    # The init of an earlier run with the same settings, if the host named one still idle.
+    pid = dispatch_to_idle(req["slot"], req, fds) if req.get("slot") else 0
+    # Else a prepared init: it has the default scratch size; other sizes start cold.
+    warm = WARM.pop(net, None) if not pid and req["tmp_size"] == CONFIG["tmp_size"] else None
     if warm is not None:
-        warm_pid, sock = warm
+        warm_pid, sock, serial = warm
         try:
             socket.send_fds(sock, [marshal.dumps(req)], fds)
             pid = warm_pid
+            track_init(pid, serial, sock)
         except OSError:
             try:
                 os.kill(warm_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        sock.close()
+            sock.close()
     if not pid:
-        pid = clone_init(net)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid, serial = clone_init(net)
         if pid == 0:
-            finish_init(req, named, prepare_init(net, req["tmp_size"]))
+            ours.close()
+            init_loop(theirs, req, named, prepare_init(net, req["tmp_size"]))
+        theirs.close()
+        if pid > 0:
+            track_init(pid, serial, ours)
+        else:
+            ours.close()
     if pid < 0:
         err = ctypes.get_errno()
         report(named["status"], REC_ERROR, f"clone(new namespaces): {os.strerror(err)}".encode())
@@ -770,6 +945,10 @@ def handle(msg: dict[str, Any], fds: list[int]) -> None:
         return
     for fd in fds:
         os.close(fd)
+    if op == "retire":  # the host keeps fewer idle inits: this one exits
+        if msg.get("slot") in IDLE:
+            forget_init(msg["slot"])
+        return
     pid = find_run(msg.get("id", -1))
     if pid is None:
         return
@@ -788,10 +967,12 @@ def kill_signal() -> int:
 
 
 def reaped(pid: int, status: int) -> None:
-    for net, (warm_pid, sock) in list(WARM.items()):
+    for net, (warm_pid, sock, _serial) in list(WARM.items()):
         if warm_pid == pid:  # a prepared init died before use
             del WARM[net]
             sock.close()
+    if pid in INIT_SERIALS:
+        forget_init(INIT_SERIALS[pid])
     run = RUNS.pop(pid, None)
     if run is not None and CONFIG.get("warm") == "reap" and not RUNS:
         PENDING_PREFORK.add(run["net"])
@@ -813,11 +994,12 @@ def reap() -> None:
 
 
 def serve(control: socket.socket) -> None:
+    global POLLER
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     WAKE_FDS.extend((wake_r, wake_w))
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
+    POLLER = poller = select.poll()
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
@@ -825,7 +1007,12 @@ def serve(control: socket.socket) -> None:
         if not events and PENDING_PREFORK:
             prefork(PENDING_PREFORK.pop())  # idle: prepare the next run's init now
             continue
+        # Inits' messages first: a request may name an init whose "I" came in this batch.
+        events.sort(key=lambda event: event[0] not in INIT_BY_FD)
         for fd, _events in events:
+            if fd in INIT_BY_FD:
+                init_message(INIT_BY_FD[fd])
+                continue
             if fd == wake_r:
                 try:
                     os.read(wake_r, 4096)
@@ -844,7 +1031,14 @@ def serve(control: socket.socket) -> None:
 
 def shutdown() -> None:
     """The host closed the control socket: kill every run and exit (bounded)."""
-    for pid, _sock in WARM.values():
+    for pid, _sock, _serial in WARM.values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for serial in list(IDLE):
+        pid = INITS[serial]["pid"]
+        forget_init(serial)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -870,8 +1064,10 @@ def shutdown() -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    # Every child is dying now (runs, prepared and idle inits): reap them all, so that the
+    # host finds their cgroups empty once we are gone.
     deadline = time.monotonic() + 5
-    while RUNS and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         try:
             pid, status = os.waitpid(-1, 0)
         except ChildProcessError:

@@ -272,6 +272,7 @@ class CgroupRun:
         self.procs_fds = []
 
     def remove(self) -> None:
+        self.close_fds()
         self.session._runs.discard(self)
         for path in set(self.dirs.values()):
             try:

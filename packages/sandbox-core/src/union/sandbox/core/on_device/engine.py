@@ -291,6 +291,11 @@ class Supervisor:
         if self.alive:
             await self._send({"op": "kill", "id": run_id})
 
+    async def retire(self, init_serial: int) -> None:
+        """Let an idle init (kept for a later run) exit."""
+        if self.alive:
+            await self._send({"op": "retire", "slot": init_serial})
+
     async def aclose(self) -> None:
         """Stop the supervisor: it kills every run (their trees die with their pid
         namespaces) and exits. Bounded: SIGKILL after 5 s."""
@@ -335,6 +340,11 @@ class RunChannel:
         self.started = started
         self._kill_kind: TerminationKind | None = None
         self._termination: Termination | None = None
+        self.ended_clean = False
+        """The run's init reported its end after killing and reaping everything the run
+        started: the run's cgroups are empty (but for that init, if it stays)."""
+        self.idle_init = 0
+        """The serial of the run's init if it stays, idle, for a later run (0 if not)."""
 
     async def wait_exit(self) -> Termination:
         """Read the status pipe until a final record (the run's init reports after it killed
@@ -371,11 +381,15 @@ class RunChannel:
                 runtime_ms=elapsed_ms,
             )
         kind, payload = records[0][:1], records[0][1:]
+        if kind in (b"E", b"T"):
+            # ... then the serial of the init if it stays for another run (0 if not).
+            (self.idle_init,) = struct.unpack_from("<q", payload, len(payload) - 8)
+            self.ended_clean = True
         if kind == b"E":
-            status, runtime_ns = struct.unpack("<iq", payload)
+            status, runtime_ns = struct.unpack_from("<iq", payload)
             return termination_from_status(status, runtime_ns // 1_000_000)
         if kind == b"T":
-            (runtime_ns,) = struct.unpack("<q", payload)
+            (runtime_ns,) = struct.unpack_from("<q", payload)
             return Termination(
                 TerminationKind.TIMEOUT,
                 128 + signal.SIGKILL,

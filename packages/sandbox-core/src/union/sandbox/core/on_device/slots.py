@@ -1,0 +1,90 @@
+"""Reuse of what one run set up, by the next run with the same settings.
+
+Most of a run's cost on this engine is setting the run up and tearing it down: cloning its
+init into fresh namespaces, mounting its scratch filesystems, locking it down, creating and
+removing its cgroups. A *slot* keeps two of those across runs whose settings (network
+posture, scratch size, rlimits, cgroup limits) are the same:
+
+- the run's cgroups, with their limits written and their ``cgroup.procs`` open, whenever
+  the run ended with everything in them killed and reaped (its init reported);
+- the run's init, idle in the supervisor, when the run also left its namespaces as it found
+  them (the init checks: same scratch directories and nothing in them, no System V IPC
+  object) and the host allowed it (runs with per-run proxies never reuse an init: another
+  run must not find their listeners in its network namespace).
+
+A slot is used by one run at a time, and at most ``max_idle`` wait between runs (the oldest
+goes first: its init is told to exit and its cgroups are removed).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Hashable
+
+from .cgroups import CgroupRun
+
+__all__ = ["RunSlot", "SlotPool"]
+
+DEFAULT_MAX_IDLE = 8
+
+
+@dataclasses.dataclass(eq=False)
+class RunSlot:
+    """What a run with these settings can reuse: its cgroups and its idle init."""
+
+    key: Hashable
+    cgroup: CgroupRun | None
+    init_serial: int = 0
+    """The idle init the supervisor keeps for this slot, by serial (0: none)."""
+    _oom_seen: int = 0
+    _pids_seen: int = 0
+
+    def observe(self) -> tuple[int, int]:
+        """OOM kills and pids-limit hits in the cgroups since the last call (the counters
+        keep counting across the runs that share them)."""
+        if self.cgroup is None:
+            return 0, 0
+        oom, pids = self.cgroup.oom_kills(), self.cgroup.pids_limit_hits()
+        new = (oom - self._oom_seen, pids - self._pids_seen)
+        self._oom_seen, self._pids_seen = oom, pids
+        return new
+
+
+class SlotPool:
+    """Idle slots by settings, most recently used first."""
+
+    def __init__(self, max_idle: int = DEFAULT_MAX_IDLE) -> None:
+        self.max_idle = max_idle
+        self._idle: collections.OrderedDict[RunSlot, Hashable] = collections.OrderedDict()
+        self._by_key: dict[Hashable, list[RunSlot]] = {}
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self, key: Hashable) -> RunSlot | None:
+        """An idle slot with these settings, now in use, or ``None``."""
+        slots = self._by_key.get(key)
+        if not slots:
+            return None
+        slot = slots.pop()  # the most recent: its init and cgroups are the warmest
+        del self._idle[slot]
+        return slot
+
+    def put(self, slot: RunSlot) -> list[RunSlot]:
+        """Keep ``slot`` for a later run; return the slots that no longer fit (to discard)."""
+        self._idle[slot] = slot.key
+        self._by_key.setdefault(slot.key, []).append(slot)
+        evicted = []
+        while len(self._idle) > self.max_idle:
+            oldest, key = self._idle.popitem(last=False)
+            self._by_key[key].remove(oldest)
+            evicted.append(oldest)
+        return evicted
+
+    def drain(self) -> list[RunSlot]:
+        """Every idle slot, removed from the pool."""
+        slots = list(self._idle)
+        self._idle.clear()
+        self._by_key.clear()
+        return slots
