@@ -11,6 +11,9 @@ Figures:
 - open + first run + close (ms).
 - 1,000 sequential runs: fd and child-process leaks, RSS growth.
 - 32 concurrent runs in one session: all correct, wall time.
+- Throughput: 640 runs of ``true``, 64 at a time, in one session (runs/s).
+- Init reuse (docs/design.md): ``run("true")`` p50 and the throughput again with
+  ``UNION_SANDBOX_RECYCLE=0`` (every run a fresh init), as the same-run baseline.
 
 Not a test: nothing here asserts a time. Run it by hand on an idle machine.
 """
@@ -129,6 +132,30 @@ def rss_mb() -> float:
     return 0.0
 
 
+def fresh_init_session(backend: str) -> Any:
+    """A session whose runs never reuse an init (the setting is read when it is created)."""
+    os.environ["UNION_SANDBOX_RECYCLE"] = "0"
+    try:
+        return session(backend=backend)
+    finally:
+        del os.environ["UNION_SANDBOX_RECYCLE"]
+
+
+async def throughput(sbx: Any, total: int = 640, at_once: int = 64) -> float:
+    limiter = anyio.Semaphore(at_once)
+
+    async def one() -> None:
+        async with limiter:
+            proc = await sbx.run("true")
+            assert await proc.wait() == 0
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(total):
+            tg.start_soon(one)
+    return total / (time.perf_counter() - start)
+
+
 async def bench_backend(backend: str, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {"backend": backend}
 
@@ -150,6 +177,7 @@ async def bench_backend(backend: str, runs: int) -> dict[str, Any]:
 
         await timed(one, 20)  # warm-up
         out["run_true"] = percentiles(await timed(one, runs))
+        out["runs_per_s_64_at_once"] = await throughput(sbx)
 
         # stdout streaming
         size = 256 * 1024 * 1024
@@ -202,6 +230,16 @@ async def bench_backend(backend: str, runs: int) -> dict[str, Any]:
             "all_correct": all(results[i] == f"{i}\n" for i in range(32)),
             "wall_ms": (time.perf_counter() - start) * 1e3,
         }
+
+    async with fresh_init_session(backend) as sbx:
+
+        async def fresh() -> None:
+            proc = await sbx.run("true")
+            await proc.communicate()
+
+        await timed(fresh, 20)
+        out["run_true_fresh_init"] = percentiles(await timed(fresh, runs))
+        out["runs_per_s_64_at_once_fresh_init"] = await throughput(sbx)
     return out
 
 
@@ -234,6 +272,14 @@ def print_table(report: dict[str, Any]) -> None:
             f"  run(true)+communicate p50 {b['run_true']['p50_ms']:.2f} ms "
             f"p90 {b['run_true']['p90_ms']:.2f} ms "
             f"(x{b['run_true']['p50_ms'] / base['raw_bwrap_true']['p50_ms']:.2f} of raw bwrap)"
+        )
+        print(
+            f"  without init reuse: p50 {b['run_true_fresh_init']['p50_ms']:.2f} ms "
+            f"p90 {b['run_true_fresh_init']['p90_ms']:.2f} ms"
+        )
+        print(
+            f"  runs/s, 64 at once: {b['runs_per_s_64_at_once']:.0f} "
+            f"(without init reuse {b['runs_per_s_64_at_once_fresh_init']:.0f})"
         )
         print(f"  open+first run+close p50 {b['open_first_run_close']['p50_ms']:.1f} ms")
         print(f"  stdout streaming {b['stream_256MiB_GBps']:.2f} GB/s")

@@ -141,6 +141,21 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
             rows.append(
+                (
+                    f"{name}: run(true) p50, no init reuse (baseline)",
+                    f"{b['run_true_fresh_init']['p50_ms']:.2f} ms",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    f"{name}: runs/s, 64 at once (no init reuse)",
+                    f"{b['runs_per_s_64_at_once']:.0f} "
+                    f"({b['runs_per_s_64_at_once_fresh_init']:.0f})",
+                    "",
+                )
+            )
+            rows.append(
                 (f"{name}: stdout streaming", f"{b['stream_256MiB_GBps']:.2f} GB/s", ">= 1 GB/s")
             )
             rows.append(
