@@ -123,7 +123,9 @@ class RemoteDriver:
         }
         self._sizes = {True: 0, False: 0}
         self._drained = {True: anyio.Event(), False: anyio.Event()}
-        self._read_lock = anyio.Lock()
+        # Fast acquire: taking a free lock does not yield to the event loop (a waiter
+        # still gets it handed over on release).
+        self._read_lock = anyio.Lock(fast_acquire=True)
         self._termination = termination
         self.isolation: IsolationReport | None = None
         self.network_log = _DecisionList()
@@ -270,15 +272,9 @@ class RemoteDriver:
         call = self._call
         if call is not None and not call.closed:
             with anyio.CancelScope(shield=True):
-                if self._server_ended and not call.finished:
-                    # The end-of-stream message follows the termination: read it so that
-                    # the connection is reused rather than closed.
-                    with anyio.move_on_after(1):
-                        try:
-                            await call.next()
-                        except Exception:
-                            pass
-                await call.aclose()
+                # The end-of-stream message follows the termination: reading it lets the
+                # connection be reused rather than closed.
+                await call.aclose(expect_end=self._server_ended)
         self._session._live.discard(self)
 
     async def kill_and_wait(self, termination: Termination, within: float = 5.0) -> None:

@@ -4,7 +4,7 @@ produced. Transport failures become :class:`ConnectError` with code ``unavailabl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
 
 import anyio
@@ -32,7 +32,7 @@ _STREAM_TYPE = "application/connect+proto"
 _UNARY_TYPE = "application/proto"
 _COMPRESS_MIN = 1024
 _MAX_RESPONSE_MESSAGE = 256 * 1024 * 1024
-_POOL_SHARDS = 8
+_MAX_POOLS = 64
 
 
 class StreamCut(Exception):
@@ -44,11 +44,17 @@ class StreamCall:
     """One server-streaming response, read message by message."""
 
     def __init__(
-        self, response: httpx.Response, response_cls: type[Message], *, borrow: bool = False
+        self,
+        response: httpx.Response,
+        response_cls: type[Message],
+        *,
+        borrow: bool = False,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._response = response
         self._cls = response_cls
         self._borrow = borrow
+        self._on_close = on_close
         self._raw: AsyncIterator[bytes] = response.aiter_raw()
         self._reader = EnvelopeReader(_MAX_RESPONSE_MESSAGE)
         self._ready: list[tuple[int, bytes]] = []
@@ -89,19 +95,29 @@ class StreamCall:
         except DecodeError as exc:
             raise ConnectError(Code.INTERNAL, f"malformed response: {exc}") from None
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, expect_end: bool = False) -> None:
+        """Close the response. A stream that ended (or, with ``expect_end``, whose
+        end-of-stream message is due next) is read to the end of its HTTP body first, for
+        at most a second, so that its connection goes back to the pool."""
         if self.closed:
             return
         self.closed = True
-        if self.finished:
-            # Read the end of the HTTP body (the chunked-encoding terminator follows the
-            # end-of-stream message) so that the connection goes back to the pool.
+        if self._on_close is not None:
+            self._on_close()
+        if self.finished or expect_end:
             with anyio.move_on_after(1):
-                try:
-                    async for _ in self._raw:
+                if not self.finished:
+                    try:
+                        await self.next()
+                    except Exception:
+                        pass  # an error end of stream still finishes it; a cut one does not
+                if self.finished:
+                    # The chunked-encoding terminator follows the end-of-stream message.
+                    try:
+                        async for _ in self._raw:
+                            pass
+                    except httpx.HTTPError:
                         pass
-                except httpx.HTTPError:
-                    pass
         await self._response.aclose()
 
 
@@ -125,30 +141,65 @@ class ConnectTransport:
             headers["authorization"] = f"Bearer {token}"
         self.endpoint = endpoint.rstrip("/")
         self._gzip = compression == "gzip"
-        # Several small connection pools rather than one big one: httpx's pool scans all its
-        # connections for every request, which gets slow with dozens of concurrent streams.
-        shards = 1 if http2 else _POOL_SHARDS
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=self.endpoint,
-                headers=headers,
-                timeout=httpx.Timeout(None, connect=connect_timeout_s),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-                http1=not http2,
-                http2=http2,
-                verify=verify,
-            )
-            for _ in range(shards)
-        ]
-        self._turn = 0
+        self._headers = headers
+        # The headers of every streaming call, built once (httpx copies what it is given).
+        self._stream_headers = {"content-type": _STREAM_TYPE}
+        if self._gzip:
+            self._stream_headers["connect-accept-encoding"] = "gzip"
+            self._stream_headers["connect-content-encoding"] = "gzip"
+        self._http2 = http2
+        self._timeout = httpx.Timeout(None, connect=connect_timeout_s)
+        # One TLS context for every pool: building one (loading the CA bundle) takes tens
+        # of milliseconds.
+        self._ssl_context = httpx.create_ssl_context(verify=verify)
+        # Many small connection pools rather than one big one: httpx's pool scans all its
+        # connections for every request (and probes each idle one with a syscall), which
+        # gets slow with dozens of concurrent streams. A pool is added when every pool has
+        # a call in flight, up to _MAX_POOLS; each call goes to the least busy pool, so a
+        # pool mostly holds the one connection it is about to use. HTTP/2 multiplexes its
+        # calls on one connection: one pool.
+        self._max_pools = 1 if http2 else _MAX_POOLS
+        self._clients = [self._new_client()]
+        self._load = [0]  # calls in flight per pool
+        self._urls: dict[str, httpx.URL] = {}
 
-    @property
-    def _client(self) -> httpx.AsyncClient:
-        self._turn = (self._turn + 1) % len(self._clients)
-        return self._clients[self._turn]
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.endpoint,
+            headers=self._headers,
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            http1=not self._http2,
+            http2=self._http2,
+            verify=self._ssl_context,
+        )
 
-    def _url(self, method: str) -> str:
-        return f"/{SERVICE}/{method}"
+    def _checkout(self) -> int:
+        """The index of the least busy pool (a new one if all are busy and there is room),
+        counted busier by one until :meth:`_checkin`."""
+        load = self._load
+        low = min(load)
+        if low and len(load) < self._max_pools:
+            self._clients.append(self._new_client())
+            load.append(0)
+            index = len(load) - 1
+        else:
+            index = load.index(low)
+        load[index] += 1
+        return index
+
+    def _checkin(self, index: int) -> None:
+        self._load[index] -= 1
+
+    def _url(self, method: str) -> httpx.URL:
+        """The absolute URL of ``method``, built once: given a relative one, httpx would
+        parse it and merge it with the base URL for every request."""
+        url = self._urls.get(method)
+        if url is None:
+            base = self._clients[0].base_url  # httpx gives it a trailing slash
+            url = base.copy_with(raw_path=base.raw_path + f"{SERVICE}/{method}".encode())
+            self._urls[method] = url
+        return url
 
     def _unreachable(self, exc: BaseException) -> ConnectError:
         return ConnectError(
@@ -175,10 +226,15 @@ class ConnectTransport:
             headers["accept-encoding"] = "identity"
         if timeout_s is not None:
             headers["connect-timeout-ms"] = str(max(1, int(timeout_s * 1000)))
+        index = self._checkout()
         try:
-            response = await self._client.post(self._url(method), content=body, headers=headers)
+            response = await self._clients[index].post(
+                self._url(method), content=body, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
+        finally:
+            self._checkin(index)
         content = response.content  # httpx already inflated a gzip Content-Encoding
         if response.status_code != 200:
             raise ConnectError.from_json_bytes(content, http_status=response.status_code)
@@ -186,13 +242,6 @@ class ConnectTransport:
             return response_cls.decode(content)
         except DecodeError as exc:
             raise ConnectError(Code.INTERNAL, f"malformed {method} response: {exc}") from None
-
-    def _stream_headers(self) -> dict[str, str]:
-        headers = {"content-type": _STREAM_TYPE}
-        if self._gzip:
-            headers["connect-accept-encoding"] = "gzip"
-            headers["connect-content-encoding"] = "gzip"
-        return headers
 
     def _frame(self, message: Message) -> bytes:
         """One enveloped message, built with a single copy of its payload."""
@@ -212,30 +261,38 @@ class ConnectTransport:
         extra: dict[str, str] | None = None,
         borrow: bool = False,
     ) -> StreamCall:
-        headers = self._stream_headers()
-        if extra:
-            headers.update(extra)
-        client = self._client
-        request = client.build_request("POST", self._url(method), content=content, headers=headers)
+        headers = {**self._stream_headers, **extra} if extra else self._stream_headers
+        index = self._checkout()
+        client = self._clients[index]
         try:
+            request = client.build_request(
+                "POST", self._url(method), content=content, headers=headers
+            )
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
+            self._checkin(index)
             raise self._unreachable(exc) from exc
+        except BaseException:
+            self._checkin(index)
+            raise
+        call = StreamCall(
+            response, response_cls, borrow=borrow, on_close=lambda: self._checkin(index)
+        )
         if response.status_code != 200:
             try:
                 body = await response.aread()
             except httpx.HTTPError:
                 body = b""
             finally:
-                await response.aclose()
+                await call.aclose()
             raise ConnectError.from_json_bytes(body, http_status=response.status_code)
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith(_STREAM_TYPE):
-            await response.aclose()
+            await call.aclose()
             raise ConnectError(
                 Code.INTERNAL, f"{method}: unexpected response Content-Type {content_type!r}"
             )
-        return StreamCall(response, response_cls, borrow=borrow)
+        return call
 
     async def server_stream(
         self,

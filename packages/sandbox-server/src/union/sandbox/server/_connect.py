@@ -132,7 +132,9 @@ class ResponseStream:
         self._compress = compress
         self._headers = headers
         self._started = False
-        self._lock = anyio.Lock()
+        # Serializes the stdout and stderr pumps' writes. Fast acquire: taking a free lock
+        # does not yield to the event loop (a waiter still gets it handed over on release).
+        self._lock = anyio.Lock(fast_acquire=True)
         self._tail: list[bytes] = []
         self.messages = 0
         self.bytes_out = 0
