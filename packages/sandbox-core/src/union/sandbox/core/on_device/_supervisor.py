@@ -99,6 +99,7 @@ POLLER: Any = None
 # In a run's init: its serial (what the host names to reuse it), and what its scratch mounts
 # looked like before the first run (a later run reuses the init only if they still do).
 MY_SERIAL = 0
+JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) we are in
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
 
@@ -635,12 +636,17 @@ def run_once(
         return False
     try:
         # Join the run's cgroups (memory, pids, cpu) before the command exists. (Writing to
-        # a cgroup.procs file the host opened needs no privilege: we move ourselves.)
+        # a cgroup.procs file the host opened needs no privilege: we move ourselves.) A
+        # reused init is in them already, and a move is costly (cgroup v1 takes a global
+        # lock with an RCU grace period): skip the ones we joined before.
         for fd in fds.get("cgroups", ()):
-            try:
-                os.write(fd, b"0")
-            except OSError as exc:
-                raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) not in JOINED_CGROUPS:
+                try:
+                    os.write(fd, b"0")
+                except OSError as exc:
+                    raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
+                JOINED_CGROUPS.add((st.st_dev, st.st_ino))
             os.close(fd)
         cwd = req["cwd"]
         try:

@@ -12,8 +12,10 @@ posture, scratch size, rlimits, cgroup limits) are the same:
   object) and the host allowed it (runs with per-run proxies never reuse an init: another
   run must not find their listeners in its network namespace).
 
-A slot is used by one run at a time, and at most ``max_idle`` wait between runs (the oldest
-goes first: its init is told to exit and its cgroups are removed).
+A slot is used by one run at a time. Between runs, at most ``max_idle`` slots wait, or as
+many as there are runs in flight if that is more, up to 64 (under concurrency a finished
+slot is soon wanted again; when the burst ends, the surplus goes). The oldest goes first:
+its init is told to exit and its cgroups are removed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .cgroups import CgroupRun
 __all__ = ["RunSlot", "SlotPool"]
 
 DEFAULT_MAX_IDLE = 8
+MAX_IDLE_UNDER_LOAD = 64
 
 
 @dataclasses.dataclass(eq=False)
@@ -71,12 +74,13 @@ class SlotPool:
         del self._idle[slot]
         return slot
 
-    def put(self, slot: RunSlot) -> list[RunSlot]:
+    def put(self, slot: RunSlot, in_flight: int = 0) -> list[RunSlot]:
         """Keep ``slot`` for a later run; return the slots that no longer fit (to discard)."""
         self._idle[slot] = slot.key
         self._by_key.setdefault(slot.key, []).append(slot)
         evicted = []
-        while len(self._idle) > self.max_idle:
+        room = max(self.max_idle, min(in_flight, MAX_IDLE_UNDER_LOAD))
+        while len(self._idle) > room:
             oldest, key = self._idle.popitem(last=False)
             self._by_key[key].remove(oldest)
             evicted.append(oldest)
