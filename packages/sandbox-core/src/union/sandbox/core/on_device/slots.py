@@ -12,10 +12,11 @@ posture, scratch size, rlimits, cgroup limits) are the same:
   object) and the host allowed it (runs with per-run proxies never reuse an init: another
   run must not find their listeners in its network namespace).
 
-A slot is used by one run at a time. Between runs, at most ``max_idle`` slots wait, or as
-many as there are runs in flight if that is more, up to 64 (under concurrency a finished
-slot is soon wanted again; when the burst ends, the surplus goes). The oldest goes first:
-its init is told to exit and its cgroups are removed.
+A slot is used by one run at a time. Between runs, up to 64 slots wait while other runs are
+in flight (under concurrency a finished slot is soon wanted again: trimming to the number in
+flight at each moment retired inits only to clone new ones a round trip later), and at most
+``max_idle`` once none is. The oldest goes first: its init is told to exit and its cgroups
+are removed.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class SlotPool:
         self._idle[slot] = slot.key
         self._by_key.setdefault(slot.key, []).append(slot)
         evicted = []
-        room = max(self.max_idle, min(in_flight, MAX_IDLE_UNDER_LOAD))
+        room = MAX_IDLE_UNDER_LOAD if in_flight else self.max_idle
         while len(self._idle) > room:
             oldest, key = self._idle.popitem(last=False)
             self._by_key[key].remove(oldest)
