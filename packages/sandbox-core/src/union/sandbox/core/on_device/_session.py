@@ -527,7 +527,7 @@ class OnDeviceSession(SessionBase):
         """Keep a finished run's slot for a later run, or discard it."""
         discard = [slot]
         if reusable and not self._closed:
-            discard = self._slots.put(slot, in_flight=len(self._live))
+            discard = self._slots.put(slot)
         for old in discard:
             if old.init_serial and self._supervisor is not None:
                 await self._supervisor.retire(old.init_serial)

@@ -93,7 +93,10 @@ WAKE_FDS: list[int] = []
 INITS: dict[int, dict[str, Any]] = {}
 INIT_SERIALS: dict[int, int] = {}  # pid -> serial
 INIT_BY_FD: dict[int, int] = {}  # socket fd -> serial
-IDLE: set[int] = set()
+IDLE: dict[int, float] = {}  # serial -> when it went idle (oldest first)
+# Idle inits beyond this many exit once idle this long (a burst's surplus goes; the host's
+# slot then gets a fresh init when next used).
+KEEP_IDLE, IDLE_GRACE_S = 8, 1.0
 LAST_SERIAL = 0
 POLLER: Any = None
 # In a run's init: its serial (what the host names to reuse it), and what its scratch mounts
@@ -831,7 +834,7 @@ def forget_init(serial: int) -> None:
     info = INITS.pop(serial, None)
     if info is None:
         return
-    IDLE.discard(serial)
+    IDLE.pop(serial, None)
     INIT_SERIALS.pop(info["pid"], None)
     fd = info["sock"].fileno()
     INIT_BY_FD.pop(fd, None)
@@ -854,7 +857,7 @@ def init_message(serial: int) -> None:
     run = RUNS.pop(info["pid"], None)
     if run is not None:
         os.close(run["status_fd"])
-    IDLE.add(serial)
+    IDLE[serial] = time.monotonic()
 
 
 def dispatch_to_idle(serial: int, req: dict[str, Any], fds: list[int]) -> int:
@@ -873,7 +876,7 @@ def dispatch_to_idle(serial: int, req: dict[str, Any], fds: list[int]) -> int:
     except OSError:
         forget_init(serial)
         return 0
-    IDLE.discard(serial)
+    del IDLE[serial]
     return int(info["pid"])
 
 
@@ -999,6 +1002,20 @@ def reap() -> None:
         reaped(pid, status)
 
 
+def retire_surplus_idle() -> float | None:
+    """Let idle inits beyond KEEP_IDLE that have been idle IDLE_GRACE_S exit; return the
+    seconds until the next one is due (None: none is)."""
+    surplus = len(IDLE) - KEEP_IDLE
+    if surplus <= 0:
+        return None
+    now = time.monotonic()
+    for serial, since in list(IDLE.items())[:surplus]:
+        if now - since < IDLE_GRACE_S:
+            return since + IDLE_GRACE_S - now
+        forget_init(serial)
+    return None
+
+
 def serve(control: socket.socket) -> None:
     global POLLER
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -1009,7 +1026,14 @@ def serve(control: socket.socket) -> None:
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
-        events = poller.poll(0 if PENDING_PREFORK else None)
+        due = retire_surplus_idle()
+        if PENDING_PREFORK:
+            timeout_ms: int | None = 0
+        elif due is not None:
+            timeout_ms = int(due * 1000) + 1
+        else:
+            timeout_ms = None
+        events = poller.poll(timeout_ms)
         if not events and PENDING_PREFORK:
             prefork(PENDING_PREFORK.pop())  # idle: prepare the next run's init now
             continue

@@ -12,11 +12,12 @@ posture, scratch size, rlimits, cgroup limits) are the same:
   object) and the host allowed it (runs with per-run proxies never reuse an init: another
   run must not find their listeners in its network namespace).
 
-A slot is used by one run at a time. Between runs, up to 64 slots wait while other runs are
-in flight (under concurrency a finished slot is soon wanted again: trimming to the number in
-flight at each moment retired inits only to clone new ones a round trip later), and at most
-``max_idle`` once none is. The oldest goes first: its init is told to exit and its cgroups
-are removed.
+A slot is used by one run at a time. Up to ``max_idle`` (64) wait between runs: under
+concurrency a finished slot is wanted again a moment later (over the remote transport, a
+round trip later). The oldest goes first: its init is told to exit and its cgroups are
+removed. Idle *inits* are fewer: the supervisor lets those beyond 8 exit after a second idle
+(a slot whose init is gone gets a fresh init when next used), so a burst's surplus of
+processes does not outlive it; the cgroup directories stay.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from .cgroups import CgroupRun
 
 __all__ = ["RunSlot", "SlotPool"]
 
-DEFAULT_MAX_IDLE = 8
-MAX_IDLE_UNDER_LOAD = 64
+DEFAULT_MAX_IDLE = 64
 
 
 @dataclasses.dataclass(eq=False)
@@ -75,13 +75,12 @@ class SlotPool:
         del self._idle[slot]
         return slot
 
-    def put(self, slot: RunSlot, in_flight: int = 0) -> list[RunSlot]:
+    def put(self, slot: RunSlot) -> list[RunSlot]:
         """Keep ``slot`` for a later run; return the slots that no longer fit (to discard)."""
         self._idle[slot] = slot.key
         self._by_key.setdefault(slot.key, []).append(slot)
         evicted = []
-        room = MAX_IDLE_UNDER_LOAD if in_flight else self.max_idle
-        while len(self._idle) > room:
+        while len(self._idle) > self.max_idle:
             oldest, key = self._idle.popitem(last=False)
             self._by_key[key].remove(oldest)
             evicted.append(oldest)
