@@ -137,7 +137,9 @@ class OutputStream:
         self._limit = limit
         self._buf = bytearray()
         self._eof = False
-        self._lock = anyio.Lock()
+        # Fast acquire: an uncontended read takes the lock without a trip through the event
+        # loop (a waiter still gets it handed over on release).
+        self._lock = anyio.Lock(fast_acquire=True)
         self.truncated = False
 
     def at_eof(self) -> bool:
@@ -309,7 +311,7 @@ class Process:
         self._forward = forward or []
         self._stdin_data = stdin_data
         self._network_log = network_log
-        self._wait_lock = anyio.Lock()
+        self._wait_lock = anyio.Lock(fast_acquire=True)  # see OutputStream._lock
 
     # -- results -------------------------------------------------------------------------
 

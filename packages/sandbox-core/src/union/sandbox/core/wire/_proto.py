@@ -139,6 +139,8 @@ _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    if pos < end and buf[pos] < 0x80:  # one byte: tags and small values, the common case
+        return buf[pos], pos + 1
     result = 0
     shift = 0
     while True:
