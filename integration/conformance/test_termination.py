@@ -57,12 +57,6 @@ EXPECTED = "no process left on the host"
 
 #: Remote labels, for ``hole`` markers.
 REMOTE = ("remote/bubblewrap", "remote/userns")
-REMOTE_CANCEL_RACE = (
-    "HOLE (racy, under investigation): over the remote transport a cancelled wait sends Kill "
-    "and waits for the server's termination record, yet one process of the evasion probe "
-    "was occasionally still on the host when the cancelled call returned. Layer: the client's "
-    "cancellation path (RemoteDriver.kill_and_wait) or the server's Kill handling."
-)
 
 
 def _verdict(probe: Any, how: str, leftovers: list[int], detail: str) -> None:
@@ -158,10 +152,7 @@ async def _ended_by(
     [
         "kill",
         "close",
-        pytest.param(
-            "cancel",
-            marks=pytest.mark.hole(racy=True, **dict.fromkeys(REMOTE, REMOTE_CANCEL_RACE)),
-        ),
+        "cancel",
     ],
 )
 async def test_evasion_after(how: str, open_sandbox: Any, probe: Any, host: Any) -> None:

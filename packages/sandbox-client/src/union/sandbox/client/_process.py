@@ -294,9 +294,28 @@ class RemoteDriver:
                         while self._pop(stream) is not None:
                             pass
                     await self._read_one()
+            if not self._server_ended:
+                # The stream broke before the server's record (a read cancelled mid-way
+                # leaves httpx's response unusable). Close it, and ask until the server no
+                # longer knows the run: it forgets a run only once its whole tree is gone.
+                await self.release()
+                while True:
+                    if await self._forgotten():
+                        break
+                    await anyio.sleep(0.01)  # polling the server: there is no event to await
         # The record we were waiting for only proves the tree is gone; the reason is ours.
         self._termination = termination
         await self.release()
+
+    async def _forgotten(self) -> bool:
+        """Whether the server no longer knows this run (or cannot be asked)."""
+        try:
+            await self._session._transport.unary(
+                "Kill", pb.KillRequest(execution_id=self.execution_id), pb.KillResponse
+            )
+        except ConnectError:
+            return True  # not found (over), or unreachable (dropping the stream kills it)
+        return False
 
     def abandon(self) -> None:
         """The session is closing: record the cancellation (the stream is dropped with the
