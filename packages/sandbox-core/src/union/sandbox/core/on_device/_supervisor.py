@@ -103,6 +103,7 @@ POLLER: Any = None
 # looked like before the first run (a later run reuses the init only if they still do).
 MY_SERIAL = 0
 JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) we are in
+HANDLERS_SET: list[bool] = []  # the run's signal handlers are installed (in this init)
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
 
@@ -614,7 +615,7 @@ def init_loop(
     while run_once(sock, req, fds, setup_error):
         assert sock is not None
         try:
-            data, raw_fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 16)
+            data, raw_fds, _flags, _addr = recv_request(sock)
         except OSError:
             os._exit(0)
         if not data:
@@ -661,9 +662,11 @@ def run_once(
         env = req["env"]
         if "proxy_chan" in fds:
             env = open_proxy_listeners(fds.pop("proxy_chan"), env, req["proxy_env"])
-        for signo in FORWARDED_SIGNALS:
-            signal.signal(signo, forward_signal)
-        signal.signal(signal.SIGALRM, on_alarm)
+        if not HANDLERS_SET:  # once per init: a reused init keeps them
+            for signo in FORWARDED_SIGNALS:
+                signal.signal(signo, forward_signal)
+            signal.signal(signal.SIGALRM, on_alarm)
+            HANDLERS_SET.append(True)
         signal.signal(KILL_RUN, on_kill_request)
         file_actions = [
             (os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
@@ -760,7 +763,7 @@ def warm_init(sock: socket.socket, net: str) -> None:
     its descriptors) on its own socket. Never returns."""
     error = prepare_init(net, CONFIG["tmp_size"])
     try:
-        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 16)
+        data, fds, _flags, _addr = recv_request(sock)
     except OSError:
         os._exit(0)
     if not data:
@@ -777,6 +780,13 @@ def warm_init(sock: socket.socket, net: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def recv_request(sock: socket.socket) -> tuple[bytes, list[int], int, Any]:
+    """A request and its descriptors, received close-on-exec (only what posix_spawn dup2s
+    reaches the command). Room for the most a run carries: stdio, status, script, proxy
+    channel and three cgroups."""
+    return socket.recv_fds(sock, MAX_MSG, 16, socket.MSG_CMSG_CLOEXEC)
+
+
 def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
     """Label a run's descriptors (stdin, stdout, stderr, status, [script], cgroups...)."""
     names = ["stdin", "stdout", "stderr", "status"]
@@ -786,8 +796,6 @@ def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
         for fd in fds:
             os.close(fd)
         return None
-    for fd in fds:
-        os.set_inheritable(fd, False)  # only what posix_spawn dup2s reaches the command
     named: dict[str, Any] = dict(zip(names, fds[: len(names)], strict=True))
     named["cgroups"] = fds[len(names) :]
     return named
@@ -860,7 +868,7 @@ def init_message(serial: int) -> None:
     IDLE[serial] = time.monotonic()
 
 
-def dispatch_to_idle(serial: int, req: dict[str, Any], fds: list[int]) -> int:
+def dispatch_to_idle(serial: int, data: bytes, fds: list[int]) -> int:
     """Hand a run to the idle init the host named; its pid, or 0 if it cannot take it."""
     info = INITS.get(serial)
     if info is None:
@@ -872,7 +880,7 @@ def dispatch_to_idle(serial: int, req: dict[str, Any], fds: list[int]) -> int:
         if serial not in IDLE:
             return 0
     try:
-        socket.send_fds(info["sock"], [marshal.dumps(req)], fds)
+        socket.send_fds(info["sock"], [data], fds)
     except OSError:
         forget_init(serial)
         return 0
@@ -897,19 +905,21 @@ def prefork(net: str) -> None:
     WARM[net] = (pid, ours, serial)
 
 
-def start_run(req: dict[str, Any], fds: list[int]) -> None:
+def start_run(req: dict[str, Any], fds: list[int], data: bytes) -> None:
+    """Start a run: on the idle init the host named, a prepared init, or a new one. ``data``
+    is the request as received, forwarded as is."""
     named = name_fds(req, fds)
     if named is None:
         return
     net = net_key(req["net"])
     # The init of an earlier run with the same settings, if the host named one still idle.
-    pid = dispatch_to_idle(req["slot"], req, fds) if req.get("slot") else 0
+    pid = dispatch_to_idle(req["slot"], data, fds) if req.get("slot") else 0
     # Else a prepared init: it has the default scratch size; other sizes start cold.
     warm = WARM.pop(net, None) if not pid and req["tmp_size"] == CONFIG["tmp_size"] else None
     if warm is not None:
         warm_pid, sock, serial = warm
         try:
-            socket.send_fds(sock, [marshal.dumps(req)], fds)
+            socket.send_fds(sock, [data], fds)
             pid = warm_pid
             track_init(pid, serial, sock)
         except OSError:
@@ -947,10 +957,10 @@ def find_run(run_id: int) -> int | None:
     return None
 
 
-def handle(msg: dict[str, Any], fds: list[int]) -> None:
+def handle(msg: dict[str, Any], fds: list[int], data: bytes) -> None:
     op = msg.get("op")
     if op == "run":
-        start_run(msg, fds)
+        start_run(msg, fds, data)
         return
     for fd in fds:
         os.close(fd)
@@ -1051,12 +1061,12 @@ def serve(control: socket.socket) -> None:
                 reap()
                 continue
             try:
-                data, fds, _flags, _addr = socket.recv_fds(control, MAX_MSG, 8)
+                data, fds, _flags, _addr = recv_request(control)
             except InterruptedError:
                 continue
             if not data:
                 shutdown()
-            handle(marshal.loads(data), fds)
+            handle(marshal.loads(data), fds, data)
 
 
 def shutdown() -> None:
