@@ -379,7 +379,7 @@ class Process:
             try:
                 async with anyio.create_task_group() as tg:
                     for stream in (self.stdout, self.stderr):
-                        if stream is not None:
+                        if stream is not None and not stream._eof:  # read to the end already
                             tg.start_soon(stream._drain)
                     for pull, sink in self._forward:
                         tg.start_soon(_forward, pull, sink)

@@ -133,10 +133,12 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
-def _read_key(path: Path, key: str) -> int:
+def _read_key(fd: int, key: bytes) -> int:
+    """The value of ``key`` in a flat-keyed cgroup file opened as ``fd`` (re-read from the
+    start: cgroup files are generated afresh on each read)."""
     try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
+        for line in os.pread(fd, 4096, 0).splitlines():
+            name, _, value = line.partition(b" ")
             if name == key:
                 return int(value)
     except (OSError, ValueError):
@@ -210,6 +212,8 @@ class CgroupRun:
         self.version = session.support.version
         self.dirs: dict[str, Path] = {}
         self.procs_fds: list[int] = []
+        # Event counter files, opened once: read after every run that uses these cgroups.
+        self._oom_fd = self._pids_fd = -1
         wanted = {"memory": limits.memory_bytes, "pids": limits.pids, "cpu": limits.cpu_milli}
         try:
             for controller, parent in session.dirs.items():
@@ -223,6 +227,13 @@ class CgroupRun:
                     )
                 self.dirs[controller] = path
             self._apply(limits)
+            if "memory" in self.dirs:
+                events = "memory.events" if self.version == "v2" else "memory.oom_control"
+                self._oom_fd = os.open(self.dirs["memory"] / events, os.O_RDONLY | os.O_CLOEXEC)
+            if "pids" in self.dirs:
+                self._pids_fd = os.open(
+                    self.dirs["pids"] / "pids.events", os.O_RDONLY | os.O_CLOEXEC
+                )
         except BaseException:
             self.close_fds()
             self.remove()
@@ -252,24 +263,20 @@ class CgroupRun:
                 _write(cpu / "cpu.cfs_quota_us", str(quota))
 
     def oom_kills(self) -> int:
-        mem = self.dirs.get("memory")
-        if mem is None:
-            return 0
-        if self.version == "v2":
-            return _read_key(mem / "memory.events", "oom_kill")
-        return _read_key(mem / "memory.oom_control", "oom_kill")
+        return _read_key(self._oom_fd, b"oom_kill") if self._oom_fd >= 0 else 0
 
     def pids_limit_hits(self) -> int:
-        pids = self.dirs.get("pids")
-        return _read_key(pids / "pids.events", "max") if pids is not None else 0
+        return _read_key(self._pids_fd, b"max") if self._pids_fd >= 0 else 0
 
     def close_fds(self) -> None:
-        for fd in self.procs_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for fd in [*self.procs_fds, self._oom_fd, self._pids_fd]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.procs_fds = []
+        self._oom_fd = self._pids_fd = -1
 
     def remove(self) -> None:
         self.close_fds()
