@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 
+import anyio
 import httpx
 import pytest
 
@@ -188,6 +189,44 @@ def test_http2_prior_knowledge(server: RunningServer) -> None:
         assert response.json()["backend"] == "userns"
         messages = execute(h2, pb.ExecuteRequest(input=b"echo h2", stream_stdout=True))
         assert any(isinstance(m, pb.ExecuteResponse) and m.stdout == b"h2\n" for m in messages)
+
+
+def test_http2_connection_outlives_a_thousand_requests(server: RunningServer) -> None:
+    """hypercorn ends a connection after 1,000 requests by default: on HTTP/2 its GOAWAY cut
+    every stream still in flight (a client's running Executes). The server lifts that."""
+    assert server.token is not None
+    headers = {"authorization": f"Bearer {server.token}"}
+
+    async def scenario() -> tuple[list[pb.ExecuteResponse], int]:
+        async with httpx.AsyncClient(
+            base_url=server.endpoint, http1=False, http2=True, headers=headers
+        ) as h2:
+            request = pb.ExecuteRequest(input=b"sleep 2; echo survived", stream_stdout=True)
+            body = envelope(request)
+            call = h2.stream("POST", url("Execute"), content=body, headers=STREAM_PROTO)
+            async with call as long:
+                ok = 0
+                limiter = anyio.Semaphore(16)
+
+                async def health() -> None:
+                    nonlocal ok
+                    async with limiter:
+                        response = await h2.post(url("Health"), content=b"{}", headers=JSON)
+                        ok += response.status_code == 200
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(1100):
+                        tg.start_soon(health)
+                raw = await long.aread()
+        messages = [
+            pb.ExecuteResponse.decode(p) for flags, p in frames(raw) if not flags & FLAG_END_STREAM
+        ]
+        return messages, ok
+
+    messages, ok = anyio.run(scenario)
+    assert ok == 1100
+    assert any(m.stdout == b"survived\n" for m in messages)
+    assert any(m.termination is not None and m.termination.exit_code == 0 for m in messages)
 
 
 def test_healthz_needs_no_token(server: RunningServer) -> None:

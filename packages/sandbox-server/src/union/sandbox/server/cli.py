@@ -40,6 +40,9 @@ def _hypercorn_config(config: ServerConfig, sock: socket.socket) -> Any:
     hconfig.graceful_timeout = config.graceful_timeout_s
     hconfig.keep_alive_timeout = 60
     hconfig.h2_max_inbound_frame_size = 1 << 20
+    # hypercorn ends a connection after 1,000 requests by default; on HTTP/2 that GOAWAY cut
+    # a client's in-flight runs (every Execute is a stream on one connection).
+    hconfig.keep_alive_max_requests = 1 << 62
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     return hconfig
