@@ -19,6 +19,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import json
 import math
 import struct
@@ -94,11 +95,11 @@ class Field:
     optional: bool = False
     """``optional`` (explicit presence): ``None`` when unset."""
 
-    @property
+    @functools.cached_property  # read per field per message: computed once
     def json_name(self) -> str:
         return _camel(self.name)
 
-    @property
+    @functools.cached_property  # read per field per message: computed once
     def has_presence(self) -> bool:
         return (
             self.oneof is not None
@@ -106,7 +107,7 @@ class Field:
             or (self.kind is Kind.MESSAGE and not self.repeated)
         )
 
-    @property
+    @functools.cached_property  # read per field per message: computed once
     def wire_type(self) -> int:
         if self.kind in _VARINT_KINDS:
             return WT_VARINT
