@@ -511,3 +511,9 @@ async def test_proxy_refusal_is_a_403(backend: str, lan_server) -> None:
     ) as sbx:
         out = await sbx.run_code(_fetch_code(f"http://{address}:{port}/x"))
     assert out == "error HTTPError 403\n", out
+
+
+async def test_commands_get_the_normal_scheduling_policy(sbx) -> None:
+    """The supervisor and inits run as SCHED_BATCH; the command must not inherit it."""
+    result = await sbx.exec("python3 -c 'import os; print(os.sched_getscheduler(0))'", check=True)
+    assert int(result.stdout) == os.SCHED_OTHER
