@@ -517,3 +517,13 @@ async def test_commands_get_the_normal_scheduling_policy(sbx) -> None:
     """The supervisor and inits run as SCHED_BATCH; the command must not inherit it."""
     result = await sbx.exec("python3 -c 'import os; print(os.sched_getscheduler(0))'", check=True)
     assert int(result.stdout) == os.SCHED_OTHER
+
+
+async def test_commands_hold_only_their_stdio(any_sbx) -> None:
+    """A run's command (fresh init or reused one) holds stdin, stdout and stderr and nothing
+    else of the sandbox's: not the run's status pipe (it could forge its end), not another
+    run's pipes, not the supervisor's sockets."""
+    for _ in range(3):
+        result = await any_sbx.exec("ls /proc/self/fd", check=True)
+        # ls's own directory handle on /proc/self/fd is the one extra entry.
+        assert len(result.stdout.split()) == 4, result.stdout

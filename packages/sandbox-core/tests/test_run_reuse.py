@@ -173,3 +173,27 @@ def _children_of(pid: int) -> list[int]:
     return [
         int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _ppid(int(entry)) == pid
     ]
+
+
+async def test_close_does_not_wait_for_a_daemon_that_escaped_backend_none() -> None:
+    """Backend none cannot stop a daemon that left its run's process group; the supervisor
+    (its subreaper) must still exit at close at once, not wait for it (it used to, until the
+    host's 5 s fallback killed it, or forever once the host was gone)."""
+    with pytest.warns(UserWarning, match="NO isolation"):
+        sbx = await sb.on_device.session(backend="none").open()
+    tag = f"1000.{os.getpid()}{int(anyio.current_time() * 1000) % 100000}"
+    try:
+        await sbx.exec(
+            f"setsid sh -c 'touch ready; exec sleep {tag}' > /dev/null 2>&1 < /dev/null & "
+            "while [ ! -e ready ]; do sleep 0.01; done",
+            check=True,
+        )
+        assert host_pids_with(tag), "the daemon did not start"
+        supervisor = _supervisor_pid()
+        start = anyio.current_time()
+        await sbx.close()
+        assert anyio.current_time() - start < 2.5
+        assert not os.path.exists(f"/proc/{supervisor}")
+    finally:
+        for pid in host_pids_with(tag):
+            os.kill(pid, 9)

@@ -23,6 +23,7 @@ run at about a millisecond of overhead; see docs/design.md.
 # ruff: noqa: PLW0603
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import fcntl
@@ -783,9 +784,17 @@ def warm_init(sock: socket.socket, net: str) -> None:
 
 def recv_request(sock: socket.socket) -> tuple[bytes, list[int], int, Any]:
     """A request and its descriptors, received close-on-exec (only what posix_spawn dup2s
-    reaches the command). Room for the most a run carries: stdio, status, script, proxy
-    channel and three cgroups."""
-    return socket.recv_fds(sock, MAX_MSG, 16, socket.MSG_CMSG_CLOEXEC)
+    reaches the command), with room for the most a run carries: stdio, status, script,
+    proxy channel and three cgroups. (``socket.recv_fds`` ignores its ``flags`` argument
+    before Python 3.12, so this calls ``recvmsg`` itself.)"""
+    fds = array.array("i")
+    data, ancdata, flags, addr = sock.recvmsg(
+        MAX_MSG, socket.CMSG_LEN(16 * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), flags, addr
 
 
 def name_fds(req: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
@@ -1072,13 +1081,16 @@ def serve(control: socket.socket) -> None:
 
 def shutdown() -> None:
     """The host closed the control socket: kill every run and exit (bounded)."""
+    dying = set(RUNS)
     for pid, _sock, _serial in WARM.values():
+        dying.add(pid)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     for serial in list(IDLE):
         pid = INITS[serial]["pid"]
+        dying.add(pid)
         forget_init(serial)
         try:
             os.kill(pid, signal.SIGKILL)
@@ -1090,31 +1102,31 @@ def shutdown() -> None:
         except ProcessLookupError:
             pass
     if CONFIG.get("mode") == "none":
-        grace = time.monotonic() + 1
-        while RUNS and time.monotonic() < grace:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid:
-                reaped(pid, status)
-            else:
-                time.sleep(0.005)
+        wait_for(dying, time.monotonic() + 1)
         for pid in list(RUNS):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    # Every child is dying now (runs, prepared and idle inits): reap them all, so that the
-    # host finds their cgroups empty once we are gone.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        reaped(pid, status)
+    # Reap the inits (runs, prepared and idle ones), so that the host finds their cgroups
+    # empty once we are gone. Not any other child: with backend none, a daemon that left
+    # its run's process group is reparented to us and may never exit.
+    wait_for(dying, time.monotonic() + 5)
     os._exit(0)
+
+
+def wait_for(pids: set[int], deadline: float) -> None:
+    """Reap children until none of ``pids`` is left, or until ``deadline``."""
+    while pids and time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            reaped(pid, status)
+            pids.discard(pid)
+        else:
+            time.sleep(0.002)
 
 
 def main() -> None:
