@@ -514,6 +514,9 @@ class OnDeviceSession(SessionBase):
         """An idle slot of an earlier run with the same settings, or a new one."""
         key = (
             request["net"],
+            # Proxied runs never reuse an init: kept apart, they leave the idle inits of the
+            # session's other runs alone.
+            "proxy_env" in request,
             plan.tmp_size,
             tuple(sorted(plan.rlimits.items())),
             plan.limits if plan.use_cgroup else None,
