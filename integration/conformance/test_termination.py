@@ -223,12 +223,11 @@ def _run_cgroups(proc_cgroup: str) -> set[str]:
 
 
 REMOTE_CGROUP_HOLE = (
-    "HOLE (low, resources): over the remote transport the cgroup of a finished run can "
-    "outlive it: after the client closed, the run-N cgroup of its last exec'd command is "
-    "still there seconds later (the server's session never closes, and the engine reclaims "
-    "that run cgroup only when a later run starts). Layer: on-device engine run cgroup "
-    "teardown as driven by sandbox-server. Fix: remove a run's cgroups when the run ends, "
-    "not lazily."
+    "HOLE (low, resources, bounded): over the remote transport the cgroups of a finished "
+    "run outlive it: the server's session never closes, and it keeps a cleanly finished "
+    "run's cgroups (and, for a while, its idle init) for the next run with the same "
+    "settings, up to 64 sets. Layer: on-device engine run reuse (slots.py) as driven by "
+    "sandbox-server. Fix: a per-client session on the server, or an idle timeout on slots."
 )
 
 
