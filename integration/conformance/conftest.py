@@ -144,8 +144,8 @@ def _remove_leftover_cgroups(pattern: str) -> None:
     session's directories are touched."""
     if not pattern:
         return
-    for session_dir in glob.glob(f"/sys/fs/cgroup/*/{pattern}") + glob.glob(
-        f"/sys/fs/cgroup/{pattern}"
+    for session_dir in glob.glob(f"/sys/fs/cgroup/*/{pattern}-p*") + glob.glob(
+        f"/sys/fs/cgroup/{pattern}-p*"
     ):
         for run_dir in glob.glob(f"{session_dir}/run-*"):
             with contextlib.suppress(OSError):

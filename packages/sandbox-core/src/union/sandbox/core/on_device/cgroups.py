@@ -1,7 +1,9 @@
 """Per-run cgroups: memory, pids and CPU limits, and what they observed (OOM kills, pids
 limit hits). cgroup v2 where it is delegated to us, cgroup v1 where that is what the host has.
 
-Layout: ``<base>/union-sandbox-<session>/run-<n>`` in each hierarchy we use. The host creates
+Layout: ``<base>/union-sandbox-<session>-p<pid>.<pid namespace>/run-<n>`` in each hierarchy
+we use. The owner's pid (and the pid namespace it is a pid in) in the name lets a later
+session remove what a killed process left (see :func:`sweep_stale`). The host creates
 the directories and opens each run's ``cgroup.procs`` for writing; the run's init writes
 ``0`` into it (join myself) before it starts the command, so the command and everything it
 forks is charged to the run's cgroup from its first instruction.
@@ -12,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 from pathlib import Path
 
 from ..resources import ResourceLimits
 
-__all__ = ["CgroupRun", "CgroupSession", "CgroupSupport", "detect"]
+__all__ = ["CgroupRun", "CgroupSession", "CgroupSupport", "detect", "sweep_stale"]
 
 ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
@@ -146,6 +149,50 @@ def _read_key(fd: int, key: bytes) -> int:
     return 0
 
 
+_OWNED = re.compile(r"union-sandbox-.+-p(\d+)\.(\d+)")
+
+
+def _owner_tag() -> str:
+    """``<pid>.<pid namespace inode>``: a pid means something only in its namespace."""
+    return f"{os.getpid()}.{os.stat('/proc/self/ns/pid').st_ino}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(support: CgroupSupport) -> list[Path]:
+    """Remove the session cgroups of processes that are gone (killed before they could close
+    their sessions), with their run cgroups; return what was removed. A directory still
+    holding a process, whose owner's pid is alive (even reused), or whose owner lived in
+    another pid namespace (we cannot tell if it is alive), is left alone."""
+    namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    removed = []
+    for base in set(support.bases.values()):
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            match = _OWNED.fullmatch(path.name)
+            if match is None or match.group(2) != namespace or _alive(int(match.group(1))):
+                continue
+            try:
+                for run in path.glob("run-*"):
+                    run.rmdir()
+                path.rmdir()
+            except OSError:
+                continue  # busy: processes still leaving, or not ours to remove
+            removed.append(path)
+    return removed
+
+
 class CgroupSession:
     """A session's cgroup directory in each hierarchy; runs get children of it."""
 
@@ -153,7 +200,7 @@ class CgroupSession:
         self.support = support
         self.dirs: dict[str, Path] = {}
         for controller, base in support.bases.items():
-            path = base / f"union-sandbox-{name}"
+            path = base / f"union-sandbox-{name}-p{_owner_tag()}"
             if path not in self.dirs.values():
                 path.mkdir(exist_ok=True)
                 if support.version == "v2":
