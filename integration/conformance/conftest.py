@@ -88,7 +88,7 @@ from typing import Any
 import pytest
 
 from union import sandbox as sb
-from union.sandbox.core.testing import host_pids_with
+from union.sandbox.core.testing import host_pids_with, open_checking_warnings
 
 # ---------------------------------------------------------------------------------------
 # Targets
@@ -117,14 +117,8 @@ class Target:
 @contextlib.asynccontextmanager
 async def _on_device(backend: str, **kwargs: Any) -> AsyncIterator[Any]:
     session = sb.on_device.session(backend=backend, **kwargs)
-    if backend == "none":
-        # Unisolated must be said loudly at open, never silently.
-        with pytest.warns(UserWarning, match="NO isolation"):
-            await session.open()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            await session.open()
+    # Unisolated must be said loudly at open, never silently.
+    await open_checking_warnings(session)
     try:
         yield session
     finally:

@@ -13,13 +13,13 @@ import secrets
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from union import sandbox as sb
 from union.sandbox.core.testing import host_pids_with as _host_pids_with
+from union.sandbox.core.testing import open_checking_warnings
 
 ISOLATING_BACKENDS = ("bubblewrap", "userns")
 ALL_BACKENDS = ("bubblewrap", "userns", "none")
@@ -49,13 +49,7 @@ async def sbx(backend: str) -> AsyncIterator[sb.on_device.OnDeviceSession]:
 async def any_sbx(any_backend: str) -> AsyncIterator[sb.on_device.OnDeviceSession]:
     """An open session of any backend; ``none`` must warn loudly when it opens."""
     session = sb.on_device.session(backend=any_backend)
-    if any_backend == "none":
-        with pytest.warns(UserWarning, match="NO isolation"):
-            await session.open()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            await session.open()
+    await open_checking_warnings(session)
     try:
         yield session
     finally:

@@ -114,17 +114,6 @@ class _RunDriver:
             await self._session._egress.detach(self._egress, channel)
 
 
-_swept: list[bool] = []
-
-
-def _sweep_stale_cgroups_once(support: CgroupSupport) -> None:
-    """Once per process, before its first session cgroup: remove what killed processes
-    left (cgroups.sweep_stale)."""
-    if not _swept:
-        _swept.append(True)
-        cgroups.sweep_stale(support)
-
-
 class OnDeviceSession(SessionBase):
     """A sandbox session whose runs are children of this process.
 
@@ -553,7 +542,6 @@ class OnDeviceSession(SessionBase):
             return None
         assert self._cgroup_support is not None
         if self._cgroup_session is None:
-            _sweep_stale_cgroups_once(self._cgroup_support)
             self._cgroup_session = CgroupSession(self._cgroup_support, self.client_id[:8])
         else:
             self._cgroup_session.cleanup()

@@ -104,7 +104,7 @@ POLLER: Any = None
 # looked like before the first run (a later run reuses the init only if they still do).
 MY_SERIAL = 0
 JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) we are in
-HANDLERS_SET: list[bool] = []  # the run's signal handlers are installed (in this init)
+HANDLERS_SET = False  # the run's signal handlers are installed (in this init)
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
 
@@ -633,7 +633,7 @@ def run_once(
     sock: socket.socket | None, req: dict[str, Any], fds: dict[str, Any], setup_error: str
 ) -> bool:
     """One run, from its request to its report; returns whether the init may serve another."""
-    global CHILD
+    global CHILD, HANDLERS_SET
     status_fd = fds["status"]
     started = time.monotonic()
     if setup_error:
@@ -667,7 +667,7 @@ def run_once(
             for signo in FORWARDED_SIGNALS:
                 signal.signal(signo, forward_signal)
             signal.signal(signal.SIGALRM, on_alarm)
-            HANDLERS_SET.append(True)
+            HANDLERS_SET = True
         signal.signal(KILL_RUN, on_kill_request)
         file_actions = [
             (os.POSIX_SPAWN_DUP2, fds["stdin"], 0),

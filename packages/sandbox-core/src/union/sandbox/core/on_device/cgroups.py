@@ -152,18 +152,18 @@ def _read_key(fd: int, key: bytes) -> int:
 _OWNED = re.compile(r"union-sandbox-.+-p(\d+)\.(\d+)")
 
 
-def _owner_tag() -> str:
-    """``<pid>.<pid namespace inode>``: a pid means something only in its namespace."""
-    return f"{os.getpid()}.{os.stat('/proc/self/ns/pid').st_ino}"
+def _pid_namespace() -> str:
+    """Our pid namespace (its inode): a pid means something only in its namespace."""
+    return str(os.stat("/proc/self/ns/pid").st_ino)
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, someone else's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -172,7 +172,7 @@ def sweep_stale(support: CgroupSupport) -> list[Path]:
     their sessions), with their run cgroups; return what was removed. A directory still
     holding a process, whose owner's pid is alive (even reused), or whose owner lived in
     another pid namespace (we cannot tell if it is alive), is left alone."""
-    namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    namespace = _pid_namespace()
     removed = []
     for base in set(support.bases.values()):
         try:
@@ -199,8 +199,12 @@ class CgroupSession:
     def __init__(self, support: CgroupSupport, name: str) -> None:
         self.support = support
         self.dirs: dict[str, Path] = {}
+        # What killed processes left goes first: opening a session is when someone is here
+        # to notice.
+        sweep_stale(support)
+        owner = f"{os.getpid()}.{_pid_namespace()}"
         for controller, base in support.bases.items():
-            path = base / f"union-sandbox-{name}-p{_owner_tag()}"
+            path = base / f"union-sandbox-{name}-p{owner}"
             if path not in self.dirs.values():
                 path.mkdir(exist_ok=True)
                 if support.version == "v2":

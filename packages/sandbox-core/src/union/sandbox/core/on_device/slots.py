@@ -63,9 +63,6 @@ class SlotPool:
         self._idle: collections.OrderedDict[RunSlot, Hashable] = collections.OrderedDict()
         self._by_key: dict[Hashable, list[RunSlot]] = {}
 
-    def __len__(self) -> int:
-        return len(self._idle)
-
     def take(self, key: Hashable) -> RunSlot | None:
         """An idle slot with these settings, now in use, or ``None``."""
         slots = self._by_key.get(key)
