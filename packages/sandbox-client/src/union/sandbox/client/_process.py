@@ -260,13 +260,16 @@ class RemoteDriver:
             self._finish(Termination(TerminationKind.KILLED, 137, signal=9, detail="killed"))
             await self.release()
 
-    async def _control(self, method: str, request: Message, response_cls: type[Message]) -> None:
+    async def _control(self, method: str, request: Message, response_cls: type[Message]) -> bool:
+        """Call a per-run RPC; ``False`` if the server no longer knows the run (it ended
+        meanwhile and was reaped: the termination is on its way)."""
         try:
             await self._session._transport.unary(method, request, response_cls)
         except ConnectError as error:
             if error.code is Code.NOT_FOUND:
-                return  # it ended meanwhile: the termination is on its way
+                return False
             raise
+        return True
 
     async def release(self) -> None:
         call = self._call
@@ -308,14 +311,14 @@ class RemoteDriver:
         await self.release()
 
     async def _forgotten(self) -> bool:
-        """Whether the server no longer knows this run (or cannot be asked)."""
+        """Whether the server no longer knows this run (or cannot be asked: dropping the
+        stream kills it)."""
         try:
-            await self._session._transport.unary(
+            return not await self._control(
                 "Kill", pb.KillRequest(execution_id=self.execution_id), pb.KillResponse
             )
         except ConnectError:
-            return True  # not found (over), or unreachable (dropping the stream kills it)
-        return False
+            return True
 
     def abandon(self) -> None:
         """The session is closing: record the cancellation (the stream is dropped with the

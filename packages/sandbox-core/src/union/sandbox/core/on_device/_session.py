@@ -435,7 +435,9 @@ class OnDeviceSession(SessionBase):
             if egress is not None:
                 await self._egress.attach(egress, channel)
         except BaseException:
-            slot.init_serial = 0  # whether the request reached it is unknown
+            # Discarding retires the slot's idle init: if the request never reached it, it
+            # exits; if it did, the supervisor ignores the retire (the init is busy) and the
+            # run's end is reported as usual.
             with anyio.CancelScope(shield=True):
                 await self._release_slot(slot, reusable=False)
                 if egress is not None:
