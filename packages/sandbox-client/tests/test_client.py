@@ -194,6 +194,8 @@ def test_bad_constructor_arguments() -> None:
         session(endpoint="http://x", network_mode="allowlist")
     with pytest.raises(ValueError, match="compression must be"):
         session(endpoint="http://x", compression="br")
+    with pytest.raises(ValueError, match="no CR, LF"):
+        session(endpoint="http://x", token="abc\r\nx-injected: 1")
 
 
 def test_exception_mapping() -> None:

@@ -211,6 +211,9 @@ class RemoteSession(SessionBase):
             )
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
+        if token is not None and not token.isprintable():
+            # It goes into an HTTP header, where a CR or LF would start another header.
+            raise ValueError("token must be printable text (no CR, LF or other control chars)")
         self.endpoint = endpoint.rstrip("/")
         self.network = validate_network(network_mode, network_allowlist, network_denylist)
         self.limits = to_limits(resources)

@@ -4,6 +4,7 @@ produced. Transport failures become :class:`ConnectError` with code ``unavailabl
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
 
@@ -25,6 +26,8 @@ from union.sandbox.core.wire.connect import (
 )
 from union.sandbox.core.wire.messages import SERVICE
 
+from ._http11 import Http11Transport
+
 __all__ = ["ConnectTransport", "StreamCall", "StreamCut"]
 
 _M = TypeVar("_M", bound=Message)
@@ -33,6 +36,21 @@ _UNARY_TYPE = "application/proto"
 _COMPRESS_MIN = 1024
 _MAX_RESPONSE_MESSAGE = 256 * 1024 * 1024
 _MAX_POOLS = 64
+
+
+def _direct_http(url: httpx.URL) -> bool:
+    """Whether ``url`` is plain http reached without a proxy (httpx would use one named by
+    ``HTTP_PROXY`` or ``ALL_PROXY`` unless ``NO_PROXY`` exempts the host)."""
+    if url.scheme != "http":
+        return False
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get("http") or proxies.get("all")):
+        return True
+    return bool(urllib.request.proxy_bypass(url.host))  # reads NO_PROXY
+
+
+def _nothing() -> None:
+    pass
 
 
 class StreamCut(Exception):
@@ -149,21 +167,36 @@ class ConnectTransport:
             self._stream_headers["connect-content-encoding"] = "gzip"
         self._http2 = http2
         self._timeout = httpx.Timeout(None, connect=connect_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._base_url = httpx.URL(self.endpoint + "/")
+        # Plain HTTP/1.1 without a proxy goes straight to our lean transport (skipping
+        # httpx's client layers: cookies, redirects, auth hooks, header merging); TLS,
+        # HTTP/2 and proxies go through an httpx client with its own transport.
+        self._lean: Http11Transport | None = None
+        if not http2 and _direct_http(self._base_url):
+            self._lean = Http11Transport(connect_timeout_s=connect_timeout_s)
+            self._headers["user-agent"] = "union-sandbox-client"
         # One TLS context for every pool: building one (loading the CA bundle) takes tens
         # of milliseconds.
-        self._ssl_context = httpx.create_ssl_context(verify=verify)
-        # Many small connection pools rather than one big one: httpx's pool scans all its
-        # connections for every request (and probes each idle one with a syscall), which
-        # gets slow with dozens of concurrent streams. A pool is added when every pool has
-        # a call in flight, up to _MAX_POOLS; each call goes to the least busy pool, so a
-        # pool mostly holds the one connection it is about to use. HTTP/2 multiplexes its
+        self._ssl_context = httpx.create_ssl_context(verify=verify) if self._lean is None else None
+        # Many small httpx connection pools rather than one big one: httpx's pool scans all
+        # its connections for every request (and probes each idle one with a syscall),
+        # which gets slow with dozens of concurrent streams. A pool is added when every pool
+        # has a call in flight, up to _MAX_POOLS; each call goes to the least busy pool, so
+        # a pool mostly holds the one connection it is about to use. HTTP/2 multiplexes its
         # calls on one connection: one pool.
         self._max_pools = 1 if http2 else _MAX_POOLS
-        self._clients = [self._new_client()]
+        self._clients = [] if self._lean is not None else [self._new_client()]
         self._load = [0]  # calls in flight per pool
         self._urls: dict[str, httpx.URL] = {}
 
+    @property
+    def lean(self) -> bool:
+        """Whether calls go through the lean HTTP/1.1 transport (plain http, no proxy)."""
+        return self._lean is not None
+
     def _new_client(self) -> httpx.AsyncClient:
+        assert self._ssl_context is not None
         return httpx.AsyncClient(
             base_url=self.endpoint,
             headers=self._headers,
@@ -196,7 +229,7 @@ class ConnectTransport:
         parse it and merge it with the base URL for every request."""
         url = self._urls.get(method)
         if url is None:
-            base = self._clients[0].base_url  # httpx gives it a trailing slash
+            base = self._base_url
             url = base.copy_with(raw_path=base.raw_path + f"{SERVICE}/{method}".encode())
             self._urls[method] = url
         return url
@@ -226,15 +259,15 @@ class ConnectTransport:
             headers["accept-encoding"] = "identity"
         if timeout_s is not None:
             headers["connect-timeout-ms"] = str(max(1, int(timeout_s * 1000)))
-        index = self._checkout()
         try:
-            response = await self._clients[index].post(
-                self._url(method), content=body, headers=headers
-            )
+            response, release = await self._send(method, body, headers)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+                release()
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
-        finally:
-            self._checkin(index)
         content = response.content  # httpx already inflated a gzip Content-Encoding
         if response.status_code != 200:
             raise ConnectError.from_json_bytes(content, http_status=response.status_code)
@@ -242,6 +275,27 @@ class ConnectTransport:
             return response_cls.decode(content)
         except DecodeError as exc:
             raise ConnectError(Code.INTERNAL, f"malformed {method} response: {exc}") from None
+
+    async def _send(
+        self, method: str, content: bytes | AsyncIterable[bytes], headers: dict[str, str]
+    ) -> tuple[httpx.Response, Callable[[], None]]:
+        """POST to ``method``; the response (its body not read yet) and what to call once it
+        is closed."""
+        url = self._url(method)
+        if self._lean is not None:
+            request = httpx.Request(
+                "POST", url, headers={**self._headers, **headers}, content=content
+            )
+            return await self._lean.handle_async_request(request), _nothing
+        index = self._checkout()
+        client = self._clients[index]
+        try:
+            request = client.build_request("POST", url, content=content, headers=headers)
+            response = await client.send(request, stream=True)
+        except BaseException:
+            self._checkin(index)
+            raise
+        return response, lambda: self._checkin(index)
 
     def _frame(self, message: Message) -> bytes:
         """One enveloped message, built with a single copy of its payload."""
@@ -262,22 +316,11 @@ class ConnectTransport:
         borrow: bool = False,
     ) -> StreamCall:
         headers = {**self._stream_headers, **extra} if extra else self._stream_headers
-        index = self._checkout()
-        client = self._clients[index]
         try:
-            request = client.build_request(
-                "POST", self._url(method), content=content, headers=headers
-            )
-            response = await client.send(request, stream=True)
+            response, release = await self._send(method, content, headers)
         except httpx.HTTPError as exc:
-            self._checkin(index)
             raise self._unreachable(exc) from exc
-        except BaseException:
-            self._checkin(index)
-            raise
-        call = StreamCall(
-            response, response_cls, borrow=borrow, on_close=lambda: self._checkin(index)
-        )
+        call = StreamCall(response, response_cls, borrow=borrow, on_close=release)
         if response.status_code != 200:
             try:
                 body = await response.aread()
@@ -337,5 +380,7 @@ class ConnectTransport:
         return result
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         for client in self._clients:
             await client.aclose()
