@@ -372,12 +372,12 @@ class SandboxService:
                 )
             )
             async with anyio.create_task_group() as tg:
-                if proc.stdout is not None:
-                    tg.start_soon(_pump, proc.stdout, stream, True)
                 if proc.stderr is not None:
                     tg.start_soon(_pump, proc.stderr, stream, False)
                 if stdin_data is not None and proc.stdin is not None:
                     tg.start_soon(self._feed, run, stdin_data, not req.stdin_pipe)
+                if proc.stdout is not None:
+                    await _pump(proc.stdout, stream, True)  # here: one task fewer per run
             try:
                 await proc.wait()
             except core_errors.ExecutionError:
