@@ -113,6 +113,22 @@ def test_unavailable_backend_aborts_startup(tmp_path: os.PathLike[str]) -> None:
     assert "downgrading to a weaker backend is refused" in result.stderr
 
 
+def test_uvloop_worker_without_uvloop_says_what_to_install(tmp_path: os.PathLike[str]) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("uvloop") is not None:
+        pytest.skip("uvloop is installed here: the worker class is available")
+    result = subprocess.run(
+        [sys.executable, "-m", "union.sandbox.server", "--no-auth", "--worker-class", "uvloop"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "needs the uvloop package (pip install uvloop)" in result.stderr
+
+
 def test_console_script_and_version() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "union.sandbox.server", "--version"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -91,16 +92,13 @@ async def serve(config: ServerConfig, sock: socket.socket | None = None) -> None
                     return
 
         hconfig = _hypercorn_config(config, sock)
+        if config.worker_class == "trio":
+            from hypercorn.trio import serve as hypercorn_serve
+        else:
+            from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment]
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
-            if config.worker_class == "trio":
-                from hypercorn.trio import serve as trio_serve
-
-                await trio_serve(cast(Any, app), hconfig, shutdown_trigger=shutdown_trigger)
-            else:
-                from hypercorn.asyncio import serve as asyncio_serve
-
-                await asyncio_serve(cast(Any, app), hconfig, shutdown_trigger=shutdown_trigger)
+            await hypercorn_serve(cast(Any, app), hconfig, shutdown_trigger=shutdown_trigger)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -120,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = "trio" if config.worker_class == "trio" else "asyncio"
     options: dict[str, Any] = {}
     if config.worker_class == "uvloop":
+        if importlib.util.find_spec("uvloop") is None:
+            print(
+                "sandbox-server: --worker-class uvloop needs the uvloop package "
+                "(pip install uvloop), or use --worker-class asyncio",
+                file=sys.stderr,
+            )
+            return 2
         options["use_uvloop"] = True
     try:
         anyio.run(serve, config, sock, backend=backend, backend_options=options)
