@@ -10,7 +10,8 @@ Figures (targets from issue 6 in brackets):
 - stdout streaming of ``head -c <stream-mb>M /dev/zero``, read chunk by chunk [>= 500 MB/s].
 - ``put_bytes`` then ``get_bytes`` of a <file-mb> MiB file: MB/s of each, and of both
   together counted as the bytes moved (2 x size) over the total time [>= 300 MB/s].
-- <concurrent-runs> runs of ``true``, <concurrency> at a time [>= 500 runs/s].
+- <concurrent-runs> runs of ``true``, <concurrency> at a time, after one warm-up batch of
+  <concurrency> [>= 500 runs/s].
 
 The server is a real ``sandbox-server`` subprocess on 127.0.0.1 (``--no-auth``); the client
 runs in this process. MB is 10**6 bytes. Not a test: nothing here asserts a time. Run it by
@@ -92,6 +93,12 @@ async def bench_session(sbx: Any, args: argparse.Namespace, label: str) -> dict[
             if await proc.wait() != 0:
                 failures += 1
 
+    # Warm-up: one batch at full concurrency first, as the sequential figure warms up with
+    # 20 runs (the first runs at a new concurrency level start fresh inits and cgroups).
+    async with anyio.create_task_group() as tg:
+        for _ in range(args.concurrency):
+            tg.start_soon(one)
+    failures = 0
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(args.concurrent_runs):

@@ -57,10 +57,13 @@ async def _probe(app: SandboxApp) -> None:
         raise BackendUnavailableError(app.config.backend, [f"a probe run exited with {code}"])
 
 
-async def serve(config: ServerConfig, sock: socket.socket | None = None) -> None:
-    """Open the session, serve until SIGTERM/SIGINT, kill running commands, close."""
+async def serve(
+    config: ServerConfig, sock: socket.socket | None = None, app: SandboxApp | None = None
+) -> None:
+    """Open the session, serve until SIGTERM/SIGINT, kill running commands, close.
+    ``app``: an app made with :func:`create_app` from the same config (default: a new one)."""
     sock = sock or _listen(config)
-    app = create_app(config)
+    app = app or create_app(config)
     await app.startup()
     try:
         await _probe(app)
@@ -98,6 +101,9 @@ async def serve(config: ServerConfig, sock: socket.socket | None = None) -> None
             from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment]
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
+            # hypercorn sends http.disconnect when a response is complete: calls' disconnect
+            # watchers can run here and end by themselves (see ConnectApp.watchers).
+            app.connect.watchers = tg
             await hypercorn_serve(cast(Any, app), hconfig, shutdown_trigger=shutdown_trigger)
             tg.cancel_scope.cancel()
     finally:
