@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from union.sandbox.core import PIPE
@@ -78,6 +79,47 @@ async def test_output_cap_truncates(make_session: Callable[..., Session]) -> Non
         assert len(out) == 1000
         assert proc.stdout_truncated
         assert not proc.stderr_truncated
+
+
+async def test_wait_keeps_output_for_later_reads(sbx: Session) -> None:
+    proc = await sbx.run("seq 1 5000; echo tail >&2")
+    assert await proc.wait() == 0
+    assert proc.stdout is not None
+    assert await proc.stdout.read() == "".join(f"{i}\n" for i in range(1, 5001)).encode()
+    assert (await proc.communicate())[1] == b"tail\n"
+
+
+async def test_wait_on_a_flood_caps_what_it_keeps(make_session: Callable[..., Session]) -> None:
+    """wait() takes the output itself: the writer never blocks, the excess is dropped."""
+    async with make_session(max_output_bytes=1000) as sbx:
+        proc = await sbx.run("head -c 5000000 /dev/zero; echo done >&2")
+        with anyio.fail_after(60):
+            assert await proc.wait() == 0
+        out, err = await proc.communicate()
+        assert (len(out), err) == (1000, b"done\n")
+        assert proc.stdout_truncated
+        assert not proc.stderr_truncated
+
+
+async def test_wait_while_another_task_reads(sbx: Session) -> None:
+    """Output taken by wait() and output read by a reader interleave without loss or
+    reordering."""
+    proc = await sbx.run("seq 1 300000; echo err >&2")
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        while chunk := await stdout.read(65536):
+            chunks.append(chunk)
+            await anyio.lowlevel.checkpoint()  # let wait() take chunks too
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            assert await proc.wait() == 0
+    assert b"".join(chunks) == "".join(f"{i}\n" for i in range(1, 300001)).encode()
+    assert (await proc.communicate())[1] == b"err\n"
 
 
 async def test_iter_lines_keep_newlines(sbx: Session) -> None:

@@ -75,12 +75,15 @@ async def test_a_vanished_client_still_cancels_its_run(
             input=f"echo started; sleep {unique_sleep}".encode(), stream_stdout=True
         ).encode()
         framed = b"\x00" + len(body).to_bytes(4, "big") + body
-        async with httpx.AsyncClient() as client, client.stream(
-            "POST",
-            f"{endpoint}/sandbox.v2.SandboxService/Execute",
-            content=framed,
-            headers={"content-type": "application/connect+proto"},
-        ) as response:
+        async with (
+            httpx.AsyncClient() as client,
+            client.stream(
+                "POST",
+                f"{endpoint}/sandbox.v2.SandboxService/Execute",
+                content=framed,
+                headers={"content-type": "application/connect+proto"},
+            ) as response,
+        ):
             async for _ in response.aiter_raw():
                 break  # the run started
             await _until(lambda: bool(host_pids_with(unique_sleep)))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from union.sandbox.core.netproxy.log import NetworkDecision
-from union.sandbox.core.process import IsolationReport, Termination, TerminationKind
+from union.sandbox.core.process import Capture, IsolationReport, Termination, TerminationKind
 from union.sandbox.core.wire import Message
 from union.sandbox.core.wire import messages as pb
 from union.sandbox.core.wire.connect import Code, ConnectError
@@ -234,6 +234,28 @@ class RemoteDriver:
                     await self._wait_for_room()
                     await self._read_one()
         return self._termination
+
+    async def wait_exit_capturing(
+        self, stdout: Capture | None, stderr: Capture | None
+    ) -> Termination:
+        """:meth:`wait_exit`, moving output into the streams' buffers as it arrives
+        (``Process.wait`` then needs no drain task per stream)."""
+        while True:
+            self._hand_over(True, stdout)
+            self._hand_over(False, stderr)
+            if self._termination is not None:
+                return self._termination
+            async with self._read_lock:
+                if self._termination is None:
+                    await self._wait_for_room()
+                    await self._read_one()
+
+    def _hand_over(self, stream: bool, capture: Capture | None) -> None:
+        if capture is None:
+            return
+        queue = self._queues[stream]
+        while queue and capture(queue[0]):
+            self._pop(stream)
 
     async def send_signal(self, signo: int) -> None:
         if self._termination is None:

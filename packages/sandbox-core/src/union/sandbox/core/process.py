@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 Pull = Callable[[], Awaitable[bytes]]
+# Takes a chunk into a captured stream's buffer; False: busy, the chunk is not taken.
+Capture = Callable[[bytes], bool]
 """Return the next chunk of a stream; ``b""`` means end of stream."""
 
 
@@ -154,6 +156,10 @@ class OutputStream:
         if not chunk:
             self._eof = True
             return False
+        self._capture(chunk)
+        return True
+
+    def _capture(self, chunk: bytes) -> None:
         room = self._limit - len(self._buf)
         if room >= len(chunk):
             self._buf += chunk
@@ -161,6 +167,13 @@ class OutputStream:
             if room > 0:
                 self._buf += chunk[:room]
             self.truncated = True
+
+    def _capture_if_idle(self, chunk: bytes) -> bool:
+        """Buffer a chunk the driver already pulled, as :meth:`_fill` would; refused
+        (``False``) while a reader holds the stream, whose next pull takes it instead."""
+        if self._lock.locked():
+            return False
+        self._capture(chunk)
         return True
 
     async def read(self, n: int = -1) -> bytes:
@@ -224,6 +237,12 @@ class OutputStream:
                 pass
 
 
+def _capture_of(stream: OutputStream | None) -> Capture | None:
+    if stream is None or stream._eof:  # not captured, or read to the end already
+        return None
+    return stream._capture_if_idle
+
+
 class InputStream:
     """The writable ``stdin`` of a process started with ``stdin=PIPE``."""
 
@@ -278,6 +297,18 @@ class ProcessDriver(Protocol):
 
     async def release(self) -> None:
         """Free transport resources once the process ended and its streams were read."""
+
+
+class CapturingDriver(ProcessDriver, Protocol):
+    """A driver that can take a process's output itself while waiting (both streams come
+    on one channel), so that :meth:`Process.wait` needs no drain task per stream."""
+
+    async def wait_exit_capturing(
+        self, stdout: Capture | None, stderr: Capture | None
+    ) -> Termination:
+        """:meth:`wait_exit`, handing each chunk it pulls to ``stdout`` / ``stderr`` (a
+        capture that returns ``False`` is busy: the chunk stays for that stream's next
+        pull, in order)."""
 
 
 class Process:
@@ -377,16 +408,14 @@ class Process:
             if self.termination is not None:
                 return self.termination
             try:
-                async with anyio.create_task_group() as tg:
-                    for stream in (self.stdout, self.stderr):
-                        if stream is not None and not stream._eof:  # read to the end already
-                            tg.start_soon(stream._drain)
-                    for pull, sink in self._forward:
-                        tg.start_soon(_forward, pull, sink)
-                    if self._stdin_data is not None and self.stdin is not None:
-                        tg.start_soon(_feed, self.stdin, self._stdin_data)
-                        self._stdin_data = None
-                    termination = await self._driver.wait_exit()
+                capturing = getattr(self._driver, "wait_exit_capturing", None)
+                termination: Termination
+                if capturing is not None and not self._forward and self._stdin_data is None:
+                    termination = await capturing(
+                        _capture_of(self.stdout), _capture_of(self.stderr)
+                    )
+                else:
+                    termination = await self._wait_draining()
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._driver.kill(TerminationKind.CANCELLED)
@@ -396,6 +425,21 @@ class Process:
             self.termination = termination
             await self._driver.release()
             return termination
+
+    async def _wait_draining(self) -> Termination:
+        """Wait for the exit while tasks drain the captured streams, forward the inherited
+        ones and feed ``stdin_data``."""
+        async with anyio.create_task_group() as tg:
+            for stream in (self.stdout, self.stderr):
+                if stream is not None and not stream._eof:  # read to the end already
+                    tg.start_soon(stream._drain)
+            for pull, sink in self._forward:
+                tg.start_soon(_forward, pull, sink)
+            if self._stdin_data is not None and self.stdin is not None:
+                tg.start_soon(_feed, self.stdin, self._stdin_data)
+                self._stdin_data = None
+            termination = await self._driver.wait_exit()
+        return termination
 
     def _check(self) -> None:
         termination = self.termination
