@@ -240,6 +240,12 @@ MALFORMED = {
     "bad length": b"HTTP/1.1 200 OK\r\nContent-Length: 1e3\r\n\r\n",
     "conflicting lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
     "bad chunk size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "prefixed chunk size": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n"
+    ),
+    "bare LF in the head": b"HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 0\r\n\r\n",
+    "status below 100": b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+    "unasked upgrade": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
     "chunk longer than its size": (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n"
     ),

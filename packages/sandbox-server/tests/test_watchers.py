@@ -84,8 +84,10 @@ async def test_a_vanished_client_still_cancels_its_run(
                 headers={"content-type": "application/connect+proto"},
             ) as response,
         ):
-            async for _ in response.aiter_raw():
-                break  # the run started
+            # Keep the iterator referenced: a dropped one is finalized, which closes the
+            # connection early (that too must kill the run, but it is not this test's step).
+            chunks = response.aiter_raw()
+            await chunks.__anext__()  # the run started
             await _until(lambda: bool(host_pids_with(unique_sleep)))
         # The connection is gone: the watcher cancels the call, which kills the run.
         await _until(lambda: not host_pids_with(unique_sleep))

@@ -16,6 +16,7 @@ default transport (see ``ConnectTransport``).
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import time
@@ -32,6 +33,7 @@ _READ_SIZE = 1 << 16
 # up to this size, without going through the connection's buffer.
 _DIRECT_READ_SIZE = 1 << 18
 _MAX_HEAD = 64 * 1024
+_HEX_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_CHUNK_LINE = 4096
 _MAX_IDLE = 64
 # Idle connections older than this are closed rather than reused (the server's own idle
@@ -46,11 +48,11 @@ Origin = tuple[bytes, str, int]
 class _Connection:
     """One TCP connection and the bytes received on it but not yet consumed."""
 
-    __slots__ = ("buffer", "fd", "idle_since", "reusable", "stream")
+    __slots__ = ("buffer", "idle_since", "reusable", "sock", "stream")
 
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
-        self.fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
+        self.sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         self.buffer = bytearray()
         self.idle_since = 0.0
         self.reusable = True
@@ -65,14 +67,14 @@ class _Connection:
             raise httpx.RemoteProtocolError(f"server closed the connection during {what}") from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.reusable = False
-            raise httpx.ReadError(f"reading {what}: {type(exc).__name__}: {exc}") from exc
+            raise httpx.ReadError(f"reading {what}: {_describe(exc)}") from exc
 
     async def send(self, data: bytes) -> None:
         try:
             await self.stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.reusable = False
-            raise httpx.WriteError(f"sending the request: {type(exc).__name__}: {exc}") from exc
+            raise httpx.WriteError(f"sending the request: {_describe(exc)}") from exc
 
     def went_stale(self, now: float) -> bool:
         """Whether this idle connection should not be reused: too old, or readable (an idle
@@ -81,8 +83,11 @@ class _Connection:
 
     def readable(self) -> bool:
         """Whether the server sent something (or closed) that is not read yet."""
+        fd = self.sock.fileno()
+        if fd < 0:
+            return True  # closed under us (asyncio closes a socket whose write failed)
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
+        poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
 
     async def aclose(self) -> None:
@@ -94,6 +99,15 @@ class _EarlyResponse(Exception):
     """The server answered while the request body was still being sent."""
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, with the cause anyio wraps (its stream errors carry no message)."""
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    cause = exc.__cause__
+    if cause is not None:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
+
+
 def _protocol_error(message: str) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"malformed HTTP/1.1 response: {message}")
 
@@ -101,20 +115,26 @@ def _protocol_error(message: str) -> httpx.RemoteProtocolError:
 def _parse_head(head: bytes) -> tuple[int, bool, list[tuple[bytes, bytes]]]:
     """The status, whether the response is HTTP/1.1 and the header fields of a response
     head (without its final blank line)."""
+    bare = head.replace(b"\r\n", b"")
+    if b"\n" in bare or b"\r" in bare:
+        raise _protocol_error("a CR or LF outside a line ending")
     lines = head.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     status_text = rest[:3]
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or not status_text.isdigit():
         raise _protocol_error(f"bad status line {lines[0][:80]!r}")
-    if len(rest) > 3 and rest[3:4] != b" ":
+    status = int(status_text)
+    if status < 100 or (len(rest) > 3 and rest[3:4] != b" "):
         raise _protocol_error(f"bad status line {lines[0][:80]!r}")
+    if status == 101:
+        raise _protocol_error("101 Switching Protocols to a request that asked for no upgrade")
     headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name[-1:] in b" \t" or line[:1] in b" \t":
             raise _protocol_error(f"bad header line {line[:80]!r}")
         headers.append((name, value.strip(b" \t")))
-    return int(status_text), version == b"HTTP/1.1", headers
+    return status, version == b"HTTP/1.1", headers
 
 
 class _ResponseBody(httpx.AsyncByteStream):
@@ -183,7 +203,7 @@ class _ResponseBody(httpx.AsyncByteStream):
             ) from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._conn.reusable = False
-            raise httpx.ReadError(f"reading the response body: {exc!r}") from exc
+            raise httpx.ReadError(f"reading the response body: {_describe(exc)}") from exc
 
     def _consumed(self, size: int) -> None:
         assert self._remaining is not None
@@ -207,12 +227,9 @@ class _ResponseBody(httpx.AsyncByteStream):
         if self._chunk_started and await self._line("a chunk's end"):
             raise _protocol_error("chunk data longer than its size")
         size_text = (await self._line("a chunk size")).partition(b";")[0].strip(b" \t")
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _protocol_error(f"bad chunk size {size_text[:20]!r}") from None
-        if size < 0 or not size_text.isalnum():
+        if not _HEX_SIZE.fullmatch(size_text):
             raise _protocol_error(f"bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
         self._chunk_started = True
         if size:
             self._remaining = size
@@ -234,7 +251,7 @@ class _ResponseBody(httpx.AsyncByteStream):
             self._done = True
             return b""
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            raise httpx.ReadError(f"reading the response body: {exc!r}") from exc
+            raise httpx.ReadError(f"reading the response body: {_describe(exc)}") from exc
 
     async def aclose(self) -> None:
         if self._released:
@@ -354,18 +371,26 @@ class Http11Transport(httpx.AsyncBaseTransport):
         """Send a streamed body, stopping (:class:`_EarlyResponse`) when the server answers
         before it has all of it (an error, typically, after which it may close without
         reading the rest: waiting for the write to fail would lose the answer)."""
-        async for part in stream:
-            if not part:
-                continue
-            if conn.readable():
-                raise _EarlyResponse
-            size_line = b"%x\r\n" % len(part)
-            if len(part) <= _COALESCE:
-                await conn.send(b"".join((size_line, part, b"\r\n")))
-            else:
-                await conn.send(size_line)
-                await conn.send(part)
-                await conn.send(b"\r\n")
+        parts = stream.__aiter__()
+        try:
+            async for part in parts:
+                if not part:
+                    continue
+                if conn.readable():
+                    raise _EarlyResponse
+                size_line = b"%x\r\n" % len(part)
+                if len(part) <= _COALESCE:
+                    await conn.send(b"".join((size_line, part, b"\r\n")))
+                else:
+                    await conn.send(size_line)
+                    await conn.send(part)
+                    await conn.send(b"\r\n")
+        finally:
+            # Left early (an answer, an error): close the producer now, not at collection.
+            aclose = getattr(parts, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
         await conn.send(b"0\r\n\r\n")
 
     async def _read_response(

@@ -247,6 +247,10 @@ class RemoteDriver:
                 return self._termination
             async with self._read_lock:
                 if self._termination is None:
+                    # Again under the lock: a reader may have filed a large message while
+                    # we waited for it, and only this hand-over makes room for it.
+                    self._hand_over(True, stdout)
+                    self._hand_over(False, stderr)
                     await self._wait_for_room()
                     await self._read_one()
 

@@ -132,6 +132,8 @@ class OutputStream:
     Reading applies back-pressure: the sandboxed process blocks when nobody reads. Data
     buffered without being read (``communicate()``, ``wait()``) is capped at ``limit`` bytes;
     the rest is dropped and :attr:`truncated` set, so a flood cannot exhaust the caller.
+    Once something was dropped, everything after it is too: reads give a prefix of the
+    output, never output with a gap in it.
     """
 
     def __init__(self, pull: Pull, *, limit: int) -> None:
@@ -148,18 +150,24 @@ class OutputStream:
         """True when the stream ended and everything buffered was read."""
         return self._eof and not self._buf
 
-    async def _fill(self) -> bool:
-        """Pull one chunk into the buffer; False at end of stream."""
+    async def _fill(self, *, capped: bool = True) -> bool:
+        """Pull one chunk into the buffer (``capped``: as captured output, up to the cap);
+        False at end of stream."""
         if self._eof:
             return False
         chunk = await self._pull()
         if not chunk:
             self._eof = True
             return False
-        self._capture(chunk)
+        if capped:
+            self._capture(chunk)
+        elif not self.truncated:  # see _capture
+            self._buf += chunk
         return True
 
     def _capture(self, chunk: bytes) -> None:
+        if self.truncated:
+            return  # after a dropped piece nothing is kept: what is kept is a prefix
         room = self._limit - len(self._buf)
         if room >= len(chunk):
             self._buf += chunk
@@ -191,6 +199,10 @@ class OutputStream:
                     return b""
                 # Fast path: hand a fresh chunk over as-is when it fits.
                 chunk = await self._pull()
+                while chunk and self.truncated:
+                    # Captured output overflowed (wait() took it while nobody read): a
+                    # piece is gone, and what follows it is dropped too, as by the capture.
+                    chunk = await self._pull()
                 if not chunk:
                     self._eof = True
                     return b""
@@ -214,7 +226,9 @@ class OutputStream:
                     del self._buf[: index + 1]
                     return line
                 start = len(self._buf)
-                if not await self._fill():
+                # Not capped: the caller consumes what it reads (a line longer than the cap
+                # comes out in pieces, below).
+                if not await self._fill(capped=False):
                     line = bytes(self._buf)
                     self._buf.clear()
                     return line

@@ -104,7 +104,10 @@ async def serve(
             # hypercorn sends http.disconnect when a response is complete: calls' disconnect
             # watchers can run here and end by themselves (see ConnectApp.watchers).
             app.connect.watchers = tg
-            await hypercorn_serve(cast(Any, app), hconfig, shutdown_trigger=shutdown_trigger)
+            try:
+                await hypercorn_serve(cast(Any, app), hconfig, shutdown_trigger=shutdown_trigger)
+            finally:
+                app.connect.watchers = None  # the group ends here: later calls watch alone
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
