@@ -55,9 +55,6 @@ exec >/dev/null 2>&1
 
 EXPECTED = "no process left on the host"
 
-#: Remote labels, for ``hole`` markers.
-REMOTE = ("remote/bubblewrap", "remote/userns")
-
 
 def _verdict(probe: Any, how: str, leftovers: list[int], detail: str) -> None:
     probe.verdict(
@@ -222,22 +219,12 @@ def _run_cgroups(proc_cgroup: str) -> set[str]:
     return dirs
 
 
-REMOTE_CGROUP_HOLE = (
-    "HOLE (low, resources, bounded): over the remote transport the cgroups of a finished "
-    "run outlive it: the server's session never closes, and it keeps a cleanly finished "
-    "run's cgroups (and, for a while, its idle init) for the next run with the same "
-    "settings, up to 64 sets. Layer: on-device engine run reuse (slots.py) as driven by "
-    "sandbox-server. Fix: a per-client session on the server, or an idle timeout on slots."
-)
-
-
 @asyncio_only
-@pytest.mark.hole(**dict.fromkeys(REMOTE, REMOTE_CGROUP_HOLE))
 async def test_close_leaves_no_cgroups(open_sandbox: Any, probe: Any, host: Any) -> None:
     """On-device: close() removes the session's cgroups and its runs'. Over the remote
     transport the session's cgroup belongs to the server (it outlives its clients): the run
-    cgroups of this client's runs must be gone once their processes are (the timing of
-    close() is the close probes' business)."""
+    cgroups of this client's runs, kept for reuse, must be gone once close() returned and
+    their processes are (close() asks the server to release them: ReleaseIdle)."""
     tag = host.tag()
     async with open_sandbox(resources=Resources(pids=64, memory="256Mi")) as sbx:
         server = probe.server(sbx)

@@ -8,6 +8,7 @@ a reused init's next command gets a later pid.
 
 from __future__ import annotations
 
+import glob
 import os
 
 import anyio
@@ -134,6 +135,30 @@ async def test_idle_inits_are_bounded_and_gone_after_close(backend: str) -> None
             break
         await anyio.sleep(0.05)
     assert _children_of(supervisor) == []
+
+
+async def test_release_idle_lets_idle_inits_and_their_cgroups_go(backend: str) -> None:
+    async with sb.on_device.session(backend=backend, resources=Resources(pids=64)) as sbx:
+
+        async def one() -> None:
+            await sbx.exec("true", check=True)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(one)
+        run_cgroups = f"/sys/fs/cgroup/**/union-sandbox-{sbx.client_id[:8]}-*/run-*"
+        assert glob.glob(run_cgroups, recursive=True)  # kept for reuse
+        supervisor = _supervisor_pid()
+        assert await sbx.release_idle() >= 1
+        assert glob.glob(run_cgroups, recursive=True) == []
+        for _ in range(100):  # the retired inits exit; the one prepared for the next run stays
+            if len(_children_of(supervisor)) <= 1:
+                break
+            await anyio.sleep(0.05)
+        assert len(_children_of(supervisor)) <= 1
+        assert await _pid(sbx) == 2  # the next run starts on a fresh init
+        assert await sbx.release_idle() == 1
+    assert await sbx.release_idle() == 0  # closed: nothing left to release
 
 
 def _supervisor_pid() -> int:

@@ -308,7 +308,8 @@ class RemoteSession(SessionBase):
 
     async def close(self) -> None:
         """Drop every running command (the server kills their trees; their handles report
-        a cancellation) and close the connections. Idempotent."""
+        a cancellation), ask the server to release what finished runs left for reuse (its
+        idle inits and cgroups), and close the connections. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -319,7 +320,21 @@ class RemoteSession(SessionBase):
             async with anyio.create_task_group() as tg:
                 for driver in list(self._live):
                     tg.start_soon(driver.kill_and_wait, closing)
+            await self._release_idle()
             await self._transport.aclose()
+
+    async def _release_idle(self) -> None:
+        """Ask the server to let go of what this client's finished runs left for reuse
+        (idle inits, cgroups): its session outlives its clients. Best effort, bounded."""
+        if self.health is None or "release-idle" not in self.health.features:
+            return
+        with anyio.move_on_after(5):
+            try:
+                await self._transport.unary(
+                    "ReleaseIdle", pb.ReleaseIdleRequest(), pb.ReleaseIdleResponse
+                )
+            except ConnectError:
+                pass  # unreachable or refused: nothing more to do from here
 
     def _require_open(self) -> None:
         if not self._open:

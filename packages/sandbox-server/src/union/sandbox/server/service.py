@@ -44,6 +44,7 @@ FEATURES = (
     "write-stdin",
     "signal",
     "kill",
+    "release-idle",
     "argv",
     "stdin",
     "termination-kind",
@@ -236,6 +237,14 @@ class SandboxService:
             ),
             Rpc("Signal", "unary", pb.SignalRequest, pb.SignalResponse, self.signal, message),
             Rpc("Kill", "unary", pb.KillRequest, pb.KillResponse, self.kill, message),
+            Rpc(
+                "ReleaseIdle",
+                "unary",
+                pb.ReleaseIdleRequest,
+                pb.ReleaseIdleResponse,
+                self.release_idle,
+                message,
+            ),
             Rpc(
                 "PutBytesStream",
                 "client_stream",
@@ -477,6 +486,13 @@ class SandboxService:
         ctx.fields["execution_id"] = run.id
         await run.proc.kill()
         return pb.KillResponse()
+
+    async def release_idle(
+        self, req: pb.ReleaseIdleRequest, ctx: CallContext
+    ) -> pb.ReleaseIdleResponse:
+        released = await self.session.release_idle()
+        ctx.fields["released"] = released
+        return pb.ReleaseIdleResponse(released=released)
 
     # -- files -----------------------------------------------------------------------------
 

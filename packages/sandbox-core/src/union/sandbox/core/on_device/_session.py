@@ -533,11 +533,31 @@ class OnDeviceSession(SessionBase):
         discard = [slot]
         if reusable and not self._closed:
             discard = self._slots.put(slot)
-        for old in discard:
+        await self._discard_slots(discard)
+
+    async def _discard_slots(self, slots: list[RunSlot]) -> None:
+        for old in slots:
             if old.init_serial and self._supervisor is not None:
                 await self._supervisor.retire(old.init_serial)
             if old.cgroup is not None:
                 old.cgroup.remove()
+
+    async def release_idle(self, *, within_s: float = 2.0) -> int:
+        """Let go of what finished runs left for reuse: their idle inits exit and their
+        cgroups are removed, as are the cgroups of runs whose processes were still leaving
+        (waiting up to ``within_s`` for those). Returns how many reuse slots were dropped.
+        The session stays open; its next runs start fresh. A no-op on a closed session."""
+        if self._closed or not self._open:
+            return 0
+        slots = self._slots.drain()
+        await self._discard_slots(slots)
+        cgroups = self._cgroup_session
+        if cgroups is not None:
+            with anyio.move_on_after(within_s):
+                # Polled: nothing signals that an exiting init has left its cgroup.
+                while cgroups.cleanup() and not self._closed:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        return len(slots)
 
     def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
         if not plan.use_cgroup:

@@ -221,8 +221,9 @@ class CgroupSession:
     def defer_removal(self, path: Path) -> None:
         self._pending.append(path)
 
-    def cleanup(self, *, final: bool = False) -> None:
-        """Remove run cgroups whose processes are gone (and, if ``final``, ours)."""
+    def cleanup(self, *, final: bool = False) -> int:
+        """Remove run cgroups whose processes are gone (and, if ``final``, ours); how many
+        are still waiting for their processes to leave."""
         still = []
         for path in self._pending:
             try:
@@ -246,6 +247,7 @@ class CgroupSession:
                     path.rmdir()
                 except OSError:
                     pass
+        return len(self._pending)
 
 
 def _enable_v2_children(path: Path) -> None:

@@ -31,6 +31,8 @@ __all__ = [
     "IsolationReport",
     "KillRequest",
     "KillResponse",
+    "ReleaseIdleRequest",
+    "ReleaseIdleResponse",
     "NetworkMode",
     "PACKAGE",
     "PutBytesRequest",
@@ -433,6 +435,18 @@ class KillRequest(Message):
 @dataclasses.dataclass(slots=True)
 class KillResponse(Message):
     pass
+
+
+@_schema("ReleaseIdleRequest")
+@dataclasses.dataclass(slots=True)
+class ReleaseIdleRequest(Message):
+    pass
+
+
+@_schema("ReleaseIdleResponse", Field(1, "released", _U32))
+@dataclasses.dataclass(slots=True)
+class ReleaseIdleResponse(Message):
+    released: int = 0
 
 
 @_schema(
