@@ -319,6 +319,13 @@ async def test_concurrent_runs(sbx: Session) -> None:
     assert results == {i: f"{i}\n" for i in range(16)}
 
 
+async def test_release_idle_keeps_the_session_usable(sbx: Session, unique: str) -> None:
+    await sbx.exec(f"echo kept > {unique}.txt", check=True)
+    assert await sbx.release_idle() >= 0
+    assert await sbx.release_idle() == 0  # nothing finished since
+    assert (await sbx.exec(f"cat {unique}.txt", check=True)).stdout == "kept\n"
+
+
 async def test_concurrent_first_runs(sbx: Session) -> None:
     """Runs started at once on a fresh session, before its supervisor reported ready."""
     async with anyio.create_task_group() as tg:

@@ -320,21 +320,30 @@ class RemoteSession(SessionBase):
             async with anyio.create_task_group() as tg:
                 for driver in list(self._live):
                     tg.start_soon(driver.kill_and_wait, closing)
-            await self._release_idle()
+            # The server's session outlives its clients: let go of what this client's
+            # finished runs left there for reuse. Best effort, bounded.
+            with anyio.move_on_after(5):
+                try:
+                    await self._release_idle()
+                except ConnectError:
+                    pass  # unreachable or refused: nothing more to do from here
             await self._transport.aclose()
 
-    async def _release_idle(self) -> None:
-        """Ask the server to let go of what this client's finished runs left for reuse
-        (idle inits, cgroups): its session outlives its clients. Best effort, bounded."""
+    async def release_idle(self) -> int:
+        """Ask the server to let go of what finished runs left for reuse (idle inits and
+        their cgroups), as :meth:`OnDeviceSession.release_idle` does on-device; how many
+        reuse slots it dropped (0 from a server without the ``ReleaseIdle`` extension).
+        The reuse cache is the server's, shared by its clients. ``close()`` calls it."""
+        self._require_open()
+        return await self._release_idle()
+
+    async def _release_idle(self) -> int:
         if self.health is None or "release-idle" not in self.health.features:
-            return
-        with anyio.move_on_after(5):
-            try:
-                await self._transport.unary(
-                    "ReleaseIdle", pb.ReleaseIdleRequest(), pb.ReleaseIdleResponse
-                )
-            except ConnectError:
-                pass  # unreachable or refused: nothing more to do from here
+            return 0
+        response = await self._transport.unary(
+            "ReleaseIdle", pb.ReleaseIdleRequest(), pb.ReleaseIdleResponse
+        )
+        return response.released
 
     def _require_open(self) -> None:
         if not self._open:
