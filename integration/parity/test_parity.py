@@ -321,7 +321,7 @@ async def test_concurrent_runs(sbx: Session) -> None:
 
 async def test_release_idle_keeps_the_session_usable(sbx: Session, unique: str) -> None:
     await sbx.exec(f"echo kept > {unique}.txt", check=True)
-    assert await sbx.release_idle() >= 0
+    assert await sbx.release_idle() >= 1  # that run's init and cgroups were kept
     assert await sbx.release_idle() == 0  # nothing finished since
     assert (await sbx.exec(f"cat {unique}.txt", check=True)).stdout == "kept\n"
 

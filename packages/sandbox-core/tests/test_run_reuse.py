@@ -222,3 +222,26 @@ async def test_close_does_not_wait_for_a_daemon_that_escaped_backend_none() -> N
     finally:
         for pid in host_pids_with(tag):
             os.kill(pid, 9)
+
+
+async def test_release_idle_does_not_wait_on_a_cgroup_a_daemon_keeps() -> None:
+    """A daemon that escaped backend none keeps its run's cgroup busy for good: release_idle
+    must give up on it once nothing progresses, not wait its whole bound at every call."""
+    with pytest.warns(UserWarning, match="NO isolation"):
+        sbx = await sb.on_device.session(backend="none", resources=Resources(pids=64)).open()
+    tag = f"1000.{os.getpid()}{int(anyio.current_time() * 1000) % 100000 + 1}"
+    try:
+        await sbx.exec(
+            f"setsid sh -c 'touch ready2; exec sleep {tag}' > /dev/null 2>&1 < /dev/null & "
+            "while [ ! -e ready2 ]; do sleep 0.01; done; kill -9 $$",
+        )
+        assert host_pids_with(tag), "the daemon did not start"
+        await sbx.exec("true", check=True)
+        for _ in range(3):
+            start = anyio.current_time()
+            await sbx.release_idle(within_s=5.0)
+            assert anyio.current_time() - start < 1.0
+    finally:
+        for pid in host_pids_with(tag):
+            os.kill(pid, 9)
+        await sbx.close()

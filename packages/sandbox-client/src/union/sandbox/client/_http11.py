@@ -101,7 +101,8 @@ class _EarlyResponse(Exception):
 
 def _describe(exc: BaseException) -> str:
     """``Type: message``, with the cause anyio wraps (its stream errors carry no message)."""
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    message = str(exc)
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     cause = exc.__cause__
     if cause is not None:
         text += f" ({type(cause).__name__}: {cause})"
@@ -371,26 +372,18 @@ class Http11Transport(httpx.AsyncBaseTransport):
         """Send a streamed body, stopping (:class:`_EarlyResponse`) when the server answers
         before it has all of it (an error, typically, after which it may close without
         reading the rest: waiting for the write to fail would lose the answer)."""
-        parts = stream.__aiter__()
-        try:
-            async for part in parts:
-                if not part:
-                    continue
-                if conn.readable():
-                    raise _EarlyResponse
-                size_line = b"%x\r\n" % len(part)
-                if len(part) <= _COALESCE:
-                    await conn.send(b"".join((size_line, part, b"\r\n")))
-                else:
-                    await conn.send(size_line)
-                    await conn.send(part)
-                    await conn.send(b"\r\n")
-        finally:
-            # Left early (an answer, an error): close the producer now, not at collection.
-            aclose = getattr(parts, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+        async for part in stream:
+            if not part:
+                continue
+            if conn.readable():
+                raise _EarlyResponse
+            size_line = b"%x\r\n" % len(part)
+            if len(part) <= _COALESCE:
+                await conn.send(b"".join((size_line, part, b"\r\n")))
+            else:
+                await conn.send(size_line)
+                await conn.send(part)
+                await conn.send(b"\r\n")
         await conn.send(b"0\r\n\r\n")
 
     async def _read_response(

@@ -238,6 +238,7 @@ class RemoteSession(SessionBase):
         )
         self.health: HealthInfo | None = None
         self._live: set[RemoteDriver] = set()
+        self._ran = False  # any Execute sent (what close() asks the server to release)
         self._open = False
         self._closed = False
         self._open_lock = anyio.Lock()
@@ -322,19 +323,22 @@ class RemoteSession(SessionBase):
                     tg.start_soon(driver.kill_and_wait, closing)
             # The server's session outlives its clients: let go of what this client's
             # finished runs left there for reuse. Best effort, bounded.
-            with anyio.move_on_after(5):
-                try:
-                    await self._release_idle()
-                except ConnectError:
-                    pass  # unreachable or refused: nothing more to do from here
+            if self._ran:
+                with anyio.move_on_after(5):
+                    try:
+                        await self._release_idle()
+                    except ConnectError:
+                        pass  # unreachable or refused: nothing more to do from here
             await self._transport.aclose()
 
     async def release_idle(self) -> int:
         """Ask the server to let go of what finished runs left for reuse (idle inits and
         their cgroups), as :meth:`OnDeviceSession.release_idle` does on-device; how many
         reuse slots it dropped (0 from a server without the ``ReleaseIdle`` extension).
-        The reuse cache is the server's, shared by its clients. ``close()`` calls it."""
-        self._require_open()
+        The reuse cache is the server's, shared by its clients: this drops theirs too.
+        ``close()`` calls it when this session ran anything. 0 on a closed session."""
+        if not self._open:
+            return 0
         return await self._release_idle()
 
     async def _release_idle(self) -> int:
@@ -461,6 +465,7 @@ class RemoteSession(SessionBase):
     async def _start(self, request: pb.ExecuteRequest) -> RemoteDriver:
         """Open the Execute stream and read up to ``session_info``: the command runs."""
         try:
+            self._ran = True
             call = await self._transport.server_stream("Execute", request, pb.ExecuteResponse)
         except ConnectError as error:
             return self._failed(error)

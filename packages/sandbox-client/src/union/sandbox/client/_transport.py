@@ -5,7 +5,7 @@ produced. Transport failures become :class:`ConnectError` with code ``unavailabl
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
 
 import anyio
@@ -360,11 +360,20 @@ class ConnectTransport:
     ) -> _M:
         """Send ``requests`` as they are produced; the single response message."""
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncGenerator[bytes, None]:
             async for message in requests:
                 yield self._frame(message)
 
-        call = await self._open_stream(method, body(), response_cls)
+        # Closed here, whatever happens: a body the server answered early (an error) is
+        # left unfinished, and its producer (reading a file, say) must stop now.
+        framed = body()
+        try:
+            call = await self._open_stream(method, framed, response_cls)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await framed.aclose()
+                if isinstance(requests, AsyncGenerator):
+                    await requests.aclose()
         try:
             result = await call.next()
             if result is None:

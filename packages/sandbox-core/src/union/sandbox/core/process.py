@@ -216,7 +216,8 @@ class OutputStream:
             return data
 
     async def readline(self) -> bytes:
-        """One line including its ``\\n`` (the last line may lack it); ``b""`` at the end."""
+        """One line including its ``\\n`` (the last line may lack it); ``b""`` at the end.
+        A line longer than the cap comes out in pieces of about the cap."""
         async with self._lock:
             start = 0
             while True:
@@ -225,15 +226,14 @@ class OutputStream:
                     line = bytes(self._buf[: index + 1])
                     del self._buf[: index + 1]
                     return line
-                start = len(self._buf)
-                # Not capped: the caller consumes what it reads (a line longer than the cap
-                # comes out in pieces, below).
-                if not await self._fill(capped=False):
+                if len(self._buf) >= self._limit:
+                    # No line end within the cap: hand this piece out.
                     line = bytes(self._buf)
                     self._buf.clear()
                     return line
-                if len(self._buf) >= self._limit:
-                    # A single line longer than the cap: hand it out in pieces.
+                start = len(self._buf)
+                # Not capped: the caller consumes what it reads.
+                if not await self._fill(capped=False):
                     line = bytes(self._buf)
                     self._buf.clear()
                     return line

@@ -50,6 +50,9 @@ from .venv import ensure_session_venv
 
 __all__ = ["OnDeviceSession"]
 
+# release_idle() stops waiting for cgroups to empty after this long without progress.
+_CGROUP_STALL_S = 0.2
+
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Above this size a script goes to the command through a memfd instead of argv
 # (a single argv string is limited to 128 KiB by the kernel).
@@ -537,10 +540,12 @@ class OnDeviceSession(SessionBase):
 
     async def _discard_slots(self, slots: list[RunSlot]) -> None:
         for old in slots:
-            if old.init_serial and self._supervisor is not None:
-                await self._supervisor.retire(old.init_serial)
-            if old.cgroup is not None:
-                old.cgroup.remove()
+            try:
+                if old.init_serial and self._supervisor is not None:
+                    await self._supervisor.retire(old.init_serial)
+            finally:  # a dead supervisor took the init along: the cgroups still go
+                if old.cgroup is not None:
+                    old.cgroup.remove()
 
     async def release_idle(self, *, within_s: float = 2.0) -> int:
         """Let go of what finished runs left for reuse: their idle inits exit and their
@@ -550,13 +555,22 @@ class OnDeviceSession(SessionBase):
         if self._closed or not self._open:
             return 0
         slots = self._slots.drain()
-        await self._discard_slots(slots)
+        with anyio.CancelScope(shield=True):  # out of the pool: they must go now
+            await self._discard_slots(slots)
         cgroups = self._cgroup_session
         if cgroups is not None:
+            # Polled (nothing signals that an exiting init has left its cgroup), and only
+            # while it helps: a cgroup a stray process keeps (an escaped daemon under
+            # backend none) must not make every call wait the whole time.
+            pending, stalled_since = cgroups.cleanup(), anyio.current_time()
             with anyio.move_on_after(within_s):
-                # Polled: nothing signals that an exiting init has left its cgroup.
-                while cgroups.cleanup() and not self._closed:  # noqa: ASYNC110
+                while pending and not self._closed:
                     await anyio.sleep(0.01)
+                    left = cgroups.cleanup()
+                    if left < pending:
+                        pending, stalled_since = left, anyio.current_time()
+                    elif anyio.current_time() - stalled_since > _CGROUP_STALL_S:
+                        break
         return len(slots)
 
     def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
