@@ -292,7 +292,8 @@ def proxy_host() -> Iterator[ProxyHost]:
 
 @pytest.fixture
 def serve(proxy_host: ProxyHost) -> Iterator[Callable[..., LiveProxy]]:
-    """``serve(allow, deny=(), resolver=None, host=None)``: a run served with those rules."""
+    """``serve(allow, deny=(), resolver=None, host=None, credentials=None)``: a run served
+    with those rules (and, with ``credentials``, requiring them of its clients)."""
     started: list[LiveProxy] = []
 
     def start(
@@ -300,13 +301,14 @@ def serve(proxy_host: ProxyHost) -> Iterator[Callable[..., LiveProxy]]:
         deny: Sequence[str] = (),
         resolver: FakeResolver | None = None,
         host: ProxyHost | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> LiveProxy:
         listeners = make_listeners()
         ports = {kind: int(sock.getsockname()[1]) for kind, sock in listeners}
         log = DecisionLog()
         key = object()
         target = host or proxy_host
-        target.serve(key, listeners, rules(allow, deny, resolver), log)
+        target.serve(key, listeners, rules(allow, deny, resolver), log, credentials=credentials)
         live = LiveProxy(target, key, ports["http"], ports["socks5"], log)
         started.append(live)
         return live

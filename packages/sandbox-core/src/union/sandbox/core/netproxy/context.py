@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import socket
 from typing import Literal
 
@@ -21,6 +22,9 @@ class ProxyContext:
 
     ``handshake_timeout`` bounds reading a request (a slow or silent client cannot hold a
     connection open before it has named a target); ``connect_timeout`` bounds dialling.
+    ``credentials`` (user, password), when set, are required of every client: HTTP
+    ``Proxy-Authorization: Basic`` or SOCKS5 username/password (RFC 1929). Listeners other
+    processes can reach (an ``open`` run's, on the host's loopback) carry them.
     """
 
     rules: RuleSet
@@ -30,6 +34,15 @@ class ProxyContext:
     max_head_bytes: int = 16 * 1024
     limiter: CapacityLimiter | None = None
     relay_method: Literal["splice", "copy"] | None = None
+    credentials: tuple[str, str] | None = None
+
+    def accepts(self, user: bytes, password: bytes) -> bool:
+        """Whether a client's credentials are this run's (constant time)."""
+        if self.credentials is None:
+            return True
+        want_user, want_password = self.credentials
+        same_user = hmac.compare_digest(user, want_user.encode())
+        return hmac.compare_digest(password, want_password.encode()) and same_user
 
 
 async def tunnel(

@@ -111,8 +111,10 @@ class ProxyHost:
         decisions: DecisionLog,
         *,
         wait: bool = True,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         """Start accepting on ``listeners`` for ``run_key``; takes ownership of the sockets.
+        ``credentials`` (user, password): required of every client (see ``ProxyContext``).
 
         The sockets must already be listening. They are closed by :meth:`stop`,
         :meth:`close`, or right here if serving fails (unknown kind, duplicate key, closed
@@ -123,10 +125,10 @@ class ProxyHost:
         try:
             _check_kinds(owned)
             if wait:
-                self._call(self._add_run, run_key, owned, rules, decisions)
+                self._call(self._add_run, run_key, owned, rules, decisions, credentials)
             else:
                 self._start().start_task_soon(
-                    self._add_run_logged, run_key, owned, rules, decisions
+                    self._add_run_logged, run_key, owned, rules, decisions, credentials
                 )
         except BaseException:
             for _kind, sock in owned:
@@ -246,6 +248,7 @@ class ProxyHost:
         listeners: list[tuple[ProxyKind, socket.socket]],
         rules: RuleSet,
         decisions: DecisionLog,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         if key in self._runs:
             raise ValueError(f"run {key!r} is already being served")
@@ -259,6 +262,7 @@ class ProxyHost:
             connect_timeout=self._connect_timeout,
             limiter=self._limiter,
             relay_method=self._relay_method,
+            credentials=credentials,
         )
         run = _Run(key, listeners, ctx)
         self._runs[key] = run
@@ -270,9 +274,10 @@ class ProxyHost:
         listeners: list[tuple[ProxyKind, socket.socket]],
         rules: RuleSet,
         decisions: DecisionLog,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         try:
-            self._add_run(key, listeners, rules, decisions)
+            self._add_run(key, listeners, rules, decisions, credentials)
         except Exception:
             for _kind, sock in listeners:
                 sock.close()

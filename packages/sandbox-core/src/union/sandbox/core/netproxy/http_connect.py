@@ -6,14 +6,17 @@ HTTP/1.1``, which is forwarded to the origin in origin-form with ``Connection: c
 through the same :meth:`RuleSet.decide` check first.
 
 Replies a program can act on: 403 with ``X-Union-Sandbox-Refused: <reason>`` for a policy
-refusal; 400 (malformed request), 408 (request head too slow), 431 (head over the limit),
-502 (name did not resolve, or connecting failed) and 504 (connecting timed out), each with
+refusal; 407 when the proxy requires its run's credentials (``Proxy-Authorization: Basic``,
+which every common client takes from the proxy URL) and they are missing or wrong; 400
+(malformed request), 408 (request head too slow), 431 (head over the limit), 502 (name did
+not resolve, or connecting failed) and 504 (connecting timed out), each with
 ``X-Union-Sandbox-Error: <reason>``. The request head is parsed strictly (HTTP/1.0 or 1.1,
 CRLF line ends, no line folding, no user information in the authority).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import errno
 import re
@@ -34,6 +37,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _PHRASES = {
     400: "Bad Request",
     403: "Forbidden",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
@@ -196,11 +200,13 @@ def build_reply(status: int, message: str) -> bytes:
     header = REFUSED_HEADER if status == 403 else ERROR_HEADER
     prefix = "refused by the sandbox network policy" if status == 403 else "sandbox proxy"
     body = f"{status} {phrase}: {prefix}: {message}\n".encode()
+    challenge = 'Proxy-Authenticate: Basic realm="union-sandbox"\r\n' if status == 407 else ""
     head = (
         f"HTTP/1.1 {status} {phrase}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n"
+        f"{challenge}"
         f"{header}: {_header_safe(message)}\r\n\r\n"
     )
     return head.encode("ascii") + body
@@ -271,11 +277,33 @@ async def handle_http(client: socket.socket, ctx: ProxyContext) -> None:
             )
             await _reply(client, exc.status, str(exc))
             return
+        if not _authorized(request, ctx):
+            # Not this run's client (the run's tools send the credentials of its proxy
+            # URLs): answered, but not recorded among the run's decisions.
+            await _reply(client, 407, "this proxy belongs to another run")
+            return
         await _serve(client, reader, request, ctx)
     except OSError:
         pass  # the client went away (reset, broken pipe): nothing left to answer
     finally:
         client.close()
+
+
+def _authorized(request: HttpRequest, ctx: ProxyContext) -> bool:
+    if ctx.credentials is None:
+        return True
+    for name, value in request.headers:
+        if name.lower() == "proxy-authorization":
+            scheme, _, encoded = value.partition(" ")
+            if scheme.lower() != "basic":
+                return False
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True)
+            except ValueError:
+                return False
+            user, sep, password = decoded.partition(b":")
+            return bool(sep) and ctx.accepts(user, password)
+    return False
 
 
 async def _serve(

@@ -8,6 +8,7 @@ namespace can connect to them, so only that run can use its proxies.
 from __future__ import annotations
 
 import socket
+import urllib.parse
 from typing import Literal
 
 __all__ = ["ProxyKind", "make_listeners", "proxy_env"]
@@ -32,15 +33,22 @@ def make_listeners(backlog: int = 128) -> list[tuple[ProxyKind, socket.socket]]:
     return made
 
 
-def proxy_env(http_port: int, socks_port: int) -> dict[str, str]:
+def proxy_env(
+    http_port: int, socks_port: int, credentials: tuple[str, str] | None = None
+) -> dict[str, str]:
     """Environment variables that point HTTP libraries and TCP clients at the proxies.
 
     Both spellings of each name are set (curl reads only lower-case ``http_proxy``; others
     only upper-case); ``socks5h://`` makes clients send names, not addresses, so the proxy
-    resolves them; loopback stays direct.
+    resolves them; loopback stays direct. ``credentials`` go into the URLs (``user:password@``),
+    where every common client finds them.
     """
-    http = f"http://127.0.0.1:{http_port}"
-    socks = f"socks5h://127.0.0.1:{socks_port}"
+    userinfo = ""
+    if credentials is not None:
+        user, password = (urllib.parse.quote(part, safe="") for part in credentials)
+        userinfo = f"{user}:{password}@"
+    http = f"http://{userinfo}127.0.0.1:{http_port}"
+    socks = f"socks5h://{userinfo}127.0.0.1:{socks_port}"
     no_proxy = "127.0.0.1,localhost,::1"
     env: dict[str, str] = {}
     for name, value in (

@@ -1,13 +1,15 @@
 """The SOCKS5 front end (RFC 1928), for TCP clients that honour ``ALL_PROXY``.
 
-Supported: the "no authentication" method and the CONNECT command, with IPv4, IPv6 and
-domain-name targets (``socks5h://`` clients send names, which the proxy resolves itself).
-Everything else is answered with the RFC's codes and the connection closed: no acceptable
-method (``0xFF``), command not supported (``0x07``: BIND, UDP ASSOCIATE), address type not
-supported (``0x08``), connection not allowed by ruleset (``0x02``: a policy refusal), host
-unreachable (``0x04``: the name did not resolve, or connecting timed out), connection refused
-(``0x05``), network unreachable (``0x03``). A greeting that is not SOCKS5 is closed without
-a reply. Every read is bounded in size and time.
+Supported: the "no authentication" method, or username/password (RFC 1929) when the
+run's proxy requires credentials (then the only method offered), and the CONNECT command,
+with IPv4, IPv6 and domain-name targets (``socks5h://`` clients send names, which the proxy
+resolves itself). Everything else is answered with the RFC's codes and the connection
+closed: no acceptable method (``0xFF``), command not supported (``0x07``: BIND, UDP
+ASSOCIATE), address type not supported (``0x08``), connection not allowed by ruleset
+(``0x02``: a policy refusal), host unreachable (``0x04``: the name did not resolve, or
+connecting timed out), connection refused (``0x05``), network unreachable (``0x03``). A
+greeting that is not SOCKS5 is closed without a reply. Every read is bounded in size and
+time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .sockio import DialError, Reader, dial, linger_close, send_all
 __all__ = ["handle_socks5", "socks_reply"]
 
 VERSION = 5
-NO_AUTH, NO_ACCEPTABLE = 0x00, 0xFF
+NO_AUTH, USER_PASSWORD, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
+AUTH_VERSION = 0x01  # RFC 1929's sub-negotiation
 CMD_CONNECT = 0x01
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 0x01, 0x03, 0x04
 SUCCEEDED = 0x00
@@ -66,16 +69,20 @@ async def _need(reader: Reader, n: int) -> bytes:
     return data
 
 
-async def _handshake(client: socket.socket, reader: Reader) -> tuple[str, int]:
-    """Method negotiation and the request; the target ``(host, port)`` of a CONNECT."""
+async def _handshake(client: socket.socket, reader: Reader, ctx: ProxyContext) -> tuple[str, int]:
+    """Method negotiation (and authentication) and the request; the target ``(host,
+    port)`` of a CONNECT."""
     version, count = await _need(reader, 2)
     if version != VERSION:
         raise _Abort(f"not a SOCKS5 greeting (version byte {version:#04x})", None)
     methods = await _need(reader, count) if count else b""
-    if NO_AUTH not in methods:
+    if ctx.credentials is not None:
+        await _authenticate(client, reader, methods, ctx)
+    elif NO_AUTH not in methods:
         await send_all(client, bytes((VERSION, NO_ACCEPTABLE)))
         raise _Abort("the client offered no acceptable method (only 'no authentication')", None)
-    await send_all(client, bytes((VERSION, NO_AUTH)))
+    else:
+        await send_all(client, bytes((VERSION, NO_AUTH)))
     version, command, _reserved, atyp = await _need(reader, 4)
     if version != VERSION:
         raise _Abort(f"bad SOCKS5 request version {version:#04x}", GENERAL_FAILURE)
@@ -102,6 +109,25 @@ async def _handshake(client: socket.socket, reader: Reader) -> tuple[str, int]:
     return host, port
 
 
+async def _authenticate(
+    client: socket.socket, reader: Reader, methods: bytes, ctx: ProxyContext
+) -> None:
+    """RFC 1929 username/password, required: a client without this run's credentials is
+    refused and not recorded among the run's decisions (it is not the run's)."""
+    if USER_PASSWORD not in methods:
+        await send_all(client, bytes((VERSION, NO_ACCEPTABLE)))
+        raise _Abort("", None)
+    await send_all(client, bytes((VERSION, USER_PASSWORD)))
+    version, user_length = await _need(reader, 2)
+    user = await _need(reader, user_length) if user_length else b""
+    (password_length,) = await _need(reader, 1)
+    password = await _need(reader, password_length) if password_length else b""
+    if version != AUTH_VERSION or not ctx.accepts(user, password):
+        await send_all(client, bytes((AUTH_VERSION, 0x01)))
+        raise _Abort("", None)
+    await send_all(client, bytes((AUTH_VERSION, 0x00)))
+
+
 async def handle_socks5(client: socket.socket, ctx: ProxyContext) -> None:
     """Serve one connection accepted on a SOCKS5 listener; owns (closes) ``client``."""
     try:
@@ -109,7 +135,7 @@ async def handle_socks5(client: socket.socket, ctx: ProxyContext) -> None:
         reader = Reader(client)
         try:
             with anyio.fail_after(ctx.handshake_timeout):
-                host, port = await _handshake(client, reader)
+                host, port = await _handshake(client, reader, ctx)
         except TimeoutError:
             return
         except _Abort as exc:

@@ -41,7 +41,7 @@ from ..resources import to_limits
 from ..session import SessionBase
 from . import backends, cgroups
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
-from .egress import PROXY_ENV_TEMPLATE, RunEgress, SessionEgress
+from .egress import RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .fs import FsLayout, check_session_path, gpu_devices
 from .limits import LimitPlan, plan_limits
@@ -419,7 +419,7 @@ class OnDeviceSession(SessionBase):
         await supervisor.ready()
         egress = self._egress.prepare(policy) if proxied else None
         if egress is not None:
-            request["proxy_env"] = PROXY_ENV_TEMPLATE
+            request["proxy_env"] = egress.env_template
         slot = self._slot_for_run(request, plan)
         request["slot"] = slot.init_serial
         # An init that served a proxied run is not reused: its network namespace holds the

@@ -10,6 +10,7 @@ with that policy; the proxies of a run stop when the run ends.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import socket
 import warnings
 
@@ -18,14 +19,23 @@ import anyio
 from ..netproxy import DecisionLog, ProxyHost, ProxyKind, RuleSet, proxy_env
 from ..policy import NetworkPolicy
 
-__all__ = ["PROXY_ENV_TEMPLATE", "RunEgress", "SessionEgress"]
+__all__ = ["PROXY_ENV_TEMPLATE", "RunEgress", "SessionEgress", "proxy_env_template"]
 
 _HTTP, _SOCKS = 41_001, 41_002
-#: The proxy variables, with ``{http}`` and ``{socks}`` for the ports the run's init picks.
-PROXY_ENV_TEMPLATE = {
-    key: value.replace(str(_HTTP), "{http}").replace(str(_SOCKS), "{socks}")
-    for key, value in proxy_env(_HTTP, _SOCKS).items()
-}
+_PROXY_USER = "run"
+
+
+def proxy_env_template(credentials: tuple[str, str] | None = None) -> dict[str, str]:
+    """The proxy variables, with ``{http}`` and ``{socks}`` for the ports the run's init
+    picks (and the run's credentials in the URLs, when its proxies require them)."""
+    return {
+        key: value.replace(str(_HTTP), "{http}").replace(str(_SOCKS), "{socks}")
+        for key, value in proxy_env(_HTTP, _SOCKS, credentials).items()
+    }
+
+
+#: The variables of proxies only their run can reach (no credentials).
+PROXY_ENV_TEMPLATE = proxy_env_template()
 
 
 @dataclasses.dataclass
@@ -36,7 +46,14 @@ class RunEgress:
     log: DecisionLog
     host_end: socket.socket
     run_end: socket.socket
+    credentials: tuple[str, str] | None = None
     served: bool = False
+
+    @property
+    def env_template(self) -> dict[str, str]:
+        if self.credentials is None:
+            return PROXY_ENV_TEMPLATE
+        return proxy_env_template(self.credentials)
 
     @property
     def run_fd(self) -> int:
@@ -68,7 +85,10 @@ class SessionEgress:
             )
         host_end, run_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         host_end.setblocking(False)
-        return RunEgress(rules, DecisionLog(), host_end, run_end)
+        # An open run shares the host's network namespace, so its listeners on 127.0.0.1
+        # are reachable by every local process: they require the run's own credentials.
+        credentials = (_PROXY_USER, secrets.token_urlsafe(18)) if policy.mode == "open" else None
+        return RunEgress(rules, DecisionLog(), host_end, run_end, credentials)
 
     async def attach(self, egress: RunEgress, run_key: object) -> None:
         """Receive the run's listeners and start serving them. A run whose init failed
@@ -94,7 +114,9 @@ class SessionEgress:
         if self._host is None:
             self._host = ProxyHost()
         # Not waiting: connections queue in the listeners' backlog until the thread serves.
-        self._host.serve(run_key, listeners, egress.rules, egress.log, wait=False)
+        self._host.serve(
+            run_key, listeners, egress.rules, egress.log, wait=False, credentials=egress.credentials
+        )
         egress.served = True
 
     async def detach(self, egress: RunEgress, run_key: object) -> None:
