@@ -34,7 +34,7 @@ class ProxyContext:
     max_head_bytes: int = 16 * 1024
     limiter: CapacityLimiter | None = None
     relay_method: Literal["splice", "copy"] | None = None
-    credentials: tuple[str, str] | None = None
+    credentials: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
 
     def accepts(self, user: bytes, password: bytes) -> bool:
         """Whether a client's credentials are this run's (constant time)."""

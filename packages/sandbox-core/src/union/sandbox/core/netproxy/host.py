@@ -333,6 +333,9 @@ class ProxyHost:
                 logger.warning("netproxy: %s listener of run %r failed: %s", kind, run.key, exc)
                 return
             if run.active >= self._max_connections:
+                conn.close()
+                if run.ctx.credentials is not None:
+                    continue  # maybe not the run's own connections: not its record
                 run.ctx.decisions.record(
                     host="",
                     port=0,
@@ -341,7 +344,6 @@ class ProxyHost:
                     reason=f"too many concurrent proxy connections (limit {self._max_connections})",
                     protocol="socks5" if kind == "socks5" else "http-connect",
                 )
-                conn.close()
                 continue
             run.active += 1
             tg.start_soon(self._connection, run, handler, conn)

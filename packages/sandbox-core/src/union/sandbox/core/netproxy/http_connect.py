@@ -144,7 +144,9 @@ def parse_request(head: bytes) -> HttpRequest:
         name, sep, value = raw.partition(b":")
         name_text = name.decode("latin-1")
         if not sep or not _TOKEN.match(name_text):
-            raise BadRequest(f"invalid header line {raw[:64]!r}")
+            # Names only: a value (a credential, say) never goes into a reply or a record.
+            shown = name_text[:40] if sep else "(no colon)"
+            raise BadRequest(f"invalid header line {shown!r}")
         if any((b < 0x20 and b != 0x09) or b == 0x7F for b in value):
             raise BadRequest(f"control character in header {name_text!r}")
         headers.append((name_text, value.decode("latin-1").strip(" \t")))
@@ -267,14 +269,15 @@ async def handle_http(client: socket.socket, ctx: ProxyContext) -> None:
             await _reply(client, 408, "timed out waiting for the request head")
             return
         except BadRequest as exc:
-            ctx.decisions.record(
-                host="",
-                port=0,
-                allowed=False,
-                rule=None,
-                reason=f"malformed HTTP proxy request: {exc}",
-                protocol="http-connect",
-            )
+            if ctx.credentials is None:  # else: not known to be the run's, not recorded
+                ctx.decisions.record(
+                    host="",
+                    port=0,
+                    allowed=False,
+                    rule=None,
+                    reason=f"malformed HTTP proxy request: {exc}",
+                    protocol="http-connect",
+                )
             await _reply(client, exc.status, str(exc))
             return
         if not _authorized(request, ctx):

@@ -34,14 +34,14 @@ def make_listeners(backlog: int = 128) -> list[tuple[ProxyKind, socket.socket]]:
 
 
 def proxy_env(
-    http_port: int, socks_port: int, credentials: tuple[str, str] | None = None
+    http_port: int | str, socks_port: int | str, credentials: tuple[str, str] | None = None
 ) -> dict[str, str]:
     """Environment variables that point HTTP libraries and TCP clients at the proxies.
 
     Both spellings of each name are set (curl reads only lower-case ``http_proxy``; others
     only upper-case); ``socks5h://`` makes clients send names, not addresses, so the proxy
     resolves them; loopback stays direct. ``credentials`` go into the URLs (``user:password@``),
-    where every common client finds them.
+    where every common client finds them. A port may be a placeholder (``"{http}"``).
     """
     userinfo = ""
     if credentials is not None:

@@ -74,7 +74,9 @@ async def _handshake(client: socket.socket, reader: Reader, ctx: ProxyContext) -
     port)`` of a CONNECT."""
     version, count = await _need(reader, 2)
     if version != VERSION:
-        raise _Abort(f"not a SOCKS5 greeting (version byte {version:#04x})", None)
+        # Recorded only where every client is the run's (no credentials to check).
+        reason = "" if ctx.credentials else f"not a SOCKS5 greeting (version byte {version:#04x})"
+        raise _Abort(reason, None)
     methods = await _need(reader, count) if count else b""
     if ctx.credentials is not None:
         await _authenticate(client, reader, methods, ctx)

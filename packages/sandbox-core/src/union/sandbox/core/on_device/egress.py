@@ -21,17 +21,14 @@ from ..policy import NetworkPolicy
 
 __all__ = ["PROXY_ENV_TEMPLATE", "RunEgress", "SessionEgress", "proxy_env_template"]
 
-_HTTP, _SOCKS = 41_001, 41_002
 _PROXY_USER = "run"
 
 
 def proxy_env_template(credentials: tuple[str, str] | None = None) -> dict[str, str]:
     """The proxy variables, with ``{http}`` and ``{socks}`` for the ports the run's init
-    picks (and the run's credentials in the URLs, when its proxies require them)."""
-    return {
-        key: value.replace(str(_HTTP), "{http}").replace(str(_SOCKS), "{socks}")
-        for key, value in proxy_env(_HTTP, _SOCKS, credentials).items()
-    }
+    picks (and the run's credentials in the URLs, when its proxies require them: URL-safe
+    characters, no braces, so the init's ``str.format`` leaves them as they are)."""
+    return proxy_env("{http}", "{socks}", credentials)
 
 
 #: The variables of proxies only their run can reach (no credentials).
@@ -46,7 +43,7 @@ class RunEgress:
     log: DecisionLog
     host_end: socket.socket
     run_end: socket.socket
-    credentials: tuple[str, str] | None = None
+    credentials: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
     served: bool = False
 
     @property
