@@ -46,9 +46,16 @@ class ProxyContext:
 
 
 async def tunnel(
-    ctx: ProxyContext, index: int, client: socket.socket, upstream: socket.socket, pending: bytes
+    ctx: ProxyContext,
+    index: int,
+    client: socket.socket,
+    upstream: socket.socket,
+    pending: bytes,
+    *,
+    up_limit: int | None = None,
 ) -> None:
-    """Relay ``client`` <-> ``upstream`` to the end, then record the byte counts."""
+    """Relay ``client`` <-> ``upstream`` to the end (upstream: at most ``up_limit`` bytes),
+    then record the byte counts."""
     counters = RelayCounters()
     try:
         await relay(
@@ -58,6 +65,7 @@ async def tunnel(
             counters=counters,
             limiter=ctx.limiter,
             method=ctx.relay_method,
+            up_limit=up_limit,
         )
     finally:
         ctx.decisions.update(index, bytes_up=counters.up, bytes_down=counters.down)

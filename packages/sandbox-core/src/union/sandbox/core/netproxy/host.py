@@ -333,17 +333,20 @@ class ProxyHost:
                 logger.warning("netproxy: %s listener of run %r failed: %s", kind, run.key, exc)
                 return
             if run.active >= self._max_connections:
+                # Recorded before the close (whoever sees it closed finds the record), and
+                # only where every client is the run's (no credentials to check).
+                if run.ctx.credentials is None:
+                    run.ctx.decisions.record(
+                        host="",
+                        port=0,
+                        allowed=False,
+                        rule=None,
+                        reason=(
+                            f"too many concurrent proxy connections (limit {self._max_connections})"
+                        ),
+                        protocol="socks5" if kind == "socks5" else "http-connect",
+                    )
                 conn.close()
-                if run.ctx.credentials is not None:
-                    continue  # maybe not the run's own connections: not its record
-                run.ctx.decisions.record(
-                    host="",
-                    port=0,
-                    allowed=False,
-                    rule=None,
-                    reason=f"too many concurrent proxy connections (limit {self._max_connections})",
-                    protocol="socks5" if kind == "socks5" else "http-connect",
-                )
                 continue
             run.active += 1
             tg.start_soon(self._connection, run, handler, conn)

@@ -28,7 +28,14 @@ from .context import ProxyContext, tunnel
 from .log import Protocol
 from .sockio import DialError, Reader, dial, linger_close, send_all
 
-__all__ = ["BadRequest", "HttpRequest", "build_reply", "handle_http", "parse_request"]
+__all__ = [
+    "BadRequest",
+    "HttpRequest",
+    "build_reply",
+    "forward_body_length",
+    "handle_http",
+    "parse_request",
+]
 
 REFUSED_HEADER = "X-Union-Sandbox-Refused"
 ERROR_HEADER = "X-Union-Sandbox-Error"
@@ -39,6 +46,7 @@ _PHRASES = {
     403: "Forbidden",
     407: "Proxy Authentication Required",
     408: "Request Timeout",
+    411: "Length Required",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     504: "Gateway Timeout",
@@ -265,6 +273,7 @@ async def handle_http(client: socket.socket, ctx: ProxyContext) -> None:
                 if head is None:
                     return
                 request = parse_request(head)
+                body_length = 0 if request.is_connect else forward_body_length(request)
         except TimeoutError:
             await _reply(client, 408, "timed out waiting for the request head")
             return
@@ -285,7 +294,7 @@ async def handle_http(client: socket.socket, ctx: ProxyContext) -> None:
             # URLs): answered, but not recorded among the run's decisions.
             await _reply(client, 407, "this proxy belongs to another run")
             return
-        await _serve(client, reader, request, ctx)
+        await _serve(client, reader, request, ctx, body_length)
     except OSError:
         pass  # the client went away (reset, broken pipe): nothing left to answer
     finally:
@@ -309,8 +318,29 @@ def _authorized(request: HttpRequest, ctx: ProxyContext) -> bool:
     return False
 
 
+def forward_body_length(request: HttpRequest) -> int:
+    """The length of a forwarded request's body: only what ``Content-Length`` frames (or
+    nothing) goes to the origin, so a request pipelined after it never does."""
+    lengths = {value for name, value in request.headers if name.lower() == "content-length"}
+    if any(name.lower() == "transfer-encoding" for name, _ in request.headers):
+        raise BadRequest(
+            "chunked request bodies are not forwarded to http:// URLs: send Content-Length, "
+            "or use https:// (CONNECT)",
+            411,
+        )
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or not all(v.isascii() and v.isdigit() for v in lengths):
+        raise BadRequest(f"invalid Content-Length {sorted(lengths)[0][:20]!r}")
+    return int(lengths.pop())
+
+
 async def _serve(
-    client: socket.socket, reader: Reader, request: HttpRequest, ctx: ProxyContext
+    client: socket.socket,
+    reader: Reader,
+    request: HttpRequest,
+    ctx: ProxyContext,
+    body_length: int = 0,
 ) -> None:
     protocol: Protocol = "http-connect" if request.is_connect else "http-forward"
     decision = await ctx.rules.decide(request.host, request.port)
@@ -340,5 +370,8 @@ async def _serve(
             upstream.close()
             return
     else:
-        pending = forward_head(request) + reader.take_rest()
+        head = forward_head(request)
+        pending = head + reader.take_rest()
+        await tunnel(ctx, index, client, upstream, pending, up_limit=len(head) + body_length)
+        return
     await tunnel(ctx, index, client, upstream, pending)

@@ -112,6 +112,29 @@ def _copy_pump(src: socket.socket, dst: socket.socket, tally: RelayCounters, upw
         tally.add(upward, n)
 
 
+def _limited_pump(
+    src: socket.socket, dst: socket.socket, pending: bytes, limit: int, tally: RelayCounters
+) -> None:
+    """Forward the first ``limit`` bytes (``pending`` first), then read and drop the rest
+    until end of stream: one request goes to the origin, nothing pipelined after it."""
+    first = pending[:limit]
+    if first:
+        dst.sendall(first)
+        tally.add(True, len(first))
+    left = limit - len(first)
+    buf = bytearray(min(_BIG, max(left, 1 << 16)))
+    view = memoryview(buf)
+    while left > 0:
+        n = src.recv_into(buf, min(left, len(buf)))
+        if n == 0:
+            return
+        dst.sendall(view[:n])
+        tally.add(True, n)
+        left -= n
+    while src.recv_into(buf):
+        pass
+
+
 def _pump(
     src: socket.socket,
     dst: socket.socket,
@@ -120,14 +143,18 @@ def _pump(
     tally: RelayCounters,
     upward: bool,
     method: Literal["splice", "copy"],
+    limit: int | None = None,
 ) -> None:
     """One direction, in a worker thread. On any error both sockets are shut down."""
     try:
-        if pending:
-            dst.sendall(pending)
-            tally.add(upward, len(pending))
-        if method != "splice" or not _splice_pump(src, dst, tally, upward):
-            _copy_pump(src, dst, tally, upward)
+        if limit is not None:
+            _limited_pump(src, dst, pending, limit, tally)
+        else:
+            if pending:
+                dst.sendall(pending)
+                tally.add(upward, len(pending))
+            if method != "splice" or not _splice_pump(src, dst, tally, upward):
+                _copy_pump(src, dst, tally, upward)
         _shutdown(dst, socket.SHUT_WR)
     except OSError:
         _shutdown(src, socket.SHUT_RDWR)
@@ -143,12 +170,15 @@ async def relay(
     counters: RelayCounters | None = None,
     limiter: CapacityLimiter | None = None,
     method: Literal["splice", "copy"] | None = None,
+    up_limit: int | None = None,
 ) -> RelayCounters:
     """Relay until both directions end; take ownership of both sockets and close them.
 
     ``pending_up`` / ``pending_down`` are bytes already read during the handshake that still
     belong to the other side. ``counters`` (updated live) lets a caller see progress of a
-    long transfer. Cancelling the caller tears the connection down and returns promptly.
+    long transfer. ``up_limit``: forward at most that many bytes upstream (``pending_up``
+    included) and drop what the client sends after them. Cancelling the caller tears the
+    connection down and returns promptly.
     """
     counters = counters or RelayCounters()
     chosen = method or RELAY_METHOD
@@ -161,7 +191,14 @@ async def relay(
         async def run(src: socket.socket, dst: socket.socket, data: bytes, upward: bool) -> None:
             try:
                 pump = functools.partial(
-                    _pump, src, dst, pending=data, tally=counters, upward=upward, method=chosen
+                    _pump,
+                    src,
+                    dst,
+                    pending=data,
+                    tally=counters,
+                    upward=upward,
+                    method=chosen,
+                    limit=up_limit if upward else None,
                 )
                 await anyio.to_thread.run_sync(pump, limiter=limiter, abandon_on_cancel=False)
             finally:
