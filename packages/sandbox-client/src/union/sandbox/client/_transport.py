@@ -187,7 +187,7 @@ class ConnectTransport:
         # calls on one connection: one pool.
         self._max_pools = 1 if http2 else _MAX_POOLS
         self._clients = [] if self._lean is not None else [self._new_client()]
-        self._load = [0]  # calls in flight per pool
+        self._load = [0] * len(self._clients)  # calls in flight per httpx pool
         self._urls: dict[str, httpx.URL] = {}
 
     @property

@@ -31,9 +31,9 @@ __all__ = [
 ]
 
 Pull = Callable[[], Awaitable[bytes]]
-# Takes a chunk into a captured stream's buffer; False: busy, the chunk is not taken.
-Capture = Callable[[bytes], bool]
 """Return the next chunk of a stream; ``b""`` means end of stream."""
+Capture = Callable[[bytes], bool]
+"""Take a chunk into a captured stream's buffer; ``False``: busy, the chunk is not taken."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -624,8 +624,8 @@ async def _call_with_watch(
     ``http.disconnect`` that follows the response."""
     watchers = app.watchers
     if watchers is not None:
-        watch = _Watch(ctx)
-        with anyio.CancelScope() as watch.scope:
+        with anyio.CancelScope() as scope:
+            watch = _Watch(ctx, scope)
             watchers.start_soon(watch.run, receive, app)
             try:
                 return await _call_with_deadline(ctx, call)
@@ -662,9 +662,9 @@ class _Watch:
     """A disconnect watcher that outlives its call: after the call it only waits for the
     server's ``http.disconnect`` (sent once the response is complete) and returns."""
 
-    def __init__(self, ctx: CallContext) -> None:
+    def __init__(self, ctx: CallContext, scope: anyio.CancelScope) -> None:
         self.ctx = ctx
-        self.scope = anyio.CancelScope()
+        self.scope = scope  # the call's: cancelled when the client goes away
         self.done = False
 
     async def run(self, receive: Receive, app: ConnectApp) -> None:
