@@ -66,6 +66,9 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP = 0x02000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 1, 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_SET_SECUREBITS = 28
@@ -232,7 +235,9 @@ def hold(paths: list[str]) -> list[tuple[str, int]]:
 
 
 def bind_back(path: str, fd: int, read_only: bool) -> None:
-    """Bind the object behind ``fd`` at ``path``, creating a mount point of the right type."""
+    """Bind the object behind ``fd`` at ``path``, creating a mount point of the right type.
+    A bind keeps the flags of the mounts it copies: a path bound read-only in the session
+    stays read-only wherever a run binds it again."""
     if os.path.isdir(f"/proc/self/fd/{fd}"):
         os.makedirs(path, exist_ok=True)
     else:
@@ -241,8 +246,56 @@ def bind_back(path: str, fd: int, read_only: bool) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
     mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
     if read_only:
-        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        make_read_only(path)
     os.close(fd)
+
+
+def make_read_only(path: str) -> None:
+    """Make the mount at ``path`` and every mount beneath it read-only (and nosuid)."""
+    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    done = LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, attr, len(attr))
+    if done == 0:
+        return
+    if ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM):
+        check(done, f"mount_setattr(read-only) on {path}")
+    # No mount_setattr (kernel < 5.12, or a filter refusing it): this mount alone, keeping
+    # the flags it has (a remount may not clear flags a less privileged namespace locked).
+    flags = os.statvfs(path).f_flag
+    kept = flags & (MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    kept |= MS_RELATIME if flags & os.ST_RELATIME else 0
+    mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
+
+
+def bind_grants(plan: list[list[str]]) -> None:
+    """userns: enforce read-only grants at the mount layer, once per session. Landlock
+    rights add up along a path, so a read-only grant beneath a writable one (a read-write
+    grant, the work dir, or the fresh /tmp a run binds it back under) would be writable by
+    Landlock alone. ``plan`` (shallowest first) binds each read-only grant read-only and
+    each read-write grant beneath one writable again, from handles taken before any of them
+    is covered."""
+    held: list[tuple[str, int, str]] = []
+    for path, kind in plan:
+        try:
+            held.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC), kind))
+        except FileNotFoundError:
+            continue  # a granted path that does not exist grants nothing
+        except OSError as exc:
+            raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
+    for path, fd, kind in held:
+        bind_back(path, fd, read_only=kind == "ro")
+
+
+def bind_proc_read_only(paths: list[str]) -> None:
+    """A run's fresh /proc: bind the read-only grants beneath it read-only (the rest of
+    /proc is writable where procfs allows it)."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
+        bind_back(path, fd, read_only=True)
 
 
 def mask_dirs_as_root(masks: list[str], rebinds: list[str]) -> None:
@@ -407,6 +460,7 @@ def mount_run_filesystems(tmp_size: int) -> None:
     for path, fd in held:
         bind_back(path, fd, read_only=False)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    bind_proc_read_only(CONFIG["proc_read_only"])
 
 
 def apply_landlock() -> None:
@@ -1156,6 +1210,9 @@ def main() -> None:
     try:
         CONFIG = marshal.loads(data)
         facts = setup_session(CONFIG)
+        # In the session's own mount namespace now (userns): read-only grants become
+        # read-only mounts, which every run's namespace copies.
+        bind_grants(CONFIG.get("session_binds", []))
     except Exception as exc:  # the host shows this to the user
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
         control.send(b"error " + detail.encode())
