@@ -205,13 +205,15 @@ class RemoteServer:
 _SERVERS: dict[tuple[str, str], RemoteServer] = {}
 
 
-def _spawn(backend: str, work_dir: str | None = None) -> RemoteServer:
+def _spawn(backend: str, work_dir: str | None = None, *extra_args: str) -> RemoteServer:
     from union.sandbox.server.testing import spawn_server
 
     stack = contextlib.ExitStack()
     env = dict(os.environ, UNION_CONFORMANCE_CANARY=SERVER_CANARY)
     running = stack.enter_context(
-        spawn_server(*SERVER_ARGS, backend=backend, token=True, work_dir=work_dir, env=env)
+        spawn_server(
+            *SERVER_ARGS, *extra_args, backend=backend, token=True, work_dir=work_dir, env=env
+        )
     )
     return RemoteServer(running, backend, stack=stack)
 
@@ -268,10 +270,15 @@ class RemoteProbeSession:
 @contextlib.asynccontextmanager
 async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
     pinned = kwargs.pop("host_work_dir", None)
-    if pinned is not None:
-        # A pinned host dir is the on-device form of a server's --work-dir: a session on it
-        # is a server started on it (and stopped with the session).
-        server = _spawn(backend, work_dir=str(pinned))
+    read_only = list(kwargs.pop("read_only_paths", None) or ())
+    if "read_write_paths" in kwargs:
+        raise TypeError("a sandbox-server takes no read-write grants: probe them on-device")
+    if pinned is not None or read_only:
+        # A pinned host dir is the on-device form of a server's --work-dir, and read-only
+        # grants that of --extra-read-only: a session with them is a server started so (and
+        # stopped with the session).
+        extra = ("--extra-read-only", ",".join(read_only)) if read_only else ()
+        server = _spawn(backend, str(pinned) if pinned is not None else None, *extra)
     else:
         server = await _server(backend, role)
     session = sb.remote.session(
@@ -285,7 +292,7 @@ async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             await session.open()
-        if pinned is None:
+        if pinned is None and not read_only:
             base = session.work_dir
             own_dir = os.path.join(base, f"union-conformance-{secrets.token_hex(6)}")
             os.mkdir(own_dir, 0o755)
@@ -299,7 +306,7 @@ async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
-        if pinned is not None:
+        if pinned is not None or read_only:
             _stop(server)
 
 
@@ -582,6 +589,12 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_close_with_50_processes": None,
     "test_close_leaves_no_cgroups": None,
     "test_kill_ends_the_command": None,
+    # read-only grants: the server's --extra-read-only (and --work-dir)
+    "test_read_only_grant_stays_read_only": frozenset(
+        {"tmp", "dev-shm", "var-tmp", "under-work-dir"}
+    ),
+    "test_read_only_grant_beneath_proc": None,
+    "test_device_ioctl_beneath_read_only_grant": None,
 }
 #: Over the remote transport only these run under trio as well as asyncio: their outcome
 #: depends on the client's event loop (kill, close and cancellation of a stream).
@@ -601,8 +614,9 @@ def _remote_selected(item: pytest.Item) -> bool:
     if callspec.params.get("anyio_backend") == "trio" and name not in REMOTE_BOTH_LOOPS:
         return False
     wanted = REMOTE_PROBES[name]
-    hostile = callspec.params.get("hostile")
-    return wanted is None or getattr(hostile, "id", None) in wanted
+    # The probe's own parameters (a Hostile, a Grant...) by their ``id``.
+    ids = {getattr(value, "id", None) for value in callspec.params.values()}
+    return wanted is None or bool(ids & wanted)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -73,6 +73,12 @@ def _ro_bind_args(path: str) -> list[str]:
     return ["--ro-bind", path, path]
 
 
+def _bind_args(kind: str, path: str) -> list[str]:
+    if kind == "ro":
+        return _ro_bind_args(path)
+    return ["--dev-bind" if kind == "dev" else "--bind", path, path]
+
+
 def _missing_parents(targets: list[str]) -> list[str]:
     """Ancestors of the mount points that no mount provides, shallowest first."""
 
@@ -125,17 +131,17 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     # shallowest first, so that the deeper grant decides (a read-only path inside the work
     # dir or a read-write grant stays read-only).
     binds.sort(key=lambda bind: _depth(bind[1]))
+    # A grant of "/" itself comes first: the sandbox's own /proc, /dev and /tmp go on top.
+    while binds and binds[0][1] == "/":
+        args += _bind_args(*binds.pop(0))
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
     # bwrap creates missing parents of a mount point as 0700 root-owned directories, which
     # the sandbox user could not traverse (a Python under /root/.pyenv): make them 0755.
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
     # The scratch tmpfs mounts are empty: parents of binds inside them must be made too.
     for parent in _missing_parents([path for _, path in binds]):
         args += ["--perms", "0755", "--dir", parent]
     for kind, path in binds:
-        if kind == "ro":
-            args += _ro_bind_args(path)
-        else:
-            args += ["--dev-bind" if kind == "dev" else "--bind", path, path]
+        args += _bind_args(kind, path)
     # The root tmpfs holding the mount points belongs to the sandbox uid: read-only, so
     # that nothing but a granted path is writable, whatever Landlock says.
     args += ["--remount-ro", "/", "--"]
