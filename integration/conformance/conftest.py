@@ -595,6 +595,9 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     ),
     "test_read_only_grant_beneath_proc": None,
     "test_device_ioctl_beneath_read_only_grant": None,
+    # signals: the Signal RPC, and the deadline a stopped init must not stretch
+    "test_caller_signals_reach_the_command": None,
+    "test_run_stops_its_own_init": None,
 }
 #: Over the remote transport only these run under trio as well as asyncio: their outcome
 #: depends on the client's event loop (kill, close and cancellation of a stream).
