@@ -28,6 +28,8 @@ Remote targets
       the same backend (``Target.peer_factory``, fixture ``open_peer_sandbox``);
     - ``host_work_dir=`` (a pinned dir) is a server started on that ``--work-dir`` for the
       session, so "the next open of a pinned dir" is a server restarted on it;
+      ``read_only_paths=`` likewise a server started with ``--extra-read-only``
+      (``read_write_paths=`` has no remote form: such probes run on-device only);
     - the host process at stake is the server too: it runs with :data:`SERVER_CANARY` in its
       environment, and its pid is among those a run must neither see nor signal
       (``probe.host_pids``); the output flood also bounds the server's RSS;
@@ -42,8 +44,10 @@ Remote targets
     mount, unshare, keyctl, bpf, raw sockets, capabilities, nnp/seccomp), the blocked
     network (interfaces, TCP, DNS), the limits carried in each Execute (fork bomb, memory
     bomb, ``/tmp`` fill, work-dir fill, output flood), the file API whose host side is the
-    server (symlinks, hard link, symlink race, poisoned session venv), and termination over
-    the wire (exit, timeout, kill/close/cancel, close with 50 processes, cgroups). Left out:
+    server (symlinks, hard link, symlink race, poisoned session venv), termination over
+    the wire (exit, timeout, kill/close/cancel, close with 50 processes, cgroups), read-only
+    grants (``--extra-read-only`` under ``/tmp``, ``/dev/shm``, ``/var/tmp``, the work dir,
+    ``/proc/sys``; device ioctls) and signals (the ``Signal`` RPC, a stopped init). Left out:
     probes that exercise only the kernel-facing engine, which the server shares with the
     on-device targets (other kernel probes, other users' homes, ``/root``, stat, SysV IPC,
     unix sockets, UDP, the default-limits fork bomb, the file_size probes, kill of the
