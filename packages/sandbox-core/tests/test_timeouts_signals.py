@@ -37,6 +37,14 @@ async def test_timeout_kills_with_137_and_says_why(any_sbx) -> None:
     assert (await any_sbx.exec("echo alive")).stdout == "alive\n"
 
 
+async def test_a_timeout_of_decades_is_fine(any_sbx) -> None:
+    """The supervisor waits on a run's deadline (its backstop): a far one must not
+    overflow its poll timeout."""
+    with anyio.fail_after(10):
+        result = await any_sbx.exec("sleep 0.2; echo done", timeout_s=1e9)
+    assert (result.returncode, result.stdout) == (0, "done\n")
+
+
 async def test_session_default_timeout_applies(any_backend: str) -> None:
     session = sb.on_device.session(backend=any_backend, timeout_s=0.5)
     with pytest.warns(UserWarning, match="NO isolation") if any_backend == "none" else _nothing():

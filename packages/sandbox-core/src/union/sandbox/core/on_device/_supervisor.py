@@ -1201,7 +1201,8 @@ def enforce_deadlines() -> float | None:
             kill_run(pid)
         elif nearest is None or left < nearest:
             nearest = left
-    return nearest
+    # (Capped: poll() takes a C int of milliseconds, and timeout_s may be years.)
+    return None if nearest is None else min(nearest, 86400.0)
 
 
 def reaped(pid: int, status: int) -> None:
