@@ -724,19 +724,22 @@ def init_loop(
     supervisor hands over on ``sock``. Never returns."""
     global INIT_SOCK
     INIT_SOCK = sock
-    while run_once(sock, req, fds, setup_error):
-        assert sock is not None
-        try:
+    try:
+        while run_once(sock, req, fds, setup_error):
+            assert sock is not None
             data, raw_fds = next_request(sock)
-        except OSError:
-            os._exit(0)
-        if not data:
-            os._exit(0)  # retired by the supervisor
-        req = marshal.loads(data)
-        named = name_fds(req, raw_fds)
-        if named is None:
-            os._exit(0)
-        fds, setup_error = named, ""
+            if not data:
+                os._exit(0)  # retired by the supervisor
+            req = marshal.loads(data)
+            named = name_fds(req, raw_fds)
+            if named is None:
+                os._exit(0)
+            fds, setup_error = named, ""
+    except BaseException:
+        # This process is a copy of the supervisor: an exception must never unwind into
+        # the supervisor's loop here (and serve the session's control socket). The
+        # supervisor reports the init's death; a lost socket is its retirement.
+        os._exit(1)
     os._exit(0)
 
 
@@ -838,6 +841,7 @@ def run_once(
         return conclude(sock, req, status_fd, REC_EXIT + struct.pack("<iq", status, runtime_ns))
     except Timeout:
         TIMER_ARMED = False
+        signal.setitimer(signal.ITIMER_REAL, 0)  # (spent, unless a stray SIGALRM raced it)
         runtime_ns = int((time.monotonic() - started) * 1e9)
         end_everything(CHILD)
         CURRENT_RUN = 0
@@ -880,18 +884,18 @@ def open_proxy_listeners(
 def warm_init(sock: socket.socket, net: str) -> None:
     """A pre-forked init: prepared ahead of time, it waits for the next run's request (and
     its descriptors) on its own socket. Never returns."""
-    error = prepare_init(net, CONFIG["tmp_size"])
     try:
+        error = prepare_init(net, CONFIG["tmp_size"])
         data, fds = next_request(sock)
-    except OSError:
-        os._exit(0)
-    if not data:
-        os._exit(0)
-    req = marshal.loads(data)
-    named = name_fds(req, fds)
-    if named is None:
-        os._exit(0)
-    init_loop(sock, req, named, error)
+        if not data:
+            os._exit(0)
+        req = marshal.loads(data)
+        named = name_fds(req, fds)
+        if named is None:
+            os._exit(0)
+        init_loop(sock, req, named, error)
+    except BaseException:  # never back into the supervisor's code, whatever happened
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------
