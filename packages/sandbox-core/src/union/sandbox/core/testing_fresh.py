@@ -5,6 +5,8 @@ run before it did (``docs/design.md``, "Reusing a clean run's init and cgroups")
 :data:`OBSERVE` is a Python program for a sandboxed run: it reads, and changes nothing
 (no file, no IPC object, no packet), so a run of it leaves its init reusable. It prints one
 ``OBSERVED <json>`` line; :func:`observed` parses it and :func:`differences` compares two.
+``observe_program(allocate=True)`` also reports the ids the System V allocators hand out next,
+which only an allocation shows (so that run's init is not reused after it).
 :data:`TAMPER` is a Python program that changes everything a run could try to leave for the
 next one (sysctls, its init's rlimits, nice, affinity, I/O priority and scheduling, init's
 ``/proc`` files, scratch-mount attributes, ACLs and times, IPC ids, loopback traffic); it
@@ -25,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "OBSERVE",
+    "observe_program",
     "TAMPER",
     "TAMPER_PARTS",
     "VOLATILE",
@@ -95,7 +98,7 @@ def read(path, n=1 << 20):
         return "<" + err(exc.errno) + ">"
 """
 
-OBSERVE = (
+_OBSERVE = (
     _PRELUDE
     + f"VOLATILE = {VOLATILE!r}\n"
     + r'''
@@ -230,9 +233,36 @@ seen["net"] = {k: read("/proc/net/" + k) for k in (
     "route", "ipv6_route", "if_inet6", "igmp", "igmp6", "arp")}
 seen["interfaces"] = interfaces()
 seen["uts"] = list(os.uname()[1:2]) + [read("/proc/sys/kernel/domainname").strip()]
-print("OBSERVED " + json.dumps(seen, sort_keys=True), flush=True)
+# A POSIX message queue by the name TAMPER uses: opening without O_CREAT makes nothing.
+libc.mq_open.restype = ctypes.c_int
+ctypes.set_errno(0)
+seen["mqueue"] = "ok" if libc.mq_open(b"/tampered", os.O_RDONLY) >= 0 else err(ctypes.get_errno())
 '''
 )
+
+_ALLOCATE = r"""
+# The ids the System V allocators hand out next (the first in a fresh namespace: 0). This
+# makes and removes an object of each kind, so the init is not reused after this run.
+libc.semget.restype = libc.msgget.restype = libc.shmget.restype = ctypes.c_int
+ids = {"sem": libc.semget(0, 1, 0o600), "msg": libc.msgget(0, 0o600),
+       "shm": libc.shmget(0, 4096, 0o600)}
+libc.semctl(ids["sem"], 0, 0)
+libc.msgctl(ids["msg"], 0, None)
+libc.shmctl(ids["shm"], 0, None)
+seen["next System V ids"] = ids
+"""
+
+_PRINT = 'print("OBSERVED " + json.dumps(seen, sort_keys=True), flush=True)\n'
+
+
+def observe_program(*, allocate: bool = False) -> str:
+    """:data:`OBSERVE`, or with ``allocate`` also the ids the System V allocators hand out
+    next (which only an allocation shows, so that run leaves its init dirty)."""
+    return _OBSERVE + (_ALLOCATE if allocate else "") + _PRINT
+
+
+#: What a run observes; it changes nothing, so its init stays reusable.
+OBSERVE = observe_program()
 
 _TAMPER_HEAD = r"""done = {}
 
