@@ -62,7 +62,6 @@ SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[MACHINE]
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 SYS_SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}[MACHINE]
 SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}[MACHINE]
-SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -123,7 +122,7 @@ SCRATCH_BASELINE: Any = None
 # not), and what it read before the first run. See ``arm_reuse_checks``.
 WATCHED_FDS: list[int] = []
 WATCHED_BASELINE: list[bytes] = []
-MQUEUE_ROOT = -1
+MQUEUE_SEALED = False  # no run can make a POSIX message queue (see arm_reuse_checks)
 INIT_BASELINE: Any = None
 # Every rlimit: RLIM_NLIMITS on Linux (RLIMIT_LOCKS has no name in the resource module).
 RLIMITS = range(16)
@@ -586,55 +585,56 @@ def seal_proc_sys() -> None:
 
 
 def arm_reuse_checks(net: str) -> None:
-    """While init still holds its capabilities, set up what ``left_clean`` reads.
+    """While init still holds its capabilities, set up what ``left_clean`` reads, from
+    descriptors opened once per init.
 
-    - Init gets its own session, so its own autogroup: where the run owns init's /proc
-      files (bubblewrap as a non-root caller), a run that renices ``/proc/1/autogroup``
-      changes only this init, not the supervisor and every later init.
     - System V IPC: each allocator's next id is set to 0, the id a fresh namespace hands out
       first anyway. Any allocation consumes it (the file then reads -1), so the check sees
-      a run that created an object even if it removed it (which would have moved the ids
-      the next run gets). Without checkpoint/restore support: the object lists instead.
-    - The network namespace's interface counters: any packet a run sent (TCP connections
-      that leave TIME_WAIT sockets and cached metrics behind, fragments, ...) changes them.
-    - init's /proc files the run owns (bubblewrap as a non-root caller): oom_score_adj,
-      coredump_filter and the autogroup's nice, which the next command would inherit.
-    - POSIX message queues: the IPC namespace's mqueue filesystem, mounted nowhere, whose
-      root directory changes size and times with every queue created or removed."""
-    os.setsid()
+      a run that made an object even if it removed it (which would have moved the ids the
+      next run gets). Without checkpoint/restore support: the object lists instead.
+    - POSIX message queues: none may be made (``fs.mqueue.queues_max`` 0; a run has no
+      CAP_SYS_RESOURCE to exceed it). Landlock refuses to open a new queue anyway, but only
+      after the kernel made it, and a queue is a name the next run would find taken.
+    - The network namespace's interface counters: any packet a run sent (and so any TCP
+      connection, which leaves TIME_WAIT sockets behind, or fragment) changes them.
+    - Where the run owns init's /proc files (bubblewrap as a non-root caller: its user
+      namespace maps the caller to uid 0): oom_score_adj, coredump_filter and the
+      autogroup's nice, which the next command would inherit. Init then gets a session,
+      and so an autogroup, of its own: a renice of it changes this init only, not the
+      supervisor and every later init."""
+    global MQUEUE_SEALED
     for kind in ("shm", "sem", "msg"):
-        path = f"/proc/sys/kernel/{kind}_next_id"
         try:
-            write_file(path, "0")
+            fd = os.open(f"/proc/sys/kernel/{kind}_next_id", os.O_RDWR | os.O_CLOEXEC)
         except OSError:
-            path = f"/proc/sysvipc/{kind}"
-        WATCHED_FDS.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            try:
+                os.write(fd, b"0")
+            except OSError:
+                os.close(fd)
+                fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        WATCHED_FDS.append(fd)
+    try:
+        write_file("/proc/sys/fs/mqueue/queues_max", "0")
+        MQUEUE_SEALED = True
+    except FileNotFoundError:
+        MQUEUE_SEALED = True  # no POSIX message queues in this kernel
+    except OSError:
+        MQUEUE_SEALED = False
     if net != "open":
         WATCHED_FDS.append(os.open("/proc/net/dev", os.O_RDONLY | os.O_CLOEXEC))
-    for name in ("oom_score_adj", "coredump_filter", "autogroup"):
+    fd = os.open("/proc/self/oom_score_adj", os.O_RDONLY | os.O_CLOEXEC)
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        return
+    os.setsid()
+    WATCHED_FDS.append(fd)
+    for name in ("coredump_filter", "autogroup"):
         try:
-            fd = os.open(f"/proc/self/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        if os.fstat(fd).st_uid == os.geteuid():
-            WATCHED_FDS.append(fd)
-        else:
-            os.close(fd)
-    global MQUEUE_ROOT
-    MQUEUE_ROOT = mqueue_root()
-
-
-def mqueue_root() -> int:
-    """A descriptor on this IPC namespace's POSIX message queue filesystem, or -1."""
-    fs = LIBC.syscall(SYS_FSOPEN, b"mqueue", 1)  # FSOPEN_CLOEXEC
-    if fs < 0:
-        return -1
-    try:
-        if LIBC.syscall(SYS_FSCONFIG, fs, 6, None, None, 0) < 0:  # FSCONFIG_CMD_CREATE
-            return -1
-        return int(LIBC.syscall(SYS_FSMOUNT, fs, 1, 0))  # FSMOUNT_CLOEXEC
-    finally:
-        os.close(fs)
+            WATCHED_FDS.append(os.open(f"/proc/self/{name}", os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            continue  # a kernel without autogroups
 
 
 def remember_scratch() -> None:
@@ -687,11 +687,7 @@ def scratch_state() -> Any:
 
 
 def watched_state() -> list[bytes]:
-    state = [os.pread(fd, 4096, 0) for fd in WATCHED_FDS]
-    if MQUEUE_ROOT >= 0:
-        st = os.fstat(MQUEUE_ROOT)
-        state.append(b"%d %d %d" % (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return state
+    return [os.pread(fd, 4096, 0) for fd in WATCHED_FDS]
 
 
 def init_state() -> tuple[dict[int, tuple[int, int]], bytes, set[int], int, set[int]]:
@@ -712,14 +708,14 @@ def init_state() -> tuple[dict[int, tuple[int, int]], bytes, set[int], int, set[
 def left_clean(req: dict[str, Any]) -> bool:
     """Whether the run that just ended (everything it started is dead and reaped) left the
     init and its namespaces as a fresh init would give them to the next run with the same
-    settings (``req``'s): the scratch directories, the System V and POSIX IPC objects, the
-    network namespace's counters, and init's own attributes. (It cannot have changed
-    mounts, interfaces, routes or kernel knobs: it held no capability and /proc/sys is
-    read-only.)"""
+    settings (``req``'s): the scratch directories, the System V IPC allocators, the network
+    namespace's interface counters, and init's own attributes. (It cannot have changed
+    mounts, interfaces, routes or kernel knobs, nor made a POSIX message queue: it held no
+    capability and /proc/sys is read-only.)"""
     if CONFIG["mode"] == "none":
         return True
-    if MQUEUE_ROOT < 0 and not LANDLOCK_ABI:
-        return False  # a run might have created a message queue we cannot see
+    if not MQUEUE_SEALED:
+        return False  # a run may have made a message queue, which we cannot see
     if SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
         return False
     if watched_state() != WATCHED_BASELINE:
