@@ -122,7 +122,7 @@ SCRATCH_BASELINE: Any = None
 # not), and what it read before the first run. See ``arm_reuse_checks``.
 WATCHED_FDS: list[int] = []
 WATCHED_BASELINE: list[bytes] = []
-MQUEUE_SEALED = False  # no run can make a POSIX message queue (see arm_reuse_checks)
+REUSE_ARMED = False  # everything left_clean compares could be set up (else: never reuse)
 INIT_BASELINE: Any = None
 # Every rlimit: RLIM_NLIMITS on Linux (RLIMIT_LOCKS has no name in the resource module).
 RLIMITS = range(16)
@@ -558,7 +558,7 @@ def prepare_init(net: str, tmp_size: int) -> str:
             mount_run_filesystems(tmp_size)
             if net != "open":
                 loopback_up()
-            arm_reuse_checks(net)
+            arm_reuse_checks(net)  # while init still has its capabilities
             seal_proc_sys()
             lock_down()
             remember_scratch()
@@ -585,8 +585,8 @@ def seal_proc_sys() -> None:
 
 
 def arm_reuse_checks(net: str) -> None:
-    """While init still holds its capabilities, set up what ``left_clean`` reads, from
-    descriptors opened once per init.
+    """Set up what ``left_clean`` reads, from descriptors opened once per init. If anything
+    here fails, this init serves one run only.
 
     - System V IPC: each allocator's next id is set to 0, the id a fresh namespace hands out
       first anyway. Any allocation consumes it (the file then reads -1), so the check sees
@@ -602,7 +602,16 @@ def arm_reuse_checks(net: str) -> None:
       autogroup's nice, which the next command would inherit. Init then gets a session,
       and so an autogroup, of its own: a renice of it changes this init only, not the
       supervisor and every later init."""
-    global MQUEUE_SEALED
+    global REUSE_ARMED
+    try:
+        arm_watches(net)
+    except OSError:
+        return
+    REUSE_ARMED = True
+
+
+def arm_watches(net: str) -> None:
+    """The descriptors and settings of ``arm_reuse_checks``."""
     for kind in ("shm", "sem", "msg"):
         try:
             fd = os.open(f"/proc/sys/kernel/{kind}_next_id", os.O_RDWR | os.O_CLOEXEC)
@@ -617,11 +626,8 @@ def arm_reuse_checks(net: str) -> None:
         WATCHED_FDS.append(fd)
     try:
         write_file("/proc/sys/fs/mqueue/queues_max", "0")
-        MQUEUE_SEALED = True
     except FileNotFoundError:
-        MQUEUE_SEALED = True  # no POSIX message queues in this kernel
-    except OSError:
-        MQUEUE_SEALED = False
+        pass  # no POSIX message queues in this kernel
     if net != "open":
         WATCHED_FDS.append(os.open("/proc/net/dev", os.O_RDONLY | os.O_CLOEXEC))
     fd = os.open("/proc/self/oom_score_adj", os.O_RDONLY | os.O_CLOEXEC)
@@ -714,9 +720,7 @@ def left_clean(req: dict[str, Any]) -> bool:
     capability and /proc/sys is read-only.)"""
     if CONFIG["mode"] == "none":
         return True
-    if not MQUEUE_SEALED:
-        return False  # a run may have made a message queue, which we cannot see
-    if SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
+    if not REUSE_ARMED or SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
         return False
     if watched_state() != WATCHED_BASELINE:
         return False
