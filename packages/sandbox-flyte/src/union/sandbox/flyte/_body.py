@@ -385,12 +385,9 @@ async def _stop(
             log(f"[sandbox_server] sandbox-server ignored SIGTERM for {term_grace_s:g} s: SIGKILL")
             _killpg(process.pid, signal.SIGKILL)
             await process.wait()
-    # The supervisor and its runs exit on their own once the server is gone (socket EOF,
-    # PR_SET_PDEATHSIG); give them a moment, then make sure.
-    with anyio.move_on_after(0.5):
-        # Not our children (nothing to wait on): poll /proc.
-        while _proctree.alive(tree):  # noqa: ASYNC110
-            await anyio.sleep(0.01)
+    # After a graceful exit nothing is left (the server closed its session). After a SIGKILL
+    # the supervisor and its runs would follow it by themselves (socket EOF,
+    # PR_SET_PDEATHSIG); do not wait for that, and kill what the group signal cannot reach.
     survivors = _proctree.alive(tree)
     _proctree.kill_all(survivors)
     with anyio.move_on_after(_LEFTOVER_WAIT_S):

@@ -96,12 +96,14 @@ def cached_base_image() -> flyte.Image:
     return build_base_image()
 
 
-def build_base_image() -> flyte.Image:
-    """The image; builds wheels of source installs (cached) when needed."""
+def build_base_image(origins: list[Origin] | None = None) -> flyte.Image:
+    """The image for ``origins`` (default: where this process's copies came from); builds
+    wheels of source installs (cached) when needed."""
     from flyte._image import PythonWheels  # flyte's own layer for local wheels (with_local_v2)
 
-    origins = [o for o in map(origin_of, OUR_DISTRIBUTIONS) if o is not None]
-    version = md.version("unionai-sandbox-flyte")
+    if origins is None:
+        origins = [o for o in map(origin_of, OUR_DISTRIBUTIONS) if o is not None]
+    version = next(o.version for o in origins if o.dist == "unionai-sandbox-flyte")
     local = [o for o in origins if o.kind != "index"]
     if local:
         # Ours that are not local (e.g. the server in a client-side install) come pinned.
