@@ -30,6 +30,11 @@ STUB = str(Path(__file__).with_name("stub_server.py"))
 SECRET = "AKIA" + secrets.token_hex(8).upper()  # stands in for the pod's credentials
 
 
+def unique_sleep() -> str:
+    """A ``sleep`` argument no other process on the host has (to find it by command line)."""
+    return f"{5000 + secrets.randbelow(999)}.{secrets.randbelow(10**6):06d}"
+
+
 def options(work_dir: Path | str, **overrides: Any) -> ServerOptions:
     values: dict[str, Any] = {
         "backend": "userns",
@@ -44,13 +49,12 @@ def options(work_dir: Path | str, **overrides: Any) -> ServerOptions:
 
 async def serve_until(
     opts: ServerOptions,
-    then: Callable[[str], Awaitable[None]],
-    *,
-    cancel: bool = False,
+    then: Callable[[str, anyio.CancelScope], Awaitable[None]],
     **kwargs: Any,
 ) -> Served | None:
-    """Run :func:`serve_sandbox`; once it is ready, run ``then(endpoint)``; with ``cancel``,
-    cancel it afterwards (returns ``None``), else wait for it to end by itself."""
+    """Run :func:`serve_sandbox`; once it is ready, run ``then(endpoint, scope)`` alongside.
+    ``then`` may cancel ``scope`` (the result is then ``None``) or wait: the scope is
+    cancelled when the server's session ends by itself."""
     ready: list[str] = []
     got = anyio.Event()
     result: list[Served] = []
@@ -59,16 +63,18 @@ async def serve_until(
         ready.append(addr)
         got.set()
 
-    async def serve() -> None:
-        result.append(await serve_sandbox(opts, on_ready=on_ready, log=lambda _: None, **kwargs))
-
     async with anyio.create_task_group() as tg:
+
+        async def serve() -> None:
+            result.append(
+                await serve_sandbox(opts, on_ready=on_ready, log=lambda _: None, **kwargs)
+            )
+            tg.cancel_scope.cancel()
+
         tg.start_soon(serve)
         with anyio.fail_after(60):
             await got.wait()
-        await then(f"http://{ready[0]}")
-        if cancel:
-            tg.cancel_scope.cancel()
+        await then(f"http://{ready[0]}", tg.cancel_scope)
     return result[0] if result else None
 
 
@@ -79,21 +85,27 @@ def leftovers(work_dir: Path) -> list[int]:
 
 async def test_serves_a_run_with_auth_and_cancel_leaves_nothing(tmp_path: Path) -> None:
     opts = options(tmp_path / "work")
+    sleep = unique_sleep()
 
-    async def use(endpoint: str) -> None:
+    async def use(endpoint: str, scope: anyio.CancelScope) -> None:
+        with pytest.raises(sb.remote.ConnectError, match="bearer token"):
+            async with sb.remote.session(endpoint=endpoint, token="x" * 20) as bad:
+                await bad.exec("true")
         async with sb.remote.session(endpoint=endpoint, token=opts.token) as sbx:
             result = await sbx.exec("echo hello from the pod; echo $VIRTUAL_ENV")
             assert result.stdout == f"hello from the pod\n{opts.work_dir}/.session-venv\n"
             # A sandboxed process that would outlive a sloppy teardown.
-            await sbx.run("sleep 600", stdout=False, stderr=False)
-            await anyio.sleep(0.2)
-        with pytest.raises(sb.remote.ConnectError, match="bearer token"):
-            async with sb.remote.session(endpoint=endpoint, token="x" * 20) as bad:
-                await bad.exec("true")
-        assert leftovers(tmp_path)  # the server, its supervisor, the sleep
+            await sbx.run(f"sleep {sleep}", stdout=False, stderr=False)
+            with anyio.fail_after(10):
+                while not host_pids_with(sleep):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            assert leftovers(tmp_path)  # the server and its supervisor
+            scope.cancel()  # the task's caller goes away
+            await anyio.sleep_forever()
 
-    assert await serve_until(opts, use, cancel=True) is None
+    assert await serve_until(opts, use) is None
     assert leftovers(tmp_path) == []
+    assert host_pids_with(sleep) == []
     assert os.path.isdir(opts.work_dir)
 
 
@@ -103,18 +115,21 @@ async def test_soft_timeout_with_the_real_server(tmp_path: Path) -> None:
     opts = options(tmp_path / "work", soft_timeout_s=4.0, backend="bubblewrap")
     pod_env = {**os.environ, "AWS_SECRET_ACCESS_KEY": SECRET, "NVIDIA_VISIBLE_DEVICES": "none"}
 
-    async def use(endpoint: str) -> None:
-        async with sb.remote.session(endpoint=endpoint, token=opts.token) as sbx:
-            seen = await sbx.exec("cat /proc/*/environ | tr '\\0' '\\n'; env")
-            assert SECRET not in seen.stdout
-            assert "AWS_SECRET_ACCESS_KEY" not in seen.stdout
-            assert opts.token not in seen.stdout
-            await sbx.run("sleep 600", stdout=False, stderr=False)
+    sleep = unique_sleep()
+
+    async def use(endpoint: str, scope: anyio.CancelScope) -> None:
         (server,) = [p for p in leftovers(tmp_path) if _is_server(p)]
         environ = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
         names = {e.split(b"=", 1)[0].decode() for e in environ if e}
         assert names == set(server_environment(pod_env)) | {"UNION_SANDBOX_TOKEN"}
         assert "NVIDIA_VISIBLE_DEVICES" in names and "AWS_SECRET_ACCESS_KEY" not in names
+        async with sb.remote.session(endpoint=endpoint, token=opts.token) as sbx:
+            seen = await sbx.exec("cat /proc/*/environ | tr '\\0' '\\n'; env")
+            assert SECRET not in seen.stdout
+            assert "AWS_SECRET_ACCESS_KEY" not in seen.stdout
+            assert opts.token not in seen.stdout
+            await sbx.run(f"sleep {sleep}", stdout=False, stderr=False)
+            await anyio.sleep_forever()  # until the soft timeout ends the session
 
     served = await serve_until(opts, use, environ=pod_env)
     assert served is not None
@@ -127,6 +142,7 @@ async def test_soft_timeout_with_the_real_server(tmp_path: Path) -> None:
     )
     assert served.stop_s <= 1.0
     assert leftovers(tmp_path) == []
+    assert host_pids_with(sleep) == []
 
 
 def _is_server(pid: int) -> bool:
@@ -142,7 +158,7 @@ async def test_soft_timeout_with_a_server_that_ignores_sigterm(
     grace = 10.0 if anyio_backend == "asyncio" else 1.0
     opts = options(tmp_path / "work", soft_timeout_s=1.0)
 
-    async def nothing(endpoint: str) -> None:
+    async def nothing(endpoint: str, scope: anyio.CancelScope) -> None:
         with anyio.fail_after(5):
             while len(leftovers(tmp_path)) < 2:  # noqa: ASYNC110 (the stub and its helper)
                 await anyio.sleep(0.05)
@@ -169,7 +185,7 @@ async def test_sigterm_stops_the_session(tmp_path: Path) -> None:
     fallback: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signo, frame: fallback.append(signo))
 
-    async def terminate(endpoint: str) -> None:
+    async def terminate(endpoint: str, scope: anyio.CancelScope) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     try:
