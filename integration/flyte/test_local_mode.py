@@ -55,7 +55,7 @@ def test_run_then_cancel_leaves_nothing(
             result = await sbx.exec("echo local; cat /proc/self/status | grep CapEff")
             assert result.stdout.startswith("local\nCapEff:\t0000000000000000")
             await sbx.run(f"sleep {sleep}", stdout=False, stderr=False)
-            while not host_pids_with(sleep):
+            while not host_pids_with(sleep):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             assert host_pids_with(str(tmp_path))  # the server and its supervisor
             run.cancel()  # as a local launcher aborts: the body sees CancelledError

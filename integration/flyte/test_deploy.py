@@ -1,0 +1,108 @@
+"""Deploying: ``unionai-sandbox-deploy`` and the seed page's custom-environment recipe, with
+``--dry-run`` against a configured (closed) endpoint, through the real ``flyte`` CLI; and
+``depends_on=[sandbox_env]`` pulling the sandbox task into a caller's deploy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import flyte
+import pytest
+from flyte._deploy import plan_deploy
+
+from union import sandbox as sb
+from union.sandbox.flyte import _deploy
+
+BIN = Path(sys.executable).parent
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\\\")
+
+# The seed page's two files, verbatim.
+MY_SANDBOXES = '''
+import flyte
+from union import sandbox as sb
+
+ml_sandbox = sb.SandboxEnvironment(
+    name="ml-sandbox",
+    image=sb.base_sandbox_image.with_pip_packages("torch", "transformers"),
+    resources=flyte.Resources(cpu="8", memory="32Gi", gpu="L4:1"),
+    secrets=[flyte.Secret(group="hf", key="HF_TOKEN")],
+    env_vars={"HF_HOME": "/tmp/hf"},
+    sandbox_mode="userns", # "userns" | "bwrap"
+    runtime="container", # "container" | "gvisor"
+    description="ML inference sandbox",
+)
+'''
+DEPLOY_MY_SANDBOXES = '''
+from my_sandboxes import ml_sandbox
+# Module-scope name; flyte deploy discovers this via isinstance(v, flyte.Environment).
+ml_sandbox_env = ml_sandbox.task_env
+'''
+
+
+def run(argv: list[str], cwd: Path) -> tuple[int, str]:
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    done = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return done.returncode, ANSI.sub("", done.stdout + done.stderr)
+
+
+def test_unionai_sandbox_deploy_dry_run(tmp_path: Path) -> None:
+    code, out = run([str(BIN / "unionai-sandbox-deploy"), "--dry-run", "--version", "v1"], tmp_path)
+    assert code == 0, out
+    assert "union-sandbox.sandbox_server" in out
+    assert "union-sandbox-bwrap.sandbox_server" in out
+    assert not list(tmp_path.iterdir())  # its deploy module lived in a temporary directory
+
+
+def test_seed_custom_recipe_dry_run(tmp_path: Path) -> None:
+    (tmp_path / "my_sandboxes.py").write_text(MY_SANDBOXES)
+    (tmp_path / "deploy_my_sandboxes.py").write_text(DEPLOY_MY_SANDBOXES)
+    argv = [str(BIN / "flyte"), "deploy", "--dry-run", "--version", "v1"]
+    code, out = run([*argv, "deploy_my_sandboxes.py", "ml_sandbox_env"], tmp_path)
+    assert code == 0, out
+    assert "ml-sandbox.sandbox_server" in out
+    assert "union-sandbox" not in out.replace("union-sandbox-base", "")  # only what was named
+
+
+def test_depends_on_deploys_the_sandbox_task() -> None:
+    """The GPU page's shape: a caller environment that ``depends_on`` a sandbox environment;
+    one deploy of the caller deploys the sandbox task too."""
+    sandbox = sb.SandboxEnvironment(name="deps-sandbox", sandbox_mode="bwrap")
+    caller = flyte.TaskEnvironment(name="deps-caller", depends_on=[sandbox])
+
+    @caller.task
+    async def main() -> str:
+        return "ok"
+
+    (plan,) = plan_deploy(caller)
+    assert set(plan.envs) == {"deps-caller", "deps-sandbox"}
+    assert list(plan.envs["deps-sandbox"].tasks) == ["deps-sandbox.sandbox_server"]
+
+
+def test_without_the_flyte_cli_exit_127(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no flyte beside it
+    assert _deploy.main(["--dry-run"]) == 127
+    assert "pip install 'unionai-sandbox[deploy]'" in capsys.readouterr().err
+
+
+def test_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _deploy.main(["--help"]) == 0
+    assert "flyte deploy --all" in capsys.readouterr().out
+    assert textwrap.dedent(_deploy.DEPLOY_MODULE).count("DEFAULT_SANDBOX_ENV") == 2
