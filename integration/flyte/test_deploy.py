@@ -20,6 +20,8 @@ from union import sandbox as sb
 from union.sandbox.flyte import _deploy
 
 BIN = Path(sys.executable).parent
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
+TITLED = re.compile(r'```python title="(?P<file>[^"]+)"\n(?P<code>.*?)```', re.S)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\\\")
 
 # The seed page's two files, verbatim.
@@ -76,6 +78,28 @@ def test_seed_custom_recipe_dry_run(tmp_path: Path) -> None:
     assert code == 0, out
     assert "ml-sandbox.sandbox_server" in out
     assert "union-sandbox" not in out.replace("union-sandbox-base", "")  # only what was named
+
+
+def test_the_deployment_pages_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two files the Deployment page shows, as written there: the deploy module binds the
+    environment at module scope, where ``flyte deploy <file> <variable>`` finds it (the CLI
+    run itself is the seed recipe's test above)."""
+    files = {m["file"]: m["code"] for m in TITLED.finditer(DOCS.read_text())}
+    assert set(files) == {"my_sandboxes.py", "deploy_my_sandboxes.py"}
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("my_sandboxes", "deploy_my_sandboxes"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    import deploy_my_sandboxes  # type: ignore[import-not-found]
+
+    env = deploy_my_sandboxes.ml_sandbox_env
+    assert isinstance(env, flyte.Environment)
+    (plan,) = plan_deploy(env)
+    assert list(plan.envs) == ["ml-sandbox"]
+    assert list(env.tasks) == ["ml-sandbox.sandbox_server"]
+    monkeypatch.delitem(sys.modules, "deploy_my_sandboxes")
+    monkeypatch.delitem(sys.modules, "my_sandboxes")
 
 
 def test_depends_on_deploys_the_sandbox_task() -> None:

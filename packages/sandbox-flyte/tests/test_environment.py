@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import flyte
 import pytest
@@ -115,6 +116,21 @@ def test_bad_fields_raise_before_registering(
         SandboxEnvironment(name=name, **kwargs)  # type: ignore[arg-type]
     assert name not in [e.name for e in list_loaded_environments()]
     SandboxEnvironment(name=name)  # the name is still free
+
+
+def test_file_mounted_secrets_are_refused(env_name: Names) -> None:
+    """A file-mounted secret lands under /etc/flyte/secrets, which a sandboxed run can read
+    (/etc is in every backend's read-only view); environment-variable secrets stay with the
+    task. Before this check such an environment deployed without a word."""
+    mounted = flyte.Secret(key="HF_TOKEN", group="hf", mount=Path("/etc/flyte/secrets"))
+    with pytest.raises(ValueError, match=r"'HF_TOKEN' is mounted as a file .* as_env_var"):
+        SandboxEnvironment(name=env_name(), secrets=[mounted])
+    with pytest.raises(ValueError, match="mounted as a file"):
+        SandboxEnvironment(name=env_name(), secrets=mounted)
+    env = SandboxEnvironment(
+        name=env_name(), secrets=[flyte.Secret(key="HF_TOKEN", group="hf"), "plain-key"]
+    )
+    assert env.secrets is not None
 
 
 def test_bad_name_is_flytes_error(env_name: Names) -> None:

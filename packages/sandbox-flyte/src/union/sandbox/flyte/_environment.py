@@ -109,6 +109,7 @@ class SandboxEnvironment(flyte.TaskEnvironment):
             raise ValueError(
                 f"sys_cap_admin must be None, True or False, got {self.sys_cap_admin!r}"
             )
+        self._validate_secrets()
         if self.reusable is not None:
             raise ValueError(
                 "SandboxEnvironment does not support reusable (warm-pool) environments yet: "
@@ -118,6 +119,23 @@ class SandboxEnvironment(flyte.TaskEnvironment):
             raise ValueError(
                 "SandboxEnvironment runs its own task type; plugin_config is not supported"
             )
+
+    def _validate_secrets(self) -> None:
+        """Secrets reach the pod as environment variables, which the task keeps from the
+        server and so from every sandbox. A file-mounted secret would sit under
+        ``/etc/flyte/secrets``, and ``/etc`` is readable inside the sandboxes: refuse it."""
+        secrets = self.secrets
+        if secrets is None:
+            return
+        for secret in secrets if isinstance(secrets, list) else [secrets]:
+            if isinstance(secret, flyte.Secret) and secret.mount is not None:
+                raise ValueError(
+                    f"SandboxEnvironment {self.name!r}: secret {secret.key!r} is mounted as a "
+                    f"file under {secret.mount}, which sandboxed code could read (/etc is "
+                    "readable inside the sandbox); pass it as an environment variable "
+                    "(flyte.Secret(key=..., group=...), optionally with as_env_var=...), "
+                    "which the task keeps from the sandbox"
+                )
 
     def _shape(self) -> tuple[Any, ...]:
         return (
