@@ -25,7 +25,7 @@ TITLED = re.compile(r'```python title="(?P<file>[^"]+)"\n(?P<code>.*?)```', re.S
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\\\")
 
 # The seed page's two files, verbatim.
-MY_SANDBOXES = '''
+MY_SANDBOXES = """
 import flyte
 from union import sandbox as sb
 
@@ -39,12 +39,12 @@ ml_sandbox = sb.SandboxEnvironment(
     runtime="container", # "container" | "gvisor"
     description="ML inference sandbox",
 )
-'''
-DEPLOY_MY_SANDBOXES = '''
+"""
+DEPLOY_MY_SANDBOXES = """
 from my_sandboxes import ml_sandbox
 # Module-scope name; flyte deploy discovers this via isinstance(v, flyte.Environment).
 ml_sandbox_env = ml_sandbox.task_env
-'''
+"""
 
 
 def run(argv: list[str], cwd: Path) -> tuple[int, str]:
