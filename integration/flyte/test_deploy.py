@@ -47,34 +47,57 @@ ml_sandbox_env = ml_sandbox.task_env
 """
 
 
-def run(argv: list[str], cwd: Path) -> tuple[int, str]:
+RECIPE_TARGET = ("deploy_my_sandboxes.py", "ml_sandbox_env")
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path]]:
+    """Both CLI dry runs, started together (each spends seconds importing flyte and
+    kubernetes): ``name -> (exit status, output, cwd)``."""
     env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
-    done = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    return done.returncode, ANSI.sub("", done.stdout + done.stderr)
+    deploy_dir = tmp_path_factory.mktemp("deploy-cwd")
+    recipe_dir = tmp_path_factory.mktemp("recipe")
+    (recipe_dir / "my_sandboxes.py").write_text(MY_SANDBOXES)
+    (recipe_dir / "deploy_my_sandboxes.py").write_text(DEPLOY_MY_SANDBOXES)
+    commands = {
+        "defaults": (
+            [str(BIN / "unionai-sandbox-deploy"), "--dry-run", "--version", "v1"],
+            deploy_dir,
+        ),
+        "recipe": (
+            [str(BIN / "flyte"), "deploy", "--dry-run", "--version", "v1", *RECIPE_TARGET],
+            recipe_dir,
+        ),
+    }
+    started = {
+        name: subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, (argv, cwd) in commands.items()
+    }
+    results = {}
+    for name, proc in started.items():
+        out, _ = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, ANSI.sub("", out), commands[name][1])
+    return results
 
 
-def test_unionai_sandbox_deploy_dry_run(tmp_path: Path) -> None:
-    code, out = run([str(BIN / "unionai-sandbox-deploy"), "--dry-run", "--version", "v1"], tmp_path)
+def test_unionai_sandbox_deploy_dry_run(dry_runs: dict[str, tuple[int, str, Path]]) -> None:
+    code, out, cwd = dry_runs["defaults"]
     assert code == 0, out
     assert "union-sandbox.sandbox_server" in out
     assert "union-sandbox-bwrap.sandbox_server" in out
-    assert not list(tmp_path.iterdir())  # its deploy module lived in a temporary directory
+    assert not list(cwd.iterdir())  # its deploy module lived in a temporary directory
 
 
-def test_seed_custom_recipe_dry_run(tmp_path: Path) -> None:
-    (tmp_path / "my_sandboxes.py").write_text(MY_SANDBOXES)
-    (tmp_path / "deploy_my_sandboxes.py").write_text(DEPLOY_MY_SANDBOXES)
-    argv = [str(BIN / "flyte"), "deploy", "--dry-run", "--version", "v1"]
-    code, out = run([*argv, "deploy_my_sandboxes.py", "ml_sandbox_env"], tmp_path)
+def test_seed_custom_recipe_dry_run(dry_runs: dict[str, tuple[int, str, Path]]) -> None:
+    code, out, _ = dry_runs["recipe"]
     assert code == 0, out
     assert "ml-sandbox.sandbox_server" in out
     assert "union-sandbox" not in out.replace("union-sandbox-base", "")  # only what was named

@@ -8,7 +8,6 @@ gone, and the soft timeout's expiry until ``a0`` has exited.
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
 
 import anyio
@@ -83,24 +82,17 @@ def test_abort_is_sigterm_to_pid1_and_leaves_nothing(
 
 
 def test_soft_timeout_in_the_pod(env: SandboxEnvironment, tmp_path: Path) -> None:
-    pod, endpoint, token = make_pod(env, tmp_path, timeout_s=6.0)
-    started = time.monotonic()
+    """The soft timeout ends the pod by itself: the server goes, ``a0`` writes the task's
+    output and exits 0 (the run succeeds)."""
+    pod, _, _ = make_pod(env, tmp_path, timeout_s=2.0)
     pod.start()
     try:
-
-        async def use() -> None:
-            async with sb.remote.session(endpoint=endpoint, token=token) as sbx:
-                assert (await sbx.exec("echo up")).stdout == "up\n"
-                await sbx.run("sleep 600", stdout=False, stderr=False)
-
-        anyio.run(use)
-        assert pod.wait(30) == 0, pod.log()
-        ended = time.monotonic()
+        assert pod.wait(60) == 0, pod.log()
     finally:
         pod.kill()
     log = pod.log()
-    assert "soft timeout of 6 s expired: stopping" in log
+    assert "[sandbox_server] ready: sandbox-server listening on 127.0.0.1:" in log
+    assert "soft timeout of 2 s expired: stopping" in log
     assert "0 still alive" in log
     assert pod.outputs_written() and not pod.error_written()
     assert pod.processes() == []
-    print(f"\n[figure] a0 start -> exit with a 6 s soft timeout: {ended - started:.3f} s")
