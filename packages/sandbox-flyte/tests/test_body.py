@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -277,3 +279,46 @@ def test_pass_through_list() -> None:
         "SSL_CERT_DIR",
         "LC_ALL",
     } < PASS_THROUGH
+
+
+ORPHAN_SCRIPT = """
+import sys, anyio
+from union.sandbox.flyte import ServerOptions, serve_sandbox
+
+async def main():
+    options = ServerOptions(
+        backend="userns", token="t" * 24, soft_timeout_s=300.0, work_dir=sys.argv[1],
+        addr="127.0.0.1:0",
+    )
+    await serve_sandbox(options, on_ready=lambda addr: print("READY", addr, flush=True),
+                        log=lambda line: None)
+
+anyio.run(main, backend=sys.argv[2])
+"""
+
+
+def test_the_server_dies_with_the_task_process(tmp_path: Path, anyio_backend: str) -> None:
+    """A task process killed outright (no cleanup runs) does not leave its server behind,
+    whichever thread started it (trio starts processes from a worker thread)."""
+    work = tmp_path / "work"
+    task = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(work), anyio_backend],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert task.stdout is not None
+        assert task.stdout.readline().startswith("READY 127.0.0.1:")
+        assert leftovers(tmp_path)
+        task.kill()
+        task.wait()
+        t0 = time.monotonic()
+        while leftovers(tmp_path):
+            assert time.monotonic() - t0 < 15, leftovers(tmp_path)
+            time.sleep(0.01)
+        print(
+            f"\n[figure] task process killed -> its server tree gone: {time.monotonic() - t0:.3f} s"
+        )
+    finally:
+        task.kill()
+        task.wait()

@@ -79,15 +79,31 @@ PASS_THROUGH_PREFIXES = ("NVIDIA_", "CUDA_")
 TOKEN_ENV = "UNION_SANDBOX_TOKEN"  # what sandbox-server reads (kept off its command line)
 NETWORK_MODES = ("blocked", "open", "allowlist")
 BACKENDS = ("userns", "bubblewrap")
-#: Starts the server as ``python -m union.sandbox.server`` would, after asking the kernel to
-#: SIGKILL it when the thread that started it dies (``PR_SET_PDEATHSIG``): if the task's
-#: process goes without stopping it (killed, or exiting past a pending cleanup), the server,
-#: and with it the supervisor and every sandbox, goes too. argv: parent pid, server flags.
+#: Starts the server as ``python -m union.sandbox.server`` would, tied to the task's process:
+#: a thread of the server waits on a pidfd of the process that started it, and when that
+#: process is gone (killed, or exited past a pending cleanup) it SIGTERMs the server, then
+#: SIGKILLs it 10 s later; the supervisor and every sandbox go with the server. (Not
+#: ``PR_SET_PDEATHSIG``: that fires when the *thread* that forked exits, and trio forks from
+#: a worker thread that ends when idle.) argv: the starting process's pid, the server flags.
 _BOOTSTRAP = """\
-import ctypes, os, runpy, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
+import os, runpy, select, signal, sys, threading, time
+parent = int(sys.argv[1])
+try:
+    pidfd = os.pidfd_open(parent)
+except OSError:
+    pidfd = None
+if os.getppid() != parent:
     sys.exit("sandbox-server: the task process that started it is gone")
+def orphaned():
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    else:
+        while os.getppid() == parent:
+            time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)
+    os.kill(os.getpid(), signal.SIGKILL)
+threading.Thread(target=orphaned, daemon=True, name="lifeline").start()
 sys.argv[:2] = ["sandbox-server"]
 runpy.run_module("union.sandbox.server", run_name="__main__", alter_sys=True)
 """
