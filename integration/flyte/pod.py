@@ -81,8 +81,18 @@ class Pod:
         argv = [subs.get(a, a) for a in self.container["args"]]
         assert argv[0] == "a0"
         argv[0] = str(Path(sys.executable).with_name("a0"))  # the image's console script
-        # PID 1 of a new PID namespace with its own /proc, as in a container.
-        return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", *argv]
+        # PID 1 of a new PID namespace with its own /proc, as in a container (a user namespace
+        # first when not root, which unprivileged user namespaces allow).
+        userns = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
+        return [
+            "unshare",
+            *userns,
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGKILL",
+            *argv,
+        ]
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TMPDIR")}
