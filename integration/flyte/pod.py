@@ -154,19 +154,24 @@ class Pod:
         assert self.process is not None
         return [p.pid for p in _proctree.alive(_proctree.descendants(self.process.pid))]
 
-    def abort(self) -> float:
+    def abort(self) -> tuple[float, float]:
         """The kubelet deleting the pod: SIGTERM to PID 1; SIGKILL to the namespace after the
-        grace period. Returns the seconds until the last process of the pod was gone."""
+        grace period. Returns the seconds until only PID 1 was left (the task's teardown) and
+        until the last process of the pod was gone (``a0`` exited too)."""
         pid1 = self.pid1()
         assert pid1 is not None
         t0 = time.monotonic()
         os.kill(pid1, signal.SIGTERM)
-        while self.processes():
+        only_pid1 = None
+        while procs := self.processes():
+            if only_pid1 is None and procs == [pid1]:
+                only_pid1 = time.monotonic() - t0
             if time.monotonic() - t0 > self.grace_s:
                 os.kill(pid1, signal.SIGKILL)  # PID 1's death kills the whole namespace
                 raise AssertionError(f"grace period of {self.grace_s} s expired\n{self.log()}")
             time.sleep(0.005)
-        return time.monotonic() - t0
+        gone = time.monotonic() - t0
+        return (gone if only_pid1 is None else only_pid1), gone
 
     def wait(self, timeout: float = 60) -> int:
         assert self.process is not None

@@ -53,7 +53,7 @@ def test_abort_is_sigterm_to_pid1_and_leaves_nothing(
     pod.start()
     try:
 
-        async def use() -> float:
+        async def use() -> tuple[float, float]:
             async with sb.remote.session(endpoint=endpoint, token=token) as sbx:
                 result = await sbx.exec("echo hello from a0; env; cat /proc/*/environ")
                 assert result.stdout.startswith("hello from a0\n")
@@ -66,8 +66,12 @@ def test_abort_is_sigterm_to_pid1_and_leaves_nothing(
                 assert len(pod.processes()) >= 4, pod.log()
                 return await anyio.to_thread.run_sync(pod.abort)
 
-        seconds = anyio.run(use)
-        print(f"\n[figure] SIGTERM to a0 (PID 1) -> last process of the pod gone: {seconds:.3f} s")
+        tree, seconds = anyio.run(use)
+        print(
+            f"\n[figure] SIGTERM to a0 (PID 1) -> server and sandboxes gone: {tree:.3f} s, "
+            f"last process of the pod (a0) gone: {seconds:.3f} s"
+        )
+        assert tree < 5  # well before the 10 s SIGKILL escalation: the server stopped on SIGTERM
         assert seconds < pod.grace_s
         assert pod.wait(10) is not None
     finally:
