@@ -18,6 +18,7 @@ from flyte._deploy import plan_deploy
 
 from union import sandbox as sb
 from union.sandbox.flyte import _deploy
+from union.sandbox.flyte.testing import isolated_flyte
 
 BIN = Path(sys.executable).parent
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
@@ -51,10 +52,13 @@ RECIPE_TARGET = ("deploy_my_sandboxes.py", "ml_sandbox_env")
 
 
 @pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path]]:
+def dry_runs(
+    tmp_path_factory: pytest.TempPathFactory, flyte_home_dir: Path
+) -> dict[str, tuple[int, str, Path]]:
     """Both CLI dry runs, started together (each spends seconds importing flyte and
     kubernetes): ``name -> (exit status, output, cwd)``."""
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    with isolated_flyte(flyte_home_dir):  # module scope: set up before the per-test HOME
+        env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
     deploy_dir = tmp_path_factory.mktemp("deploy-cwd")
     recipe_dir = tmp_path_factory.mktemp("recipe")
     (recipe_dir / "my_sandboxes.py").write_text(MY_SANDBOXES)

@@ -6,15 +6,22 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from union.sandbox.flyte.testing import isolated_flyte
 
 
-@pytest.fixture(scope="session", autouse=True)
-def flyte_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with isolated_flyte(tmp_path_factory.mktemp("flyte-home")):
+@pytest.fixture(scope="session")
+def flyte_home_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("flyte-home")
+
+
+@pytest.fixture(autouse=True)
+def flyte_home(flyte_home_dir: Path) -> Iterator[None]:
+    # Per test, so that the rest of a session that runs other suites keeps its own HOME.
+    with isolated_flyte(flyte_home_dir):
         yield
 
 

@@ -13,7 +13,7 @@ import flyte
 import pytest
 
 from union import sandbox as sb
-from union.sandbox.flyte import SandboxEnvironment
+from union.sandbox.flyte import Ceilings, SandboxEnvironment
 
 Names = Callable[[], str]
 
@@ -63,7 +63,7 @@ def test_construction_registers_the_sandbox_server_task(env_name: Names) -> None
     assert defaults["gpu_ceiling"] == 0
     assert defaults["timeout_s"] == 3600.0
     assert defaults["network_mode"] == "blocked"
-    assert env.ceilings == sb.flyte.Ceilings(cpu_milli=3800, mem_mb=7936, gpu=0)
+    assert env.ceilings == Ceilings(cpu_milli=3800, mem_mb=7936, gpu=0)
 
 
 @pytest.mark.parametrize(
