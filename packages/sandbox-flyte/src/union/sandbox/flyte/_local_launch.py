@@ -55,7 +55,8 @@ async def start_local(request: LaunchRequest) -> LocalLaunch:
         "PYTHONUNBUFFERED": "1",
     }
     process = await anyio.open_process(
-        [sys.executable, "-I", "-m", "union.sandbox.flyte._local_pod"],
+        # The run's name only labels the process (ps); its parameters come on stdin.
+        [sys.executable, "-I", "-m", "union.sandbox.flyte._local_pod", request.name],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """The local launcher's "pod": a process that runs the ``sandbox_server`` task body.
 
-    python -I -m union.sandbox.flyte._local_pod   < parameters as JSON on stdin
+    python -I -m union.sandbox.flyte._local_pod RUN_NAME   < parameters as JSON on stdin
 
 It is what a pod's ``a0`` does with the deployed task, minus Flyte: the body
 (:func:`._serve.serve_task`, the one the task runs) on this process's main thread, so the

@@ -211,6 +211,7 @@ class SandboxSession(BaseModel, SessionBase):
             else:
                 await _open_watching(remote, launch)
                 launch.note(Stage.READY, f"{remote.backend} backend at {self.endpoint}")
+            self.work_dir = remote.work_dir  # the server's word for it
             self._remote = remote
             return remote
 
