@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def _base_image() -> Any:
     return cached_base_image()
 
 
-_BUILT = {
+_BUILT: dict[str, Callable[[], Any]] = {
     "base_sandbox_image": _base_image,
     "base_image": _base_image,
     "DEFAULT_SANDBOX_ENV": lambda: default_environment("userns"),

@@ -20,7 +20,7 @@ import flyte
 from ._ceilings import Ceilings, ceilings_for
 from ._image import cached_base_image
 from ._pod import sandbox_pod_template
-from ._settings import DEFAULT_RESOURCES, RUNTIMES, SANDBOX_MODES, TASK_FUNCTION
+from ._settings import DEFAULT_CPU, DEFAULT_MEMORY, RUNTIMES, SANDBOX_MODES, TASK_FUNCTION
 from ._task import TaskSpec, server_task
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class SandboxEnvironment(flyte.TaskEnvironment):
     def __post_init__(self) -> None:
         self._validate_sandbox_fields()
         if self.resources is None:
-            self.resources = flyte.Resources(**DEFAULT_RESOURCES)
+            self.resources = flyte.Resources(cpu=DEFAULT_CPU, memory=DEFAULT_MEMORY)
         ceilings = ceilings_for(self.resources)  # raises ValueError on unreadable resources
         if ceilings.gpu and self.sandbox_mode != "bwrap":
             warnings.warn(

@@ -39,7 +39,7 @@ _STAGES = {
 
 
 def _phase_name(value: int) -> str:
-    from flyteidl2.common import phase_pb2
+    from flyteidl2.common import phase_pb2  # type: ignore[import-untyped]
 
     try:
         return str(phase_pb2.ActionPhase.Name(value)).removeprefix("ACTION_PHASE_")

@@ -37,15 +37,17 @@ from union.sandbox.core.session import SessionBase
 
 from . import _bridge
 from ._ceilings import Ceilings, ceilings_for
+from ._errors import SandboxRunEnded
 from ._launch import Launch, LaunchRequest, Progress, Stage
 from ._resolve import EndpointResolver, choose_resolver
 from ._serve import TaskSpec
 from ._settings import (
+    DEFAULT_CPU,
     DEFAULT_ENV_NAME,
     DEFAULT_ENV_NAME_BWRAP,
     DEFAULT_FSIZE_CEILING_MB,
     DEFAULT_MAX_RUNTIME_S,
-    DEFAULT_RESOURCES,
+    DEFAULT_MEMORY,
     HARD_CEILING,
     HEALTH_DEADLINE_S,
     RESOLVE_DEADLINE_S,
@@ -160,10 +162,10 @@ class SandboxSession(BaseModel, SessionBase):
         self.endpoint, self.ip, self.work_dir = endpoint.url, endpoint.ip, endpoint.work_dir
         return self
 
-    def __await__(self) -> Generator[Any, None, SandboxSession]:  # type: ignore[override]
+    def __await__(self) -> Generator[Any, None, SandboxSession]:
         return self.wait_endpoint().__await__()
 
-    async def __aenter__(self) -> SandboxSession:  # type: ignore[override]
+    async def __aenter__(self) -> SandboxSession:
         return await self.wait_endpoint()
 
     async def __aexit__(
@@ -176,7 +178,7 @@ class SandboxSession(BaseModel, SessionBase):
 
     # -- the transport -------------------------------------------------------------------
 
-    async def open(self) -> SandboxSession:  # type: ignore[override]
+    async def open(self) -> SandboxSession:
         """Wait for the endpoint, health-check the server (retrying with backoff while it
         starts; not for terminal errors) and open the transport. Idempotent; the first call
         of any method does it."""
@@ -329,7 +331,8 @@ async def _open_watching(remote: RemoteSession, launch: Launch) -> None:
                 tg.cancel_scope.cancel()
 
         async def watcher() -> None:
-            outcome["ended"] = await _bridge.wait(launch.ended, cancel=False)
+            ended: SandboxRunEnded = await _bridge.wait(launch.ended, cancel=False)
+            outcome["ended"] = ended
             tg.cancel_scope.cancel()
 
         tg.start_soon(opener)
@@ -438,7 +441,7 @@ def _target(
     name = DEFAULT_ENV_NAME if mode == "userns" else DEFAULT_ENV_NAME_BWRAP
     import flyte
 
-    ceilings = ceilings_for(flyte.Resources(**DEFAULT_RESOURCES))
+    ceilings = ceilings_for(flyte.Resources(cpu=DEFAULT_CPU, memory=DEFAULT_MEMORY))
     spec = TaskSpec(name, SANDBOX_MODES[mode], ceilings.cpu_milli, ceilings.mem_mb, ceilings.gpu)
     return f"{name}.{TASK_FUNCTION}", mode, spec, ceilings
 

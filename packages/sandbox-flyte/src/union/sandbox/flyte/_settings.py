@@ -18,8 +18,9 @@ SANDBOX_MODES: Final = {"userns": "userns", "bwrap": "bubblewrap"}
 RUNTIMES: Final = ("container", "gvisor")
 
 DEFAULT_ENV_NAME: Final = "union-sandbox"
-#: A SandboxEnvironment's resources when it names none (``flyte.Resources`` arguments).
-DEFAULT_RESOURCES: Final = {"cpu": "2", "memory": "2Gi"}
+#: A SandboxEnvironment's resources when it names none.
+DEFAULT_CPU: Final = "2"
+DEFAULT_MEMORY: Final = "2Gi"
 DEFAULT_ENV_NAME_BWRAP: Final = "union-sandbox-bwrap"
 
 #: What the pod keeps for itself (the task runtime, the server, the supervisor) when the
