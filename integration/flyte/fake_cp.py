@@ -348,6 +348,8 @@ class FakeControlPlane:
         self.pid1, self.grace_s, self.token, self.pod_port = pid1, grace_s, token, pod_port
         self.hold_pods = False
         self.break_pods = False
+        #: Extra environment of every "process" pod (what a cluster's admission adds).
+        self.pod_env: dict[str, str] = {}
         self.code_root = code_root
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="fake-cp-"))
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -585,6 +587,7 @@ class FakeControlPlane:
                 WORK_DIR_ENV: str(root / "work"),
             }
         )
+        env.update(self.pod_env)
         if self.code_root is not None:  # the "image" holds the user's code
             env["PYTHONPATH"] = str(self.code_root)
         with open(root / "pod.log", "wb") as log:

@@ -15,6 +15,7 @@ them along), so code here still sees ``flyte.ctx()`` of the task that called ``s
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
@@ -33,11 +34,24 @@ def _launcher_loop() -> asyncio.AbstractEventLoop:
     with _lock:
         if not _loops or _loops[-1].is_closed():
             loop = asyncio.new_event_loop()
-            threading.Thread(
+            thread = threading.Thread(
                 target=loop.run_forever, name="union-sandbox-launcher", daemon=True
-            ).start()
+            )
+            thread.start()
+            if not _loops:
+                atexit.register(_stop)
             _loops[:] = [loop]
         return _loops[-1]
+
+
+def _stop() -> None:
+    """At exit: stop the loop, so that no launch's code runs while the interpreter shuts
+    down (a local run's process then ends by its lifeline; a remote run by its soft timeout,
+    unless its owner closed it)."""
+    with _lock:
+        loop = _loops[-1] if _loops else None
+    if loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(loop.stop)
 
 
 def submit(coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
