@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -55,8 +56,12 @@ def rpcs(cluster: FakeControlPlane, run: str) -> list[str]:
 
 
 async def test_dataproxy_end_to_end(
-    remote: FakeControlPlane, deployed: SandboxEnvironment, anyio_backend: str
+    remote: FakeControlPlane,
+    deployed: SandboxEnvironment,
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     sbx = await deployed.new_session(timeout=MINUTES)
     assert (
         sbx.url == f"http://127.0.0.1:{remote.port}/v2/domain/development/project/p/runs/{sbx.name}"
@@ -80,6 +85,9 @@ async def test_dataproxy_end_to_end(
         "Abort",
     ]
     assert ("GetTaskDetails", deployed.task_name, "v1") in remote.calls  # latest = v1
+    # The token went to the task as an input, and nowhere else.
+    assert sbx.token not in caplog.text and sbx.token not in repr(sbx)
+    assert [i for i in remote.runs[sbx.name].inputs.literals if i.name == "token"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -128,12 +136,9 @@ async def test_abort_reaches_a_pod(remote: FakeControlPlane, deployed: SandboxEn
     with anyio.fail_after(20):
         while host_pids_with(sbx.name):  # noqa: ASYNC110
             await anyio.sleep(0.05)
-    assert (
-        "SIGTERM (run aborted or pod evicted): stopping"
-        in (
-            remote.runs[sbx.name].root / "pod.log"  # type: ignore[operator]
-        ).read_text()
-    )
+    log = (remote.runs[sbx.name].root / "pod.log").read_text()  # type: ignore[operator]
+    assert "SIGTERM (run aborted or pod evicted): stopping" in log
+    assert sbx.token not in log  # the pod's log: the task runtime's, the body's, the server's
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
