@@ -53,8 +53,12 @@ async def gone(name: str) -> None:
             await anyio.sleep(0.02)
 
 
-async def test_end_to_end(anyio_backend: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_end_to_end(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.DEBUG)
+    secret = "AKIA" + os.urandom(8).hex().upper()  # the caller's credentials
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     t0 = time.monotonic()
     sbx = await sb.session(timeout=datetime.timedelta(minutes=5))
     assert sbx.is_owner and sbx.endpoint == "" and sbx.name.startswith("sbx-")
@@ -64,6 +68,8 @@ async def test_end_to_end(anyio_backend: str, caplog: pytest.LogCaptureFixture) 
         out, _ = await proc.communicate_text()
         first_run = time.monotonic() - t0
         assert out == "hello from sandbox\n"
+        seen = await sbx.exec("env; cat /proc/*/environ; ls -a ..", timeout_s=30)
+        assert secret not in seen.stdout and sbx.token not in seen.stdout
         assert await sbx.put_bytes(f"{sbx.work_dir}/in.txt", b"data") == 4
         assert await sbx.get_bytes(f"{sbx.work_dir}/in.txt") == b"data"
         # A second task given the session: a reference, whose close() leaves the run going.
