@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from ._launch import Progress, Stage
     from ._resolve import DataproxyResolver, EndpointResolver, PodIPResolver, PodRef, Resolved
     from ._serve import SandboxAborted
-    from ._session import SandboxSession, session
+    from ._session import SandboxSession
     from ._settings import DEFAULT_ENV_NAME, DEFAULT_ENV_NAME_BWRAP, HARD_CEILING, TASK_FUNCTION
+    from ._start import session
 
 # name -> module that defines it
 _MODULES = {
@@ -54,7 +55,7 @@ _MODULES = {
     "Resolved": "._resolve",
     "SandboxAborted": "._serve",
     "SandboxSession": "._session",
-    "session": "._session",
+    "session": "._start",
     "DEFAULT_ENV_NAME": "._settings",
     "DEFAULT_ENV_NAME_BWRAP": "._settings",
     "HARD_CEILING": "._settings",

@@ -187,7 +187,7 @@ class SandboxEnvironment(flyte.TaskEnvironment):
                     f"new_session() got {key}=, but the environment is this one "
                     f"({self.name!r}); call sb.session({key}=...) to launch another"
                 )
-        from ._session import session
+        from ._start import session
 
         return await session(environment=self, **kwargs)
 
