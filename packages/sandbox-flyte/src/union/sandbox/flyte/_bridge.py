@@ -35,13 +35,20 @@ def _launcher_loop() -> asyncio.AbstractEventLoop:
         if not _loops or _loops[-1].is_closed():
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
-                target=loop.run_forever, name="union-sandbox-launcher", daemon=True
+                target=_serve, args=(loop,), name="union-sandbox-launcher", daemon=True
             )
             thread.start()
             if not _loops:
                 atexit.register(_stop)
             _loops[:] = [loop]
         return _loops[-1]
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()  # a later submit() starts a new loop instead of waiting on this one
 
 
 def _stop() -> None:
