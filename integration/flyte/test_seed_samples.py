@@ -22,6 +22,7 @@ import flyte
 import pytest
 
 from union import sandbox as sb
+from union.sandbox.flyte import _environment
 
 from .fake_cp import FakeControlPlane
 
@@ -155,6 +156,12 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     }
     for name, text in files.items():
         (root / f"{name}.py").write_text(textwrap.dedent(text))
+    # Other tests of this process may have imported modules of the same names (the docs'
+    # my_sandboxes.py) and registered an "ml-sandbox" of another shape: as in a process of
+    # its own, these samples start without them.
+    saved = {name: sys.modules.pop(name) for name in list(files) if name in sys.modules}
+    shapes = dict(_environment._SHAPES)
+    _environment._SHAPES.pop("ml-sandbox", None)
     sys.path.insert(0, str(root))
     try:
         yield root
@@ -162,6 +169,9 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         sys.path.remove(str(root))
         for name in files:
             sys.modules.pop(name, None)
+        sys.modules.update(saved)
+        _environment._SHAPES.clear()
+        _environment._SHAPES.update(shapes)
 
 
 def sample(name: str) -> ModuleType:
