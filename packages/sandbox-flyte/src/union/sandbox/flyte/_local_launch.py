@@ -46,7 +46,9 @@ async def start_local(request: LaunchRequest) -> LocalLaunch:
         **request.inputs,
     }
     run_dir = Path(tempfile.mkdtemp(prefix=f"union-sandbox-{request.name}-"))
-    run_dir.chmod(0o755)  # sandboxes of the userns backend reach the work dir through it
+    # Others may pass through (the sandboxes of the userns backend run as another uid and
+    # reach the work dir through it), not list it.
+    run_dir.chmod(0o711)
     nonce = secrets.token_hex(8)
     env = {
         **os.environ,
