@@ -39,12 +39,12 @@ from ..process import (
 )
 from ..resources import to_limits
 from ..session import SessionBase
-from . import backends, cgroups
+from . import backends, cgroups, quotas
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
 from .egress import RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .fs import FsLayout, check_session_path, gpu_devices
-from .limits import LimitPlan, plan_limits
+from .limits import LimitPlan, plan_limits, session_mechanisms, session_pids_budget
 from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
 
@@ -90,7 +90,9 @@ class _RunDriver:
             return dataclasses.replace(
                 termination, kind=TerminationKind.OOM, detail="the memory limit was exceeded"
             )
-        if termination.returncode != 0 and pids_limit_hits:
+        if termination.returncode != 0 and (
+            pids_limit_hits or self._session._session_pids_limit_hit()
+        ):
             return dataclasses.replace(
                 termination,
                 kind=TerminationKind.PIDS_LIMIT,
@@ -144,9 +146,19 @@ class OnDeviceSession(SessionBase):
         read_write_paths: Iterable[str] | None = None,
         max_output_bytes: int = MAX_CAPTURED_BYTES,
         best_effort_limits: bool = False,
+        session_pids: int | None = None,
     ) -> None:
         self.backend = backends.canonical_backend(backend)
         self.limits = to_limits(resources)
+        if session_pids is not None and (
+            isinstance(session_pids, bool) or not isinstance(session_pids, int) or session_pids <= 0
+        ):
+            raise ValueError(
+                "session_pids must be a positive int (the most processes all runs of the "
+                f"session may have at once), got {session_pids!r}"
+            )
+        #: Processes all runs of this session may have at once (see docs/limits.md).
+        self.session_pids = session_pids_budget(session_pids, self.limits.pids)
         if self.limits.gpu and self.backend != "bubblewrap":
             raise ValueError(
                 "GPU sandboxes require the bubblewrap backend (CUDA's cuInit fails inside "
@@ -188,6 +200,8 @@ class OnDeviceSession(SessionBase):
         self._static_failure: BackendUnavailableError | None = None
         self._cgroup_support: CgroupSupport | None = None
         self._cgroup_session: CgroupSession | None = None
+        self._session_pids_hits = 0  # the session cgroup's pids-limit counter, last read
+        self._session_mechanisms: dict[str, str] = {}
         self._slots = SlotPool()
         # UNION_SANDBOX_RECYCLE=0 makes every run start a fresh init (for benchmarks).
         self._recycle_inits = os.environ.get("UNION_SANDBOX_RECYCLE", "1") != "0"
@@ -234,6 +248,12 @@ class OnDeviceSession(SessionBase):
         plan_limits(self.limits, support, best_effort=self.best_effort_limits)
         devices = gpu_devices(self.limits.gpu)
         self._cgroup_support = support
+        self._session_mechanisms = session_mechanisms(
+            support,
+            self.session_pids,
+            isolated=self.backend != "none",
+            root=os.getuid() == 0,
+        )
         try:
             if self._host_work_dir is not None:
                 os.makedirs(self._host_work_dir, exist_ok=True)
@@ -263,14 +283,22 @@ class OnDeviceSession(SessionBase):
 
     def _supervisor_spec(self, layout: FsLayout) -> SupervisorSpec:
         backend = self.backend
+        config = backends.supervisor_config(
+            backend, layout, "open" if self.network.mode == "open" else "blocked"
+        )
+        if backend != "none":
+            root = os.getuid() == 0
+            config["quota"] = {
+                **quotas.session_quota(root, self.session_pids),
+                "account": root,
+            }
         return SupervisorSpec(
             backend=backend,
             argv_prefix=backends.supervisor_argv_prefix(backend, layout),
             python=layout.python,
-            config=backends.supervisor_config(
-                backend, layout, "open" if self.network.mode == "open" else "blocked"
-            ),
+            config=config,
             diagnose=lambda detail, stderr: backends.diagnose(backend, detail, stderr),
+            complete_config=quotas.with_accounting_uid,
         )
 
     async def close(self) -> None:
@@ -573,12 +601,24 @@ class OnDeviceSession(SessionBase):
                         break
         return len(slots)
 
+    def _session_pids_limit_hit(self) -> bool:
+        """Whether the session's own pids limit refused a fork since the last call. (Only
+        cgroup v2 counts it there; v1 counts it in the cgroup of the run that forked.)"""
+        cgroups = self._cgroup_session
+        if cgroups is None:
+            return False
+        hits = cgroups.pids_limit_hits()
+        new, self._session_pids_hits = hits > self._session_pids_hits, hits
+        return new
+
     def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
         if not plan.use_cgroup:
             return None
         assert self._cgroup_support is not None
         if self._cgroup_session is None:
-            self._cgroup_session = CgroupSession(self._cgroup_support, self.client_id[:8])
+            self._cgroup_session = CgroupSession(
+                self._cgroup_support, self.client_id[:8], pids_max=self.session_pids
+            )
         else:
             self._cgroup_session.cleanup()
         self._run_counter += 1
@@ -588,7 +628,7 @@ class OnDeviceSession(SessionBase):
         self, supervisor: Supervisor, policy: NetworkPolicy, plan: LimitPlan
     ) -> IsolationReport:
         facts = supervisor.facts
-        limits = dict(plan.mechanisms)
+        limits = {**plan.mechanisms, **self._session_mechanisms}
         if self.backend == "none":
             limits["disk"] = "not enforced (backend 'none' shares the host /tmp)"
             return IsolationReport(backend="none", uid=os.getuid(), network="open", limits=limits)
