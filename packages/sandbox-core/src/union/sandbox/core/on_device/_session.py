@@ -37,6 +37,7 @@ from ..process import (
     Termination,
     TerminationKind,
 )
+from ..request_size import args_fit, check_cmd, check_run_args
 from ..resources import to_limits
 from ..session import SessionBase
 from . import backends, cgroups, quotas
@@ -54,8 +55,8 @@ __all__ = ["OnDeviceSession"]
 _CGROUP_STALL_S = 0.2
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Above this size a script goes to the command through a memfd instead of argv
-# (a single argv string is limited to 128 KiB by the kernel).
+# Above this many characters a script goes to the command through a memfd instead of argv
+# (a single argv string is limited to 128 KiB by the kernel; see request_size.py).
 _ARGV_SCRIPT_LIMIT = 64 * 1024
 PutData = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
@@ -415,26 +416,30 @@ class OnDeviceSession(SessionBase):
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
         byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
         proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
+        run_env = self._env(extra_env, run_cwd, policy)
+        if byo_proxy:
+            for key, value in self._byo_proxy_env().items():
+                run_env.setdefault(key, value)
         script: bytes | None = None
         if argv is not None:
             if not argv or not all(isinstance(a, str) for a in argv):
                 raise TypeError("argv must be a non-empty list of str")
             command = list(argv)
         else:
+            check_cmd(cmd)
             assert self._venv is not None
             interpreter = os.path.join(self._venv, "bin", "python")
             program = [interpreter] if kind == "python" else ["/bin/sh"]
-            if len(cmd.encode()) > _ARGV_SCRIPT_LIMIT:
+            command = [*program, "-c", cmd]
+            # A long script, or one that would not fit beside the environment, reaches the
+            # command through a file descriptor instead of argv.
+            if len(cmd) > _ARGV_SCRIPT_LIMIT or not args_fit(command, run_env):
                 script = cmd.encode()
                 command = [*program, "/proc/self/fd/3"]
-            else:
-                command = [*program, "-c", cmd]
+        check_run_args(command, run_env, run_cwd, argv_given=argv is not None)
         plan = self._plan(resources)
-        run_env = self._env(extra_env, run_cwd, policy)
         if byo_proxy:
             self._warn_byo_proxy()
-            for key, value in self._byo_proxy_env().items():
-                run_env.setdefault(key, value)
         request = {
             "argv": command,
             "env": run_env,

@@ -9,6 +9,7 @@ per-run status pipe, so concurrent runs never contend for a shared reader.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import functools
 import marshal
@@ -230,6 +231,14 @@ class Supervisor:
             except BlockingIOError:
                 await anyio.wait_writable(self._sock)
             except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    # Sessions check a run's sizes first (request_size.py); this is the
+                    # socket's own bound, on a host whose net.core.wmem_default is small.
+                    raise ValueError(
+                        f"this run's request is {len(data)} bytes, more than the sandbox "
+                        "supervisor's control socket takes in one message on this host "
+                        "(net.core.wmem_default); pass large data through stdin or a file"
+                    ) from None
                 raise RuntimeError(
                     "the session's sandbox supervisor has died (its runs were killed with "
                     f"it: {exc.strerror}); close this session and open a new one"
