@@ -45,7 +45,7 @@ def args_size(argv: Sequence[str], env: Mapping[str, str]) -> int:
 def args_fit(argv: Sequence[str], env: Mapping[str, str]) -> bool:
     """Whether ``argv`` and ``env`` are within :data:`MAX_ARGS_BYTES`. Counts characters
     first (a character is at most 4 bytes): only a request near the limit is encoded."""
-    chars = sum(map(len, argv)) + sum(map(len, env)) + sum(map(len, env.values()))
+    chars = len("".join(argv)) + len("".join(env)) + len("".join(env.values()))
     if 4 * (chars + len(argv) + 2 * len(env)) <= MAX_ARGS_BYTES:
         return True
     return args_size(argv, env) <= MAX_ARGS_BYTES
@@ -61,12 +61,18 @@ def check_cmd(cmd: str) -> None:
 
 
 def check_run_args(
-    argv: Sequence[str], env: Mapping[str, str], cwd: str, *, argv_given: bool = True
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+    *,
+    argv_given: bool = True,
+    fits: bool | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the problem and the fix when a run's ``argv``, ``env``
     (keys and values already checked by ``validate_env``) or ``cwd`` cannot reach the
     command. ``argv_given``: the caller passed ``argv`` (else it is the session's
-    interpreter with the caller's ``cmd``, checked by :func:`check_cmd`)."""
+    interpreter with the caller's ``cmd``, checked by :func:`check_cmd`). ``fits``: what
+    :func:`args_fit` said of these, when the caller already asked (every run pays this)."""
     if argv_given:
         for index, arg in enumerate(argv):
             if "\0" in arg:
@@ -81,11 +87,11 @@ def check_run_args(
             )
     if "\0" in cwd:
         raise ValueError(f"cwd contains a NUL byte: {cwd[:200]!r}")
-    if len(_encoded(cwd)) > MAX_PATH_BYTES:
+    if 4 * len(cwd) > MAX_PATH_BYTES and len(_encoded(cwd)) > MAX_PATH_BYTES:
         raise ValueError(
             f"cwd is {len(_encoded(cwd))} bytes; a path is at most {MAX_PATH_BYTES} bytes"
         )
-    if not args_fit(argv, env):
+    if not (args_fit(argv, env) if fits is None else fits):
         size = args_size(argv, env)
         env_size = args_size((), env)
         what = "argv" if argv_given else "arguments"

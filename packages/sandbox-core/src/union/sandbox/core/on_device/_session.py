@@ -425,18 +425,21 @@ class OnDeviceSession(SessionBase):
             if not argv or not all(isinstance(a, str) for a in argv):
                 raise TypeError("argv must be a non-empty list of str")
             command = list(argv)
+            fits = args_fit(command, run_env)
         else:
             check_cmd(cmd)
             assert self._venv is not None
             interpreter = os.path.join(self._venv, "bin", "python")
             program = [interpreter] if kind == "python" else ["/bin/sh"]
             command = [*program, "-c", cmd]
-            # A long script, or one that would not fit beside the environment, reaches the
-            # command through a file descriptor instead of argv.
-            if len(cmd) > _ARGV_SCRIPT_LIMIT or not args_fit(command, run_env):
+            fits = args_fit(command, run_env)
+            if not fits or len(cmd) > _ARGV_SCRIPT_LIMIT:
+                # A long script, or one that would not fit beside the environment, reaches
+                # the command through a file descriptor instead of argv.
                 script = cmd.encode()
                 command = [*program, "/proc/self/fd/3"]
-        check_run_args(command, run_env, run_cwd, argv_given=argv is not None)
+                fits = args_fit(command, run_env)
+        check_run_args(command, run_env, run_cwd, argv_given=argv is not None, fits=fits)
         plan = self._plan(resources)
         if byo_proxy:
             self._warn_byo_proxy()
