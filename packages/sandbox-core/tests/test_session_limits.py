@@ -6,14 +6,18 @@ in integration/conformance/test_quotas.py; this is the behaviour through the API
 
 from __future__ import annotations
 
+import array
+import fcntl
+import os
 import resource
+import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from union import sandbox as sb
-from union.sandbox.core.on_device import cgroups
+from union.sandbox.core.on_device import cgroups, quotas
 from union.sandbox.core.on_device.limits import DEFAULT_SESSION_PIDS, session_pids_budget
 from union.sandbox.core.resources import Resources
 
@@ -109,3 +113,47 @@ def _as_the_kernel_would(path: Path) -> None:
     """A new v2 cgroup directory's files (and its children's controllers enabled)."""
     (path / "cgroup.subtree_control").write_text("+cpu +memory +pids")
     (path / "pids.events").write_text("max 0\n")
+
+
+NS_GET_OWNER_UID = 0xB704
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the accounting uid is for a root caller")
+async def test_a_root_callers_sandbox_namespace_is_owned_by_an_accounting_uid(
+    backend: str, host_pids_with: Any
+) -> None:
+    owners = []
+    async with (
+        sb.on_device.session(backend=backend) as one,
+        sb.on_device.session(backend=backend) as two,
+    ):
+        for sbx in (one, two):
+            tag = f"1000.{secrets.randbelow(10**9)}"
+            proc = await sbx.run(f"echo up; sleep {tag}")
+            assert await proc.stdout.readline() == b"up\n"
+            pid = host_pids_with(tag)[0]  # the shell: its command line has the tag
+            fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+            try:
+                owner = array.array("I", [0])
+                fcntl.ioctl(fd, NS_GET_OWNER_UID, owner)
+            finally:
+                os.close(fd)
+            owners.append(owner[0])
+            await proc.kill()
+            await proc.wait()
+    # Not host root, and not the same for two sessions: neither shares the sandbox's counts.
+    for owner in owners:
+        assert (
+            quotas.ACCOUNT_UID_FIRST <= owner < quotas.ACCOUNT_UID_FIRST + quotas.ACCOUNT_UID_SPAN
+        )
+    assert owners[0] != owners[1]
+
+
+def test_accounting_uids_are_distinct_for_distinct_pids() -> None:
+    uids = {quotas.accounting_uid(pid) for pid in range(1, 1 << 16)}
+    assert len(uids) == (1 << 16) - 1
+    assert quotas.with_accounting_uid({"quota": {"account": False}}, 5) == {
+        "quota": {"account": False}
+    }
+    completed = quotas.with_accounting_uid({"quota": {"account": True}}, 5)
+    assert completed["quota"]["account_uid"] == quotas.accounting_uid(5)
