@@ -13,16 +13,12 @@ These do not depend on the event loop: asyncio only.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,44 +58,46 @@ while True:
     take()
 """
 
-#: Inside a run (or on the host): the three calls the exhausting run must not break.
-_CALLS = """
-def quota_calls():
-    libc = ctypes.CDLL(None, use_errno=True)
+#: A program making the three calls the exhausting run must not break, 20 times each: it
+#: prints the ones that failed, with their errno. Run as a fresh process (inside a run, or
+#: on the host): a process-directed real-time signal goes to any thread that does not block
+#: it, and a test process has threads.
+QUOTA_CALLS = """
+import ctypes, errno, json, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
 
-    class sigval(ctypes.Union):
-        _fields_ = [("i", ctypes.c_int), ("p", ctypes.c_void_p)]
+class sigval(ctypes.Union):
+    _fields_ = [("i", ctypes.c_int), ("p", ctypes.c_void_p)]
 
-    sig = signal.SIGRTMIN + 2
-    signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
-    failed = {}
-    for _ in range(20):
-        if libc.sigqueue(os.getpid(), sig, sigval(0)) == 0:
-            signal.sigtimedwait([sig], 0)
-        else:
-            failed["sigqueue"] = errno.errorcode[ctypes.get_errno()]
-        timer = ctypes.c_void_p()
-        if libc.timer_create(1, None, ctypes.byref(timer)) == 0:  # CLOCK_MONOTONIC
-            libc.timer_delete(timer)
-        else:
-            failed["timer_create"] = errno.errorcode[ctypes.get_errno()]
-        fd = libc.inotify_init1(0)
-        if fd >= 0:
-            os.close(fd)
-        else:
-            failed["inotify_init1"] = errno.errorcode[ctypes.get_errno()]
-        time.sleep(0.01)
-    return failed
+sig = signal.SIGRTMIN + 2
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+failed = {}
+for _ in range(20):
+    if libc.sigqueue(os.getpid(), sig, sigval(0)) == 0:
+        signal.sigtimedwait([sig], 0)
+    else:
+        failed["sigqueue"] = errno.errorcode[ctypes.get_errno()]
+    timer = ctypes.c_void_p()
+    if libc.timer_create(1, None, ctypes.byref(timer)) == 0:  # CLOCK_MONOTONIC
+        libc.timer_delete(timer)
+    else:
+        failed["timer_create"] = errno.errorcode[ctypes.get_errno()]
+    fd = libc.inotify_init1(0)
+    if fd >= 0:
+        os.close(fd)
+    else:
+        failed["inotify_init1"] = errno.errorcode[ctypes.get_errno()]
+    time.sleep(0.01)
+print(json.dumps(failed, sort_keys=True))
 """
-_namespace: dict[str, Any] = {"ctypes": ctypes, "errno": errno, "os": os, "signal": signal}
-_namespace["time"] = time
-exec(_CALLS, _namespace)
 
 
 def host_quota_calls() -> dict[str, str]:
-    """``sigqueue``, ``timer_create`` and ``inotify_init1`` from this (root) process, 20 times
-    each: the ones that failed, with their errno."""
-    return _namespace["quota_calls"]()  # type: ignore[no-any-return]
+    """:data:`QUOTA_CALLS` in a new host process of this (root) user."""
+    out = subprocess.run(
+        [sys.executable, "-c", QUOTA_CALLS], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 async def _start_exhausting(sbx: Any) -> tuple[Any, str]:
@@ -140,21 +138,16 @@ async def test_other_sessions_quotas(open_sandbox: Any, open_peer_sandbox: Any, 
         await other.exec("true")  # the other session is up before the first one exhausts
         proc, holding = await _start_exhausting(sbx)
         try:
-            code = _CALLS + "\nprint(sorted(quota_calls().items()))\n"
-            result = await other.exec(
-                "import ctypes, errno, os, signal, time\n" + code,
-                script_type="python",
-                timeout_s=30,
-            )
+            result = await other.exec(QUOTA_CALLS, script_type="python", timeout_s=30)
         finally:
             await _stop(proc)
     seen = result.stdout.strip()
     probe.verdict(
         "another session's signals, timers and inotify while a run exhausts its own",
         "sigqueue, timer_create, inotify_init1 all work in the other session",
-        let_through=result.returncode != 0 or seen != "[]",
+        let_through=result.returncode != 0 or seen != "{}",
         detail=f"run: {holding or 'no report'}; other session: "
-        + (seen if seen != "[]" else "all worked")
+        + (seen if seen != "{}" else "all worked")
         + (f"; exit {result.returncode}: {result.stderr[-200:]}" if result.returncode else ""),
         unisolated="any",
     )
@@ -201,23 +194,22 @@ async def test_session_pids_budget(open_sandbox: Any, probe: Any, host: Any) -> 
 
 
 #: Run by an unprivileged caller: a session whose run exhausts what it can take, then the
-#: caller's own calls (``sys.argv``: backend, the exhausting code, the calls' code).
+#: caller's own calls, in a new process of its uid (``sys.argv``: backend, the exhausting
+#: code, the calls' code).
 _AS_CALLER = """
-import ctypes, errno, json, os, signal, sys, time, warnings
+import json, subprocess, sys, warnings
 import anyio
 warnings.simplefilter("ignore")
 from union.sandbox.core.on_device import session
-
-exec(sys.argv[3])
 
 async def main():
     async with session(backend=sys.argv[1]) as sbx:
         proc = await sbx.run(sys.argv[2], script_type="python", timeout_s=60)
         holding = (await proc.stdout.readline()).decode().strip()
-        failed = quota_calls()
+        calls = subprocess.run([sys.executable, "-c", sys.argv[3]], capture_output=True)
         await proc.kill()
         await proc.wait()
-    print(json.dumps({"holding": holding, "failed": failed}))
+    print(json.dumps({"holding": holding, "failed": json.loads(calls.stdout)}))
 
 anyio.run(main)
 """
@@ -236,7 +228,7 @@ def test_unprivileged_callers_share_is_bounded(backend: str) -> None:
         pytest.skip("no system Python of this version for an unprivileged user")
     core = Path(__file__).resolve().parents[2] / "packages" / "sandbox-core" / "src"
     out = subprocess.run(
-        [python, "-c", _AS_CALLER, backend, EXHAUST, _CALLS],
+        [python, "-c", _AS_CALLER, backend, EXHAUST, QUOTA_CALLS],
         user=CALLER_UID,
         group=CALLER_UID,
         extra_groups=[],

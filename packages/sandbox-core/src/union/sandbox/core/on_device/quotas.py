@@ -18,7 +18,8 @@ inotify instances, and so every other session's. What we do instead:
   owner, never a process that runs code: a short-lived helper takes it, creates the
   namespace and exits; ids inside still map to the sandbox uid 65534). The level above the
   sandbox is then a counter nobody else uses: host users and other sessions keep theirs.
-  The session's own use is bounded by its rlimits (below) and by the host's ``max_*``.
+  The session's own use is bounded as host root's would be (its rlimits, the host's
+  ``max_*``), and its tasks by the session's pids budget.
 - **unprivileged caller**: its uid creates the namespace and is charged; that cannot be
   avoided without privileges. The sandbox's share is bounded instead, to half of each of the
   caller's quotas: its rlimits (the sandbox's own count is checked against them) and the
@@ -44,12 +45,9 @@ __all__ = ["ACCOUNT_UID_FIRST", "ACCOUNT_UID_SPAN", "accounting_uid", "session_q
 ACCOUNT_UID_FIRST = 0x70000000
 ACCOUNT_UID_SPAN = 1 << 24
 
-#: Caps on a session's rlimit-type counts (every run of the session shares them).
-SESSION_RLIMIT_CAPS = {
-    "RLIMIT_SIGPENDING": 16384,  # pending signals, POSIX timers included
-    "RLIMIT_MSGQUEUE": 819200,  # bytes of POSIX message queues (Linux's default)
-    "RLIMIT_MEMLOCK": 64 << 20,  # bytes of SHM_LOCKed memory (and each process's mlock)
-}
+#: The rlimit-type counts an unprivileged caller's sandbox gets half of. (A root caller's
+#: sandbox keeps the host's values: its counts are its own.)
+SHARED_RLIMITS = ("RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE", "RLIMIT_MEMLOCK")
 #: Tasks beyond the session's pids budget: the supervisor and prepared inits, which are in
 #: no run's cgroup. The cgroup's limit is hit first where there is one.
 NPROC_SLACK = 16
@@ -92,27 +90,30 @@ def session_quota(root: bool, session_pids: int) -> dict[str, Any]:
     """What the supervisor applies to its session: ``rlimits`` (name -> value, set as soft
     and hard limit before the namespace exists, so that the namespace's snapshot has them
     too) and ``user_max`` (``/proc/sys/user`` name -> value, written in the session's
-    namespace; only for an unprivileged caller). The accounting uid is added once the
-    supervisor's pid is known (:func:`with_accounting_uid`)."""
-    rlimits: dict[str, int] = {}
-    share = 1 if root else 2  # an unprivileged caller keeps half of each quota
-    for name, cap in SESSION_RLIMIT_CAPS.items():
-        rlimits[name] = _within(_soft(name), share, cap)
-    rlimits["RLIMIT_NPROC"] = _within(_soft("RLIMIT_NPROC"), share, session_pids + NPROC_SLACK)
+    namespace). A root caller's sandbox has counters of its own (the accounting uid, added
+    by :func:`with_accounting_uid` once the supervisor's pid is known): only its tasks are
+    bounded, by the session's pids budget. An unprivileged caller's sandbox gets half of
+    each of the caller's quotas, so that the caller keeps the other half."""
+    tasks = session_pids + NPROC_SLACK
+    if root:
+        return {"rlimits": {"RLIMIT_NPROC": _half_or_less(_soft("RLIMIT_NPROC"), 1, tasks)}}
+    rlimits = {name: _half_or_less(_soft(name), 2) for name in SHARED_RLIMITS}
+    rlimits["RLIMIT_NPROC"] = _half_or_less(_soft("RLIMIT_NPROC"), 2, tasks)
     user_max: dict[str, int] = {}
-    if not root:
-        for name in USER_MAX:
-            value = _read_int(f"/proc/sys/user/{name}")
-            if value is not None:
-                user_max[name] = max(1, value // 2)
+    for name in USER_MAX:
+        value = _read_int(f"/proc/sys/user/{name}")
+        if value is not None:
+            user_max[name] = max(1, value // 2)
     return {"rlimits": rlimits, "user_max": user_max}
 
 
-def _within(current: int, share: int, cap: int) -> int:
-    """``cap``, or less: the caller's own limit divided by ``share``."""
+def _half_or_less(current: int, share: int, cap: int | None = None) -> int:
+    """``current // share``, at most ``cap``; an unlimited ``current`` stays unlimited unless
+    capped (nobody can be starved of an unlimited quota)."""
     if current == resource.RLIM_INFINITY:
-        return cap
-    return max(1, min(cap, current // share))
+        return resource.RLIM_INFINITY if cap is None else cap
+    value = max(1, current // share)
+    return value if cap is None else min(value, cap)
 
 
 def with_accounting_uid(config: dict[str, Any], pid: int) -> dict[str, Any]:
