@@ -15,7 +15,7 @@ sandbox. Creating it as host root (as we did) let a run take host root's pending
 inotify instances, and so every other session's. What we do instead:
 
 - **host root**: the namespace is created by a per-session *accounting uid* (never a file
-  owner, never a process that runs code: a short-lived helper takes it, creates the
+  owner, and only our own short-lived helper ever runs as it: it takes the uid, creates the
   namespace and exits; ids inside still map to the sandbox uid 65534). The level above the
   sandbox is then a counter nobody else uses: host users and other sessions keep theirs.
   The session's own use is bounded as host root's would be (its rlimits, the host's
@@ -37,7 +37,13 @@ import os
 import resource
 from typing import Any
 
-__all__ = ["ACCOUNT_UID_FIRST", "ACCOUNT_UID_SPAN", "accounting_uid", "session_quota"]
+__all__ = [
+    "ACCOUNT_UID_FIRST",
+    "ACCOUNT_UID_SPAN",
+    "accounting_uid",
+    "session_quota",
+    "with_accounting_uid",
+]
 
 #: Accounting uids are taken from [FIRST, FIRST + SPAN): unused by distributions, systemd
 #: (its nspawn and dynamic ranges end below) and Kubernetes user namespaces (65536-sized
