@@ -47,6 +47,7 @@ from .addresses import (
     parse_host,
     special_ranges,
 )
+from .lookups import blocking_resolver
 
 __all__ = ["Decision", "Resolver", "Rule", "RuleSet", "system_resolver"]
 
@@ -234,19 +235,23 @@ class _Table:
         return None
 
 
-async def system_resolver(name: str, port: int) -> Sequence[str]:
-    """Addresses of ``name`` from the host's resolver (families this host has configured)."""
-    infos = await anyio.getaddrinfo(
+def _getaddrinfo(name: str, port: int) -> Sequence[str]:
+    infos = socket.getaddrinfo(
         name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_ADDRCONFIG
     )
     return [str(info[4][0]) for info in infos]
+
+
+#: Addresses of a name from the host's resolver (families this host has configured), looked
+#: up on the threads the proxy host provides (:mod:`.lookups`).
+system_resolver: Resolver = blocking_resolver(_getaddrinfo)
 
 
 class RuleSet:
     """A parsed allow-list and deny-list, and the :meth:`decide` check both proxies use.
 
     Thread-safe: one instance may serve several proxies and event loops. Decisions are cached
-    for ``cache_ttl`` seconds per ``(host, port)``.
+    for ``cache_ttl`` seconds per ``(host, port)``, except lookups that failed.
     """
 
     def __init__(
@@ -330,6 +335,10 @@ class RuleSet:
                 f"internal error while checking the network rules, refused: {exc!r}",
                 (),
             )
+        if decision.network_error:
+            # Not cached: a lookup that failed or timed out (perhaps waiting behind the
+            # asking run's own slow lookups) must not become another run's answer.
+            return decision
         with self._lock:
             if len(self._cache) >= self._cache_size:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
