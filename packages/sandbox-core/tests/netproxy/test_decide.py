@@ -285,3 +285,15 @@ async def test_decide_many_is_fast(make_rules: Callable[..., RuleSet]) -> None:
 def test_cases_cover_both_outcomes() -> None:
     outcomes = {case[4] for cases in ALL_CASES.values() for case in cases}
     assert outcomes == {True, False}
+
+
+async def test_failed_lookups_are_not_cached(net: Any) -> None:
+    """A lookup that failed or timed out is not remembered: the rule set is shared by every
+    run with the same lists, and one run's failed lookup (behind its own slow ones, say)
+    must not become another run's answer."""
+    resolver = net.FakeResolver({})
+    ruleset = RuleSet.parse(["pkg.test", "127.0.0.0/8"], [], resolver=resolver, cache_ttl=60)
+    assert (await ruleset.decide("pkg.test", 443)).network_error
+    resolver.table["pkg.test"] = ["127.0.0.1"]
+    assert (await ruleset.decide("pkg.test", 443)).allowed
+    assert resolver.calls == ["pkg.test", "pkg.test"]

@@ -110,9 +110,10 @@ class Shares:
                 f"(limit {self.capacity}, all runs together)"
             )
         if held >= self.floor and self.total >= self.capacity - self.headroom:
+            which = "none" if self.floor == 1 else f"fewer than {self.floor}"
             return (
                 f"too many concurrent {self.what} in this session: the last {self.headroom} "
-                f"of {self.capacity} are kept for runs with fewer than {self.floor} open"
+                f"of {self.capacity} are kept for runs that have {which} open"
             )
         self._held[holder] = held + 1
         self.total += 1

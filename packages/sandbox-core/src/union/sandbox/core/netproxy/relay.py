@@ -68,6 +68,12 @@ class PipeGrowth:
         with self._lock:
             self._left += 1
 
+    @property
+    def available(self) -> int:
+        """Pipes that may still grow."""
+        with self._lock:
+            return self._left
+
 
 class RelayCounters:
     """Bytes relayed so far, per direction; live while the relay runs (each field is

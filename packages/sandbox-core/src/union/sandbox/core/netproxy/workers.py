@@ -45,7 +45,8 @@ class _Outcome(Generic[_T]):
 
 
 class WorkerPool:
-    """Threads started on demand, at most ``max_threads`` at once; idle ones exit quickly.
+    """Threads started on demand for at most ``max_threads`` jobs at once; idle threads
+    exit quickly.
 
     :meth:`run` and :meth:`run_abandoning` are called on the event loop whose ``soon``
     the pool was given. :meth:`close` lets every idle thread go and joins them all.
@@ -68,7 +69,9 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._threads: set[threading.Thread] = set()
-        self._idle = 0
+        self._busy = 0  # jobs submitted and not yet returned
+        self._idle = 0  # threads waiting for a job
+        self._finishing = 0  # threads whose job returned, about to look for the next one
         self._closed = False
 
     @property
@@ -136,6 +139,10 @@ class WorkerPool:
                 outcome.value = func()
             except BaseException as exc:
                 outcome.error = exc
+            with self._cond:
+                # Before the loop hears of it: a job it submits next may go to this thread.
+                self._busy -= 1
+                self._finishing += 1
             try:
                 self._soon(finished)
             except RuntimeError:
@@ -144,29 +151,29 @@ class WorkerPool:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the proxy host is closed")
-            if self._idle > len(self._jobs):
-                self._jobs.append(job)
-                self._cond.notify()
-                return outcome
-            if len(self._threads) >= self._max:
+            if self._busy >= self._max:
                 # The host admits work within the budget, so this is a bug, not load:
                 # refuse rather than queue behind other runs' tunnels.
-                raise RuntimeError(f"netproxy worker budget ({self._max} threads) exceeded")
-            self._jobs.append(job)
-            thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                raise RuntimeError(f"netproxy worker budget ({self._max} jobs at once) exceeded")
+            self._busy += 1
+            if self._idle + self._finishing > len(self._jobs):
+                self._jobs.append(job)  # a waiting or finishing thread takes it
+                self._cond.notify()
+                return outcome
+            thread = threading.Thread(target=self._work, args=(job,), name=self._name, daemon=True)
             self._threads.add(thread)
         thread.start()
         return outcome
 
-    def _work(self) -> None:
+    def _work(self, first: Callable[[], None]) -> None:
         me = threading.current_thread()
+        job: Callable[[], None] | None = first
         try:
-            while True:
-                with self._cond:
-                    job = self._next_job()
-                    if job is None:
-                        return
+            while job is not None:
                 job()
+                with self._cond:
+                    self._finishing -= 1
+                    job = self._next_job()
         finally:
             with self._cond:
                 self._threads.discard(me)
