@@ -26,6 +26,8 @@ import anyio
 
 __all__ = [
     "FDS_PER_CONNECTION",
+    "MAX_RUN_CONNECTIONS",
+    "MAX_SESSION_CONNECTIONS",
     "PROCESS_DESCRIPTORS",
     "ProcessDescriptors",
     "Shares",
