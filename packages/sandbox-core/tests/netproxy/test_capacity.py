@@ -273,6 +273,19 @@ def test_slow_lookups_hold_only_their_runs_share(select_echo: Any, runs: list[Ru
         assert slow.connect(("slow0.test", port)) is not None
 
 
+def test_system_lookups_run_on_the_sessions_threads(select_echo: Any, runs: list[Run]) -> None:
+    """The host's resolver (``getaddrinfo``) runs on the session's pool, whose threads go
+    when idle, not on the loop's default executor, whose threads stay for the session."""
+    with ProxyHost(idle_thread_s=0.3) as host:
+        run = Run(host, RuleSet.parse(["localhost", "127.0.0.0/8"], []))
+        runs.append(run)
+        assert run.connect(("localhost", select_echo.port)) is not None
+        before = {t.name for t in threading.enumerate()}
+        run.stop()
+        assert eventually(lambda: host.worker_threads == 0, 5)
+        assert not any("asyncio" in name or "ThreadPool" in name for name in before)
+
+
 def test_the_process_descriptor_budget_bounds_all_sessions(
     select_echo: Any, runs: list[Run]
 ) -> None:
