@@ -297,3 +297,17 @@ async def test_failed_lookups_are_not_cached(net: Any) -> None:
     resolver.table["pkg.test"] = ["127.0.0.1"]
     assert (await ruleset.decide("pkg.test", 443)).allowed
     assert resolver.calls == ["pkg.test", "pkg.test"]
+
+
+async def test_only_the_first_addresses_of_a_long_answer_count(net: Any) -> None:
+    """A hostile answer with thousands of addresses costs the proxy no more than 32: only
+    those are checked and dialled (and cached); the rest are never used."""
+    from union.sandbox.core.netproxy.rules import MAX_ADDRESSES
+
+    many = [f"93.184.{i // 256}.{i % 256}" for i in range(1, 4000)]
+    resolver = net.FakeResolver({"big.test": many, "bad.test": [*many[:5], "10.0.0.1"]})
+    ruleset = RuleSet.parse(["*.test"], ["10.0.0.0/8"], resolver=resolver)
+    decision = await ruleset.decide("big.test", 443)
+    assert decision.allowed
+    assert decision.addresses == tuple(many[:MAX_ADDRESSES])
+    assert not (await ruleset.decide("bad.test", 443)).allowed  # within the first: denied

@@ -11,7 +11,8 @@ Semantics, in order:
 1. The host is canonicalised (:func:`~.addresses.parse_host`); anything unparseable is
    refused.
 2. Deny-list first: a name rule against the name, CIDR rules against an IP literal, every
-   resolved address, and the IPv4 address a NAT64/6to4/Teredo address carries. Any hit
+   resolved address (the first :data:`MAX_ADDRESSES` of an answer; the rest are ignored,
+   never dialled), and the IPv4 address a NAT64/6to4/Teredo address carries. Any hit
    refuses the whole request.
 3. An empty allow-list means "anything not denied" (``open`` mode with a deny-list): no
    further checks, private ranges included (the published API leaves that backstop off in
@@ -53,6 +54,11 @@ __all__ = ["Decision", "Resolver", "Rule", "RuleSet", "system_resolver"]
 
 #: ``resolver(name, port)`` returns the addresses (text) ``name`` resolves to.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+#: Addresses of a name that are considered (checked, and dialled if they pass); the rest of a
+#: longer answer is ignored. A hostile DNS answer can carry thousands, and each decision is
+#: checked on the proxy's loop and cached with its addresses.
+MAX_ADDRESSES = 32
 
 _EXPECTED = (
     "expected a CIDR like '10.0.0.0/8' or '2001:db8::/32', an IP literal like '10.1.2.3' or "
@@ -399,7 +405,7 @@ class RuleSet:
             detail = exc.strerror or str(exc) or type(exc).__name__
             return _unresolved(name, port, f"cannot resolve {name}: {detail}")
         addresses: list[IPAddress] = []
-        for text in raw:
+        for text in list(raw)[:MAX_ADDRESSES]:
             address = canonical_ip(ipaddress.ip_address(str(text).split("%", 1)[0]))
             if address not in addresses:
                 addresses.append(address)
