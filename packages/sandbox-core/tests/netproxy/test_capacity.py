@@ -384,3 +384,29 @@ async def test_worker_budget_and_abandoned_jobs() -> None:
     with pytest.raises(ZeroDivisionError):
         await pool.run(lambda: 1 // 0)
     assert pool.close(5)
+
+
+def test_a_session_keeps_a_bounded_number_of_rule_sets() -> None:
+    """A server's session outlives its clients, which may send new lists with every run:
+    parsed rule sets (each with its decision cache) are kept for the most recent lists only."""
+    from union.sandbox.core.on_device.egress import SessionEgress
+    from union.sandbox.core.policy import NetworkPolicy
+
+    egress = SessionEgress()
+    prepared = []
+    try:
+        for i in range(40):
+            policy = NetworkPolicy("allowlist", (f"host{i}.test",))
+            prepared.append((policy, egress.prepare(policy)))
+        recent, first = prepared[-1], prepared[0]
+        again = egress.prepare(recent[0])
+        prepared.append((recent[0], again))
+        assert again.rules is recent[1].rules  # still parsed once
+        anew = egress.prepare(first[0])
+        prepared.append((first[0], anew))
+        assert anew.rules is not first[1].rules  # long forgotten: parsed again
+        assert len(egress._rulesets) <= 16
+    finally:
+        for _policy, run in prepared:
+            run.host_end.close()
+            run.run_end.close()

@@ -268,7 +268,7 @@ class RuleSet:
         resolver: Resolver | None = None,
         cache_ttl: float = 5.0,
         resolve_timeout: float = 10.0,
-        cache_size: int = 4096,
+        cache_size: int = 1024,
     ) -> None:
         self._allow = _Table(allow)
         self._deny = _Table(deny)

@@ -26,7 +26,7 @@ _PROXY_USER = "run"
 #: Parsed rule sets kept for reuse (the least recently used goes first). A remote server's
 #: session outlives its clients, which may send a new list with every run, so the cache is
 #: bounded; a live run keeps its own rule set whatever happens to the cache.
-_RULESETS_KEPT = 32
+_RULESETS_KEPT = 16
 
 
 def proxy_env_template(credentials: tuple[str, str] | None = None) -> dict[str, str]:
