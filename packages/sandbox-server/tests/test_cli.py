@@ -154,9 +154,11 @@ def test_server_raises_its_descriptor_limit() -> None:
         pytest.skip("the hard descriptor limit is 1,024 or less: nothing to raise")
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
     try:
-        with spawn_server(backend="userns", token=True) as server:
-            with open(f"/proc/{server.process.pid}/limits") as f:
-                line = next(line for line in f if line.startswith("Max open files"))
+        with (
+            spawn_server(backend="userns", token=True) as server,
+            open(f"/proc/{server.process.pid}/limits") as f,
+        ):
+            line = next(line for line in f if line.startswith("Max open files"))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     server_soft = int(line.split()[3])
