@@ -127,7 +127,10 @@ def run_tests(tests: Sequence[str], timeout_s: float) -> tuple[str, float, str]:
 
 
 def _tail(out: bytes, lines: int = 3) -> str:
-    return " | ".join(out.decode(errors="replace").strip().splitlines()[-lines:])
+    """The first failing test (``-x`` stops there), else the last lines of the output."""
+    text = out.decode(errors="replace").strip().splitlines()
+    failed = [line for line in text if line.startswith(("FAILED ", "ERROR "))]
+    return failed[0] if failed else " | ".join(text[-lines:])
 
 
 def select(names: Sequence[str], area: str | None) -> list[Mutant]:
@@ -231,7 +234,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             notes.append(f"{m.name}: pytest error: {tail}")
         rows.append((m.name, m.area, result, f"{seconds:.1f}"))
-        print(f"{m.name}: {result} ({seconds:.1f}s)", flush=True)
+        caught = f": {tail}" if result == "killed" else ""
+        print(f"{m.name}: {result} ({seconds:.1f}s){caught}", flush=True)
 
     print()
     print(table(rows))
