@@ -40,7 +40,7 @@ from .cgroups import CgroupRun, CgroupSession, CgroupSupport
 from .egress import RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .files import PutData, open_for_read, put_file, read_all
-from .fs import FsLayout, gpu_devices
+from .fs import FsLayout, check_work_dir, gpu_devices
 from .limits import LimitPlan, plan_limits
 from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
@@ -156,8 +156,10 @@ class OnDeviceSession(SessionBase):
         self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
         if not isinstance(default_cwd, str):
             raise TypeError(f"default_cwd must be a str, got {type(default_cwd).__name__}")
-        if host_work_dir is not None and not os.path.isabs(os.fspath(host_work_dir)):
-            raise ValueError(f"host_work_dir must be an absolute path, got {host_work_dir!r}")
+        if host_work_dir is not None:
+            if not os.path.isabs(os.fspath(host_work_dir)):
+                raise ValueError(f"host_work_dir must be an absolute path, got {host_work_dir!r}")
+            check_work_dir(os.fspath(host_work_dir))
         if not isinstance(max_output_bytes, int) or max_output_bytes <= 0:
             raise ValueError(f"max_output_bytes must be a positive int, got {max_output_bytes!r}")
         for name, url in (

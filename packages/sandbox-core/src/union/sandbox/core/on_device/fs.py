@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_READ_ONLY",
     "DEFAULT_READ_WRITE",
     "FsLayout",
+    "check_work_dir",
     "default_fs_allowlist",
     "host_python",
     "is_safe_to_mount",
@@ -66,6 +67,18 @@ def is_safe_to_mount(path: str) -> bool:
     """True unless ``path`` is a broad root (``/``, ``/usr``, ``/home``...) that must never be
     granted implicitly."""
     return os.path.normpath(path) not in _BROAD_ROOTS
+
+
+def check_work_dir(path: str, name: str = "host_work_dir") -> None:
+    """Refuse a work dir that is a system directory (``/``, ``/tmp``, ``/home``...): a
+    session makes its work dir the sandbox's (chowned to the sandbox user when the host is
+    root, writable by every run)."""
+    if not is_safe_to_mount(path):
+        raise ValueError(
+            f"{name} {path!r} is a system directory; a session gives its work dir to the "
+            "sandbox (owned by the sandbox user, writable by every run): use a directory of "
+            "its own, such as /work or /srv/sandbox/<name>"
+        )
 
 
 def host_python() -> tuple[str, list[str]]:

@@ -14,9 +14,11 @@ out of it. This walk:
   symlink is unlinked, never followed, and a directory swapped in is one the sandbox could
   write anyway;
 - stays on the tree's filesystem (a mount point below it is reported, not entered);
-- makes directories a run locked (``chmod 000``, ``0500``) usable again when the caller
-  owns them (a non-root caller's sandbox runs as the caller's uid), through ``fchmod`` on
-  descriptors, never ``chmod`` by name;
+- takes each directory before reading it, through its descriptor: as root it makes it
+  root's and 0700 (``fchown``, ``fchmod``), so a live sandbox (uid 65534) can neither add to
+  it nor move anything out of it, and each directory's listing is final once read; as
+  another user (whose sandbox runs as that same uid and could undo it) it gives the owner
+  rwx back on directories a run locked (``chmod 000``, ``0500``);
 - re-reads a directory that is not empty when it should be (entries added meanwhile), a
   bounded number of times, and otherwise carries on with the rest of the tree: what it could
   not remove is listed at the end, it never stops at the first problem.
@@ -45,9 +47,15 @@ _PASSES = 8
 
 _T = TypeVar("_T")
 
+_MOUNT_POINT = "a mount point (not entered)"
+
 _SWAPS = 64
 """Times entries of one directory are found swapped (renamed, replaced) under the walk
 before it gives up on them (a live writer)."""
+
+_BUDGET = 4096
+"""Re-reads and retries of swapped entries in one walk, all directories together: a
+writer as fast as the walk (possible only as the caller's own uid) cannot keep it going."""
 
 _REPORTED = 5
 """Leftovers named in the error message."""
@@ -73,9 +81,10 @@ class _Remover:
         self.euid = os.geteuid()
         self.left: list[str] = []
         self.stack: list[_Frame] = []
+        self.budget = _BUDGET
 
     def run(self) -> list[str]:
-        self._make_usable(self.top_fd)
+        self._take(self.top_fd)
         try:
             names = os.listdir(self.top_fd)
         except OSError as exc:
@@ -117,6 +126,8 @@ class _Remover:
             self._swapped(frame, name)
             return None
         except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                exc = OSError(errno.EBUSY, _MOUNT_POINT)
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 self._fail(frame, name, exc)
                 return None
@@ -129,9 +140,9 @@ class _Remover:
         st = os.fstat(fd)
         if st.st_dev != self.dev:
             os.close(fd)
-            self._fail(frame, name, OSError(errno.EXDEV, "a mount point (not entered)"))
+            self._fail(frame, name, OSError(errno.EXDEV, _MOUNT_POINT))
             return None
-        self._make_usable(fd, st)
+        self._take(fd, st)
         try:
             return _Frame(fd, name, os.listdir(fd))
         except OSError as exc:
@@ -176,6 +187,10 @@ class _Remover:
                 self._swapped(parent, frame.name)  # its name holds something else now
             elif self._reread(frame):
                 return True
+            elif frame.failed:
+                parent.failed.add(frame.name)  # what is left in it is reported already
+            else:
+                self._swapped(parent, frame.name)  # emptied meanwhile: try again
         os.close(frame.fd)
         return False
 
@@ -188,11 +203,12 @@ class _Remover:
                 self._fail(self.stack[-2], frame.name, exc)
         if not names:
             return False
-        if frame.passes >= _PASSES:
+        if frame.passes >= _PASSES or self.budget <= 0:
             for name in names:
                 self._fail(frame, name, OSError(errno.EBUSY, "entries kept appearing"))
             return False
         frame.passes += 1
+        self.budget -= 1
         frame.names = names
         return True
 
@@ -221,18 +237,27 @@ class _Remover:
         try:
             return call(*args, dir_fd=frame.fd)
         except PermissionError:
-            if not self._make_usable(frame.fd):
+            if not self._take(frame.fd):
                 raise
             return call(*args, dir_fd=frame.fd)
 
-    def _make_usable(self, fd: int, st: os.stat_result | None = None) -> bool:
-        """Give the owner rwx on the directory ``fd`` when it lacks them and this process
-        owns it (a run may have locked its own directories). True if it changed."""
+    def _take(self, fd: int, st: os.stat_result | None = None) -> bool:
+        """Make the directory ``fd`` this process's own before listing it. As root: owned
+        by root, mode 0700, so that a live sandbox can no longer add entries to it or move
+        entries out of it (each directory is frozen before it is read, so the walk ends
+        whatever a writer does). Otherwise (the sandbox runs as the caller's uid and could
+        undo anything): owner rwx back on a directory a run locked. True if it changed."""
         st = st or os.fstat(fd)
         mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid != self.euid or mode & 0o700 == 0o700:
-            return False
         try:
+            if self.euid == 0:
+                if st.st_uid == 0 and st.st_gid == 0 and mode == 0o700:
+                    return False
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o700)
+                return True
+            if st.st_uid != self.euid or mode & 0o700 == 0o700:
+                return False
             os.fchmod(fd, mode | 0o700)
         except OSError:
             return False
@@ -245,7 +270,8 @@ class _Remover:
     def _swapped(self, frame: _Frame, name: str) -> None:
         """``name`` changed type under the walk: try it afresh, a bounded number of times."""
         frame.swaps += 1
-        if frame.swaps > _SWAPS:
+        self.budget -= 1
+        if frame.swaps > _SWAPS or self.budget < 0:
             self._fail(frame, name, OSError(errno.EBUSY, "kept being replaced"))
         else:
             frame.names.append(name)

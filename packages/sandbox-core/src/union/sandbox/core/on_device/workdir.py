@@ -23,6 +23,7 @@ import tempfile
 import warnings
 import weakref
 
+from .fs import check_work_dir
 from .rmtree import DIR_FLAGS, removal_error, remove_dir_at
 
 __all__ = ["WorkDir"]
@@ -58,7 +59,13 @@ class WorkDir:
                 errno.ENOTDIR, "host_work_dir exists and is not a directory", path
             ) from None
         work = cls(os.path.realpath(path), fd, temporary=pinned is None)
-        # The path the sandbox gets must name the directory held here.
+        # The path the sandbox gets must name the directory held here, and be no system
+        # directory reached through a symlink.
+        try:
+            check_work_dir(work.path)
+        except ValueError:
+            work.close()
+            raise
         if not _same_inode(work.path, fd):
             work.close()
             raise _replaced(path)
