@@ -60,11 +60,13 @@ MACHINE = os.uname().machine
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}[MACHINE]
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[MACHINE]
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+SYS_SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}[MACHINE]
+SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}[MACHINE]
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP = 0x02000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 1, 2, 4, 8, 1024
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
@@ -115,6 +117,16 @@ JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) 
 HANDLERS_SET = False  # the run's signal handlers are installed (in this init)
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
+# What else of the init's namespaces and of init itself a run could change, read at the end of
+# each run from descriptors opened once per init (a pread is cheap, a path walk in /proc is
+# not), and what it read before the first run. See ``arm_reuse_checks``.
+WATCHED_FDS: list[int] = []
+WATCHED_BASELINE: list[bytes] = []
+REUSE_ARMED = False  # everything left_clean compares could be set up (else: never reuse)
+INIT_BASELINE: Any = None
+# Every rlimit: RLIM_NLIMITS on Linux (RLIMIT_LOCKS has no name in the resource module).
+RLIMITS = range(16)
+SCHED_ATTR = ctypes.create_string_buffer(56)  # struct sched_attr, SCHED_ATTR_SIZE_VER1
 
 # Status records on a run's status pipe: a kind byte, then fields.
 REC_EXIT, REC_TIMEOUT, REC_ERROR, REC_REAPED = b"E", b"T", b"X", b"R"
@@ -403,7 +415,9 @@ def mount_run_filesystems(tmp_size: int) -> None:
     # handles must be taken here: a bind source has to live in this mount namespace.
     held = hold(SCRATCH_REBINDS)
     for scratch in ("/tmp", "/dev/shm"):
-        mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
+        # noatime: reading the scratch dirs changes nothing a reuse check compares.
+        flags = MS_NOSUID | MS_NODEV | MS_NOATIME
+        mount("tmpfs", scratch, "tmpfs", flags, f"mode=1777,size={tmp_size}")
     for path, fd in held:
         bind_back(path, fd, read_only=False)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -544,6 +558,8 @@ def prepare_init(net: str, tmp_size: int) -> str:
             mount_run_filesystems(tmp_size)
             if net != "open":
                 loopback_up()
+            arm_reuse_checks(net)  # while init still has its capabilities
+            seal_proc_sys()
             lock_down()
             remember_scratch()
     except SetupError as exc:
@@ -553,10 +569,85 @@ def prepare_init(net: str, tmp_size: int) -> str:
     return ""
 
 
+def seal_proc_sys() -> None:
+    """Make the run's ``/proc/sys`` read-only. Capabilities guard most kernel knobs, but the
+    IPC namespace's (``kernel.shm*``, ``msg*``, ``sem``, ``fs.mqueue.*``) only ask for the
+    namespace owner's uid, which is the run's: a run could change the limits the next run of
+    a reused init finds (a channel between runs, and between clients of one server). No run
+    has a reason to tune them; with no capability it cannot remount."""
+    mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC)
+    mount(
+        None,
+        "/proc/sys",
+        None,
+        MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    )
+
+
+def arm_reuse_checks(net: str) -> None:
+    """Set up what ``left_clean`` reads, from descriptors opened once per init. If anything
+    here fails, this init serves one run only.
+
+    - System V IPC: each allocator's next id is set to 0, the id a fresh namespace hands out
+      first anyway. Any allocation consumes it (the file then reads -1), so the check sees
+      a run that made an object even if it removed it (which would have moved the ids the
+      next run gets). Without checkpoint/restore support: the object lists instead.
+    - POSIX message queues: none may be made (``fs.mqueue.queues_max`` 0; a run has no
+      CAP_SYS_RESOURCE to exceed it). Landlock refuses to open a new queue anyway, but only
+      after the kernel made it, and a queue is a name the next run would find taken.
+    - The network namespace's interface counters: any packet a run sent (and so any TCP
+      connection, which leaves TIME_WAIT sockets behind, or fragment) changes them.
+    - Where the run owns init's /proc files (bubblewrap as a non-root caller: its user
+      namespace maps the caller to uid 0): oom_score_adj, coredump_filter and the
+      autogroup's nice, which the next command would inherit. Init then gets a session,
+      and so an autogroup, of its own: a renice of it changes this init only, not the
+      supervisor and every later init."""
+    global REUSE_ARMED
+    try:
+        arm_watches(net)
+    except OSError:
+        return
+    REUSE_ARMED = True
+
+
+def arm_watches(net: str) -> None:
+    """The descriptors and settings of ``arm_reuse_checks``."""
+    for kind in ("shm", "sem", "msg"):
+        try:
+            fd = os.open(f"/proc/sys/kernel/{kind}_next_id", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            try:
+                os.write(fd, b"0")
+            except OSError:
+                os.close(fd)
+                fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        WATCHED_FDS.append(fd)
+    try:
+        write_file("/proc/sys/fs/mqueue/queues_max", "0")
+    except FileNotFoundError:
+        pass  # no POSIX message queues in this kernel
+    if net != "open":
+        WATCHED_FDS.append(os.open("/proc/net/dev", os.O_RDONLY | os.O_CLOEXEC))
+    fd = os.open("/proc/self/oom_score_adj", os.O_RDONLY | os.O_CLOEXEC)
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        return
+    os.setsid()
+    WATCHED_FDS.append(fd)
+    for name in ("coredump_filter", "autogroup"):
+        try:
+            WATCHED_FDS.append(os.open(f"/proc/self/{name}", os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            continue  # a kernel without autogroups
+
+
 def remember_scratch() -> None:
-    """Note the scratch directories a run could leave something in (/tmp, /dev/shm and the
-    directories leading to paths bound under them) and their state now."""
-    global SCRATCH_BASELINE
+    """Note what ``left_clean`` compares, as it is before the first run: the scratch
+    directories a run could leave something in (/tmp, /dev/shm and the directories leading
+    to paths bound under them), the watched descriptors and init's own attributes."""
+    global SCRATCH_BASELINE, INIT_BASELINE
     dirs = {"/tmp", "/dev/shm"}
     for path in SCRATCH_REBINDS:
         parent = os.path.dirname(path)
@@ -565,36 +656,79 @@ def remember_scratch() -> None:
             parent = os.path.dirname(parent)
     SCRATCH_DIRS[:] = sorted(dirs)
     SCRATCH_BASELINE = scratch_state()
+    WATCHED_BASELINE[:] = watched_state()
+    INIT_BASELINE = init_state()
 
 
 def scratch_state() -> Any:
+    """Everything a run can see of the scratch directories: entries, mode, owner, extended
+    attributes (POSIX ACLs among them) and times. Every change to an inode moves its ctime,
+    which no unprivileged process can set; the scratch mounts are ``noatime``, so reading
+    them moves nothing. (Entries and attributes are listed too: on a kernel with coarse
+    timestamps a change may land in the same tick.)"""
     state = []
     try:
         for path in SCRATCH_DIRS:
             st = os.lstat(path)
-            state.append((path, st.st_mode, st.st_uid, st.st_gid, sorted(os.listdir(path))))
+            names = sorted(os.listxattr(path, follow_symlinks=False))
+            state.append(
+                (
+                    path,
+                    st.st_ino,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_nlink,
+                    st.st_size,
+                    st.st_atime_ns,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    sorted(os.listdir(path)),
+                    [(n, os.getxattr(path, n, follow_symlinks=False)) for n in names],
+                )
+            )
     except OSError:
         return None
     return state
 
 
-def left_clean() -> bool:
+def watched_state() -> list[bytes]:
+    return [os.pread(fd, 4096, 0) for fd in WATCHED_FDS]
+
+
+def init_state() -> tuple[dict[int, tuple[int, int]], bytes, set[int], int, set[int]]:
+    """What a process of the same uid can change about init (``prlimit``, ``renice``,
+    ``taskset``, ``ionice``, ``chrt``, uclamp, a signal), which the next command would
+    inherit or see: rlimits; scheduling policy, nice, flags and utilisation clamps; CPU
+    affinity; I/O priority; pending signals."""
+    LIBC.syscall(SYS_SCHED_GETATTR, 0, SCHED_ATTR, len(SCHED_ATTR), 0)
+    return (
+        {res: resource.getrlimit(res) for res in RLIMITS},
+        SCHED_ATTR.raw,
+        os.sched_getaffinity(0),
+        int(LIBC.syscall(SYS_IOPRIO_GET, 1, 0)),  # IOPRIO_WHO_PROCESS, this process
+        signal.sigpending(),
+    )
+
+
+def left_clean(req: dict[str, Any]) -> bool:
     """Whether the run that just ended (everything it started is dead and reaped) left the
-    run's namespaces as the next run must find them: the same scratch directories, empty of
-    anything new, and no System V IPC object. (It cannot have changed mounts, network
-    configuration or anything else: it held no capability.)"""
+    init and its namespaces as a fresh init would give them to the next run with the same
+    settings (``req``'s): the scratch directories, the System V IPC allocators, the network
+    namespace's interface counters, and init's own attributes. (It cannot have changed
+    mounts, interfaces, routes or kernel knobs, nor made a POSIX message queue: it held no
+    capability and /proc/sys is read-only.)"""
     if CONFIG["mode"] == "none":
         return True
-    if SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
+    if not REUSE_ARMED or SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
         return False
-    try:
-        for kind in ("shm", "sem", "msg"):
-            with open(f"/proc/sysvipc/{kind}", "rb") as f:
-                if f.read().count(b"\n") > 1:  # more than the header line
-                    return False
-    except OSError:
+    if watched_state() != WATCHED_BASELINE:
         return False
-    return True
+    rlimits, sched, cpus, ioprio, pending = init_state()
+    expected = dict(INIT_BASELINE[0])
+    for name, value in req.get("rlimits", {}).items():  # what run_once set for this run
+        expected[getattr(resource, name)] = (value, value)
+    return (rlimits, sched, cpus, ioprio, pending) == (expected, *INIT_BASELINE[1:])
 
 
 def conclude(
@@ -607,7 +741,7 @@ def conclude(
     global CHILD
     CHILD = 0
     serial = 0
-    if sock is not None and req.get("recycle") and left_clean():
+    if sock is not None and req.get("recycle") and left_clean(req):
         signal.signal(KILL_RUN, signal.SIG_IGN)  # a late kill for the finished run: moot
         try:
             sock.send(b"I")
