@@ -638,10 +638,6 @@ class OnDeviceSession(SessionBase):
             raise RuntimeError(_NOT_OPEN)
         return self._work
 
-    def _require_layout(self) -> None:
-        if not self._open:
-            raise RuntimeError(_NOT_OPEN)
-
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
         return f"<OnDeviceSession backend={self.backend} {state}>"
