@@ -54,8 +54,9 @@ _SWAPS = 64
 before it gives up on them (a live writer)."""
 
 _BUDGET = 4096
-"""Re-reads and retries of swapped entries in one walk, all directories together: a
-writer as fast as the walk (possible only as the caller's own uid) cannot keep it going."""
+"""Entries found by re-reading directories, and retries of swapped entries, in one walk
+(all directories together): a writer as fast as the walk (possible only as the caller's own
+uid: as root each directory is frozen before it is read) cannot keep it going forever."""
 
 _REPORTED = 5
 """Leftovers named in the error message."""
@@ -203,12 +204,12 @@ class _Remover:
                 self._fail(self.stack[-2], frame.name, exc)
         if not names:
             return False
-        if frame.passes >= _PASSES or self.budget <= 0:
+        self.budget -= len(names)
+        if frame.passes >= _PASSES or self.budget < 0:
             for name in names:
                 self._fail(frame, name, OSError(errno.EBUSY, "entries kept appearing"))
             return False
         frame.passes += 1
-        self.budget -= 1
         frame.names = names
         return True
 
