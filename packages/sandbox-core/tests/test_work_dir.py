@@ -37,12 +37,12 @@ MESSY_TREE = textwrap.dedent(
         os.mkdir("d")
         os.chdir("d")
     open("leaf", "w").close()
-    os.symlink("/etc", "etc-link")
+    os.symlink(VICTIM, "victim-link")
     os.chdir(work)
     os.makedirs("locked/inner/deeper")
     open("locked/inner/f", "w").close()
     os.mkfifo("locked/inner/fifo")
-    os.symlink("/usr", "locked/usr-link")
+    os.symlink(VICTIM + "/sub", "locked/victim-link")
     os.chmod("locked/inner/deeper", 0)
     os.chmod("locked/inner", 0)
     os.chmod("locked", 0o500)
@@ -53,6 +53,27 @@ MESSY_TREE = textwrap.dedent(
 
 def _private(path: str) -> bool:
     return stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+@pytest.fixture
+def victim() -> Iterator[str]:
+    """A host directory (world-readable, so that a link to it works for any caller) that a
+    removal following a link would empty."""
+    path = tempfile.mkdtemp(prefix="union-sbx-victim-")
+    os.chmod(path, 0o755)
+    Path(path, "keep").write_text("precious")
+    os.mkdir(os.path.join(path, "sub"))
+    Path(path, "sub", "keep").write_text("precious")
+    yield path
+    shutil.rmtree(path)
+
+
+def _intact(victim: str) -> bool:
+    return (
+        sorted(os.listdir(victim)) == ["keep", "sub"]
+        and Path(victim, "keep").read_text() == "precious"
+        and Path(victim, "sub", "keep").read_text() == "precious"
+    )
 
 
 # -- modes -------------------------------------------------------------------------------
@@ -102,13 +123,12 @@ async def test_a_link_to_a_system_directory_is_refused_at_open(public_tmp: str) 
 # -- removal at close --------------------------------------------------------------------
 
 
-async def test_close_removes_any_tree_a_run_left(backend: str) -> None:
+async def test_close_removes_any_tree_a_run_left(backend: str, victim: str) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    etc_before = sorted(os.listdir("/etc"))
     try:
         async with sb.on_device.session(backend=backend) as sbx:
             work = sbx.work_dir
-            script = MESSY_TREE.replace("DEPTH", "3000")
+            script = MESSY_TREE.replace("DEPTH", "3000").replace("VICTIM", repr(victim))
             result = await sbx.exec(script, script_type="python", timeout_s=120)
             assert result.stdout == "made\n", result
             # Fewer descriptors than the tree is deep while close() removes it.
@@ -117,7 +137,7 @@ async def test_close_removes_any_tree_a_run_left(backend: str) -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert not os.path.lexists(work)
-    assert sorted(os.listdir("/etc")) == etc_before
+    assert _intact(victim)
 
 
 UNPRIVILEGED_CLOSE = textwrap.dedent(
@@ -148,16 +168,25 @@ def _system_python() -> str | None:
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
 @pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
-def test_an_unprivileged_callers_close_removes_locked_trees(backend: str) -> None:
+def test_an_unprivileged_callers_close_removes_locked_trees(backend: str, victim: str) -> None:
     """A non-root caller's sandbox runs as the caller's uid, so a run can lock directories
     against the caller (chmod 000, 0500, the work dir itself): close() unlocks them through
     descriptors and removes everything."""
     python = _system_python()
     if python is None:
         pytest.skip("no system Python of this version readable by an unprivileged user")
+    # The caller's own directory: a removal that followed the run's links could empty it.
+    for path in (victim, f"{victim}/keep", f"{victim}/sub", f"{victim}/sub/keep"):
+        os.chown(path, NOBODY, NOBODY)
     core_src = Path(__file__).resolve().parents[1] / "src"
     out = subprocess.run(
-        [python, "-c", UNPRIVILEGED_CLOSE, backend, MESSY_TREE.replace("DEPTH", "1500")],
+        [
+            python,
+            "-c",
+            UNPRIVILEGED_CLOSE,
+            backend,
+            MESSY_TREE.replace("DEPTH", "1500").replace("VICTIM", repr(victim)),
+        ],
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
@@ -175,20 +204,10 @@ def test_an_unprivileged_callers_close_removes_locked_trees(backend: str) -> Non
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "removed\n"
+    assert _intact(victim)
 
 
 # -- a tree changed while it is removed ---------------------------------------------------
-
-
-@pytest.fixture
-def victim() -> Iterator[str]:
-    """A host directory that a removal redirected through a link would empty."""
-    path = tempfile.mkdtemp(prefix="union-sbx-victim-")
-    Path(path, "keep").write_text("precious")
-    os.mkdir(os.path.join(path, "sub"))
-    Path(path, "sub", "keep").write_text("precious")
-    yield path
-    shutil.rmtree(path)
 
 
 SWAPPER = textwrap.dedent(
@@ -239,9 +258,7 @@ def test_removal_never_follows_a_tree_changed_under_it(victim: str) -> None:
         writer.wait()
         os.close(fd)
         shutil.rmtree(tree)
-    assert Path(victim, "keep").read_text() == "precious"
-    assert Path(victim, "sub", "keep").read_text() == "precious"
-    assert sorted(os.listdir(victim)) == ["keep", "sub"]
+    assert _intact(victim)
     assert os.stat(victim).st_uid == 0
 
 
