@@ -33,15 +33,16 @@ from ..process import (
     Termination,
     TerminationKind,
 )
+from ..request_size import args_fit, check_cmd, check_run_args
 from ..resources import to_limits
 from ..session import SessionBase
-from . import backends, cgroups
+from . import backends, cgroups, quotas
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
 from .egress import RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .files import PutData, open_for_read, put_file, read_all
 from .fs import FsLayout, check_work_dir, gpu_devices
-from .limits import LimitPlan, plan_limits
+from .limits import LimitPlan, plan_limits, session_mechanisms, session_pids_budget
 from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
 from .workdir import WorkDir
@@ -52,8 +53,8 @@ __all__ = ["OnDeviceSession"]
 _CGROUP_STALL_S = 0.2
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Above this size a script goes to the command through a memfd instead of argv
-# (a single argv string is limited to 128 KiB by the kernel).
+# Above this many characters a script goes to the command through a memfd instead of argv
+# (a single argv string is limited to 128 KiB by the kernel; see request_size.py).
 _ARGV_SCRIPT_LIMIT = 64 * 1024
 
 
@@ -87,7 +88,9 @@ class _RunDriver:
             return dataclasses.replace(
                 termination, kind=TerminationKind.OOM, detail="the memory limit was exceeded"
             )
-        if termination.returncode != 0 and pids_limit_hits:
+        if termination.returncode != 0 and (
+            pids_limit_hits or self._session._session_pids_limit_hit()
+        ):
             return dataclasses.replace(
                 termination,
                 kind=TerminationKind.PIDS_LIMIT,
@@ -141,9 +144,19 @@ class OnDeviceSession(SessionBase):
         read_write_paths: Iterable[str] | None = None,
         max_output_bytes: int = MAX_CAPTURED_BYTES,
         best_effort_limits: bool = False,
+        session_pids: int | None = None,
     ) -> None:
         self.backend = backends.canonical_backend(backend)
         self.limits = to_limits(resources)
+        if session_pids is not None and (
+            isinstance(session_pids, bool) or not isinstance(session_pids, int) or session_pids <= 0
+        ):
+            raise ValueError(
+                "session_pids must be a positive int (the most processes all runs of the "
+                f"session may have at once), got {session_pids!r}"
+            )
+        #: Processes all runs of this session may have at once (see docs/limits.md).
+        self.session_pids = session_pids_budget(session_pids, self.limits.pids)
         if self.limits.gpu and self.backend != "bubblewrap":
             raise ValueError(
                 "GPU sandboxes require the bubblewrap backend (CUDA's cuInit fails inside "
@@ -187,6 +200,8 @@ class OnDeviceSession(SessionBase):
         self._static_failure: BackendUnavailableError | None = None
         self._cgroup_support: CgroupSupport | None = None
         self._cgroup_session: CgroupSession | None = None
+        self._session_pids_hits = 0  # the session cgroup's pids-limit counter, last read
+        self._session_mechanisms: dict[str, str] = {}
         self._slots = SlotPool()
         # UNION_SANDBOX_RECYCLE=0 makes every run start a fresh init (for benchmarks).
         self._recycle_inits = os.environ.get("UNION_SANDBOX_RECYCLE", "1") != "0"
@@ -233,6 +248,12 @@ class OnDeviceSession(SessionBase):
         plan_limits(self.limits, support, best_effort=self.best_effort_limits)
         devices = gpu_devices(self.limits.gpu)
         self._cgroup_support = support
+        self._session_mechanisms = session_mechanisms(
+            support,
+            self.session_pids,
+            isolated=self.backend != "none",
+            root=os.getuid() == 0,
+        )
         try:
             owner = self.sandbox_owner
             # Private (0700) and the sandbox's; from here on reached only through its fd.
@@ -258,14 +279,22 @@ class OnDeviceSession(SessionBase):
 
     def _supervisor_spec(self, layout: FsLayout) -> SupervisorSpec:
         backend = self.backend
+        config = backends.supervisor_config(
+            backend, layout, "open" if self.network.mode == "open" else "blocked"
+        )
+        if backend != "none":
+            root = os.getuid() == 0
+            config["quota"] = {
+                **quotas.session_quota(root, self.session_pids),
+                "account": root,
+            }
         return SupervisorSpec(
             backend=backend,
             argv_prefix=backends.supervisor_argv_prefix(backend, layout),
             python=layout.python,
-            config=backends.supervisor_config(
-                backend, layout, "open" if self.network.mode == "open" else "blocked"
-            ),
+            config=config,
             diagnose=lambda detail, stderr: backends.diagnose(backend, detail, stderr),
+            complete_config=quotas.with_accounting_uid,
         )
 
     async def close(self) -> None:
@@ -384,26 +413,33 @@ class OnDeviceSession(SessionBase):
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
         byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
         proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
+        run_env = self._env(extra_env, run_cwd, policy)
+        if byo_proxy:
+            for key, value in self._byo_proxy_env().items():
+                run_env.setdefault(key, value)
         script: bytes | None = None
         if argv is not None:
             if not argv or not all(isinstance(a, str) for a in argv):
                 raise TypeError("argv must be a non-empty list of str")
             command = list(argv)
+            fits = args_fit(command, run_env)
         else:
+            check_cmd(cmd)
             assert self._venv is not None
             interpreter = os.path.join(self._venv, "bin", "python")
             program = [interpreter] if kind == "python" else ["/bin/sh"]
-            if len(cmd.encode()) > _ARGV_SCRIPT_LIMIT:
+            command = [*program, "-c", cmd]
+            fits = args_fit(command, run_env)
+            if not fits or len(cmd) > _ARGV_SCRIPT_LIMIT:
+                # A long script, or one that would not fit beside the environment, reaches
+                # the command through a file descriptor instead of argv.
                 script = cmd.encode()
                 command = [*program, "/proc/self/fd/3"]
-            else:
-                command = [*program, "-c", cmd]
+                fits = args_fit(command, run_env)
+        check_run_args(command, run_env, run_cwd, argv_given=argv is not None, fits=fits)
         plan = self._plan(resources)
-        run_env = self._env(extra_env, run_cwd, policy)
         if byo_proxy:
             self._warn_byo_proxy()
-            for key, value in self._byo_proxy_env().items():
-                run_env.setdefault(key, value)
         request = {
             "argv": command,
             "env": run_env,
@@ -570,12 +606,24 @@ class OnDeviceSession(SessionBase):
                         break
         return len(slots)
 
+    def _session_pids_limit_hit(self) -> bool:
+        """Whether the session's own pids limit refused a fork since the last call. (Only
+        cgroup v2 counts it there; v1 counts it in the cgroup of the run that forked.)"""
+        cgroups = self._cgroup_session
+        if cgroups is None:
+            return False
+        hits = cgroups.pids_limit_hits()
+        new, self._session_pids_hits = hits > self._session_pids_hits, hits
+        return new
+
     def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
         if not plan.use_cgroup:
             return None
         assert self._cgroup_support is not None
         if self._cgroup_session is None:
-            self._cgroup_session = CgroupSession(self._cgroup_support, self.client_id[:8])
+            self._cgroup_session = CgroupSession(
+                self._cgroup_support, self.client_id[:8], pids_max=self.session_pids
+            )
         else:
             self._cgroup_session.cleanup()
         self._run_counter += 1
@@ -585,7 +633,7 @@ class OnDeviceSession(SessionBase):
         self, supervisor: Supervisor, policy: NetworkPolicy, plan: LimitPlan
     ) -> IsolationReport:
         facts = supervisor.facts
-        limits = dict(plan.mechanisms)
+        limits = {**plan.mechanisms, **self._session_mechanisms}
         if self.backend == "none":
             limits["disk"] = "not enforced (backend 'none' shares the host /tmp)"
             return IsolationReport(backend="none", uid=os.getuid(), network="open", limits=limits)
