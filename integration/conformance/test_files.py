@@ -4,7 +4,16 @@ caller's rights (root here), so a link planted by the sandbox must never redirec
 The run plants ``link -> /etc/passwd``, ``dir -> /etc`` and a hard link to a root-only file;
 the host then reads and writes through them. A racing run that swaps a directory and a
 symlink to ``/etc`` while the host writes and reads checks that the checks are not
-time-of-check/time-of-use. The refusals are host-side, so they must hold on ``none`` too.
+time-of-check/time-of-use; another races the file name itself. The refusals are host-side,
+so they must hold on ``none`` too.
+
+The host side also works in the work dir on its own: it builds the session venv there when a
+session opens (a live sandbox of another session on the same pinned dir may be changing
+it: remote, a second server on the same volume), and removes the temporary work dir at
+``close()`` whatever a run left (3,000 nested directories, locked ones, links out). And the
+work dir must be private to other local users. Paths outside the work dir (``..``, a sibling
+sharing its name as a prefix, absolute paths, symlinks) are tried through every file call,
+the server's four file RPCs included.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -272,7 +273,8 @@ class OnDeviceSession(SessionBase):
         except BaseException:
             if self._work is not None:
                 work, self._work = self._work, None
-                work.close()
+                with contextlib.suppress(OSError):  # the error that matters is the one above
+                    work.close()
             raise
         self._open = True
         return self
