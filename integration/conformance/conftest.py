@@ -581,6 +581,10 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_hardlink_in_get": None,
     "test_symlink_race_in_put_get": None,
     "test_planted_session_venv": None,
+    "test_pinned_dir_shared_with_a_live_sandbox": None,
+    "test_pinned_work_dir_is_private": None,
+    "test_symlink_race_on_the_final_name": None,
+    "test_paths_outside_the_work_dir": None,
     # termination over the wire
     "test_evasion_after_exit": None,
     "test_evasion_after_timeout": None,
