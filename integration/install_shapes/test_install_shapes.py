@@ -27,8 +27,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.install_shapes
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FACADE = "unionai-sandbox"
@@ -48,6 +46,10 @@ OUR_PACKAGES = {
 
 INSTALL_TIMEOUT_S = 900
 PROBE_TIMEOUT_S = 180
+
+# A test may build every wheel (the session fixtures run in the first test that needs them)
+# or install a shape from a cold package cache: the suite's default time limit is too short.
+pytestmark = [pytest.mark.install_shapes, pytest.mark.timeout(INSTALL_TIMEOUT_S)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 1, 2, 4, 8, 1024
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
-PR_SET_SECUREBITS = 28
+PR_SET_SECUREBITS, PR_SET_KEEPCAPS = 28, 8
+CAP_SYS_ADMIN = 21
 # NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each with its LOCKED bit.
 SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
@@ -171,45 +172,67 @@ def write_file(path: str, data: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def enter_mapped_userns(host_uid: int, host_gid: int) -> None:
+def enter_mapped_userns(host_uid: int, host_gid: int, account_uid: int | None) -> None:
     """As host root: move into a fresh user namespace whose uid/gid 0 are the unprivileged
     ``host_uid``/``host_gid``, keeping full capabilities inside it only. Files the host's root
-    owns are then out of reach by ownership, whatever the allow-list says."""
+    owns are then out of reach by ownership, whatever the allow-list says.
+
+    The namespace is created by a helper running as ``account_uid``: the kernel charges
+    everything counted per user inside the namespace (pending signals, inotify instances...)
+    to its creator as well, and that must not be host root (see quotas.py)."""
     # Supplementary groups are host gids: drop them while we still may.
     os.setgroups([])
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(ready_r)
-            os.close(go_w)
+            ours.close()
+            if account_uid is not None:
+                become_account_uid(account_uid)
             check(LIBC.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
+            nsfd = os.open("/proc/self/ns/user", os.O_RDONLY)
+            send_fds(theirs, [b"1"], [nsfd])
+            theirs.recv(1)  # our namespace must live until the parent has joined it
+        except BaseException as exc:  # the parent reports it
+            theirs.send(b"0" + str(exc).encode()[:4000])
         finally:
             os._exit(0)
-    os.close(ready_w)
-    os.close(go_r)
+    theirs.close()
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise SetupError("could not create a user namespace (unshare(CLONE_NEWUSER) failed)")
+        data, fds, _flags, _addr = recv_request(ours)
+        if data != b"1" or len(fds) != 1:
+            why = data[1:].decode(errors="replace") or "the helper died"
+            raise SetupError(f"could not create the session's user namespace: {why}")
+        nsfd = fds[0]
+        # The helper is not dumpable (it changed uid), so its namespace comes as a
+        # descriptor; its id maps are written from here, by host root.
         write_file(f"/proc/{pid}/uid_map", f"0 {host_uid} 1\n")
         write_file(f"/proc/{pid}/setgroups", "deny\n")
         write_file(f"/proc/{pid}/gid_map", f"0 {host_gid} 1\n")
-        nsfd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+        try:
+            check(LIBC.setns(nsfd, CLONE_NEWUSER), "setns(user namespace)")
+        finally:
+            os.close(nsfd)
     finally:
-        os.close(go_w)
-        os.close(ready_r)
+        ours.close()
         os.waitpid(pid, 0)
-    try:
-        check(LIBC.setns(nsfd, CLONE_NEWUSER), "setns(user namespace)")
-    finally:
-        os.close(nsfd)
     # Inside the new namespace our ids are unmapped until we take the namespace's root,
     # which is the unprivileged host uid.
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+
+
+def become_account_uid(uid: int) -> None:
+    """In the helper that creates the session's user namespace: take the accounting uid,
+    keeping CAP_SYS_ADMIN (hosts that refuse user namespaces to unprivileged users, through
+    kernel.unprivileged_userns_clone or AppArmor, still let it create one)."""
+    check(LIBC.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    admin = 1 << CAP_SYS_ADMIN
+    data = ctypes.create_string_buffer(struct.pack("IIIIII", admin, admin, 0, 0, 0, 0), 24)
+    check(LIBC.syscall(SYS_CAPSET, ctypes.c_char_p(header), data), "capset(CAP_SYS_ADMIN)")
 
 
 def enter_self_mapped_userns() -> None:
@@ -219,6 +242,33 @@ def enter_self_mapped_userns() -> None:
     write_file("/proc/self/uid_map", f"0 {uid} 1\n")
     write_file("/proc/self/setgroups", "deny\n")
     write_file("/proc/self/gid_map", f"0 {gid} 1\n")
+
+
+def limit_session(rlimits: dict[str, int]) -> None:
+    """Set the session's rlimit-type quotas as soft and hard limits, before its user
+    namespace exists: every run inherits them (the sandbox's own count is checked against
+    them), and the namespace keeps a snapshot that bounds what it charges to its creator."""
+    for name, budget in rlimits.items():
+        kind = getattr(resource, name)
+        _soft, hard = resource.getrlimit(kind)
+        value = budget if hard == resource.RLIM_INFINITY else min(budget, hard)
+        resource.setrlimit(kind, (value, value))
+
+
+def limit_user_counts(user_max: dict[str, int]) -> None:
+    """In the session's user namespace, while we hold CAP_SYS_RESOURCE there: bound what the
+    sandbox counts per user (inotify, fanotify) below the creator's limits. The runs, without
+    capabilities, cannot raise them."""
+    for name, value in user_max.items():
+        try:
+            write_file(f"/proc/sys/user/{name}", f"{value}\n")
+        except FileNotFoundError:
+            continue  # a kernel without that counter
+        except OSError as exc:
+            raise SetupError(
+                f"cannot bound the session's share of the per-user quota {name} "
+                f"(/proc/sys/user/{name}: {exc.strerror})"
+            ) from None
 
 
 def outermost(paths: list[str]) -> list[str]:
@@ -340,12 +390,19 @@ def setup_session(config: dict[str, Any]) -> str:
     """Finish the session-level isolation; return the facts line of the ready message."""
     global LANDLOCK_ABI
     mode = config["mode"]
+    quota = config.get("quota") or {}
+    root = os.getuid() == 0
     if mode == "userns":
-        if os.getuid() == 0:
+        if root:
             mask_dirs_as_root(config["mask_dirs"], config["rebind"])
-            enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
+            limit_session(quota.get("rlimits", {}))
+            enter_mapped_userns(
+                config["sandbox_uid"], config["sandbox_gid"], quota.get("account_uid")
+            )
         else:
+            limit_session(quota.get("rlimits", {}))
             enter_self_mapped_userns()
+            limit_user_counts(quota.get("user_max", {}))
         check(
             LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC),
             "unshare(mount, uts, ipc namespaces)",
@@ -364,14 +421,21 @@ def setup_session(config: dict[str, Any]) -> str:
                     MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
                     "mode=0755,size=4k",
                 )
-    elif os.getuid() == 0 and config.get("sandbox_uid") is not None and not config["in_userns"]:
-        # bubblewrap started as host root: bwrap built the root and namespaces with root's
-        # rights; now leave the initial user namespace for an unprivileged mapped one.
-        # bwrap's /proc carries read-only covers (/proc/sys, ...) that would be locked from
-        # the new namespace, and the kernel only lets a run mount its own /proc while a fully
-        # visible one exists: stack a clean instance first.
+    elif mode == "bwrap":
+        # bwrap's /proc carries read-only covers (/proc/sys, ...): they would be locked from
+        # the mapped namespace below, and the kernel only lets a run mount its own /proc
+        # while a fully visible one exists; an unprivileged caller's session also writes
+        # /proc/sys/user. Stack a clean instance first.
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
+        limit_session(quota.get("rlimits", {}))
+        if root and config.get("sandbox_uid") is not None and not config["in_userns"]:
+            # bubblewrap started as host root: bwrap built the root and namespaces with
+            # root's rights; now leave the initial user namespace for an unprivileged one.
+            enter_mapped_userns(
+                config["sandbox_uid"], config["sandbox_gid"], quota.get("account_uid")
+            )
+        else:
+            limit_user_counts(quota.get("user_max", {}))
     # Nobody in a run may ptrace or read our memory, whatever happens.
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -1281,14 +1345,25 @@ def wait_for(pids: set[int], deadline: float) -> None:
             time.sleep(0.002)
 
 
+def read_config(fds: list[int]) -> dict[str, Any]:
+    """The session configuration, from the memfd the host sent (see engine._send_config)."""
+    if len(fds) != 1:
+        raise SetupError("the host sent no session configuration")
+    try:
+        config: dict[str, Any] = marshal.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
+        return config
+    finally:
+        os.close(fds[0])
+
+
 def main() -> None:
     global CONTROL_FD, CONFIG
     CONTROL_FD = int(sys.argv[1])
     os.set_inheritable(CONTROL_FD, False)
     control = socket.socket(fileno=CONTROL_FD)
-    data, _fds, _flags, _addr = recv_request(control)
+    _data, fds, _flags, _addr = recv_request(control)
     try:
-        CONFIG = marshal.loads(data)
+        CONFIG = read_config(fds)
         facts = setup_session(CONFIG)
     except Exception as exc:  # the host shows this to the user
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
