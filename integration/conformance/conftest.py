@@ -27,9 +27,10 @@ Remote targets
       (:class:`RemoteProbeSession`); "another session" is a session on a second server of
       the same backend (``Target.peer_factory``, fixture ``open_peer_sandbox``);
     - ``host_work_dir=`` (a pinned dir) is a server started on that ``--work-dir`` for the
-      session, so "the next open of a pinned dir" is a server restarted on it;
-      ``read_only_paths=`` likewise a server started with ``--extra-read-only``
-      (``read_write_paths=`` has no remote form: such probes run on-device only);
+      session, so "the next open of a pinned dir" is a server restarted on it; likewise
+      ``session_pids=`` is a server started with ``--session-pids``, and
+      ``read_only_paths=`` one started with ``--extra-read-only`` (``read_write_paths=``
+      has no remote form: such probes run on-device only);
     - the host process at stake is the server too: it runs with :data:`SERVER_CANARY` in its
       environment, and its pid is among those a run must neither see nor signal
       (``probe.host_pids``); the output flood also bounds the server's RSS;
@@ -44,9 +45,10 @@ Remote targets
     mount, unshare, keyctl, bpf, raw sockets, capabilities, nnp/seccomp), the blocked
     network (interfaces, TCP, DNS), the limits carried in each Execute (fork bomb, memory
     bomb, ``/tmp`` fill, work-dir fill, output flood), the file API whose host side is the
-    server (symlinks, hard link, symlink race, poisoned session venv), termination over
-    the wire (exit, timeout, kill/close/cancel, close with 50 processes, cgroups), read-only
-    grants (``--extra-read-only`` under ``/tmp``, ``/dev/shm``, ``/var/tmp``, the work dir,
+    server (symlinks, hard link, symlink race, poisoned session venv), and termination over
+    the wire (exit, timeout, kill/close/cancel, close with 50 processes, cgroups), per-user
+    kernel quotas and the session's pids budget (the server's session), read-only grants
+    (``--extra-read-only`` under ``/tmp``, ``/dev/shm``, ``/var/tmp``, the work dir,
     ``/proc/sys``; device ioctls) and signals (the ``Signal`` RPC, a stopped init). Left out:
     probes that exercise only the kernel-facing engine, which the server shares with the
     on-device targets (other kernel probes, other users' homes, ``/root``, stat, SysV IPC,
@@ -209,15 +211,13 @@ class RemoteServer:
 _SERVERS: dict[tuple[str, str], RemoteServer] = {}
 
 
-def _spawn(backend: str, work_dir: str | None = None, *extra_args: str) -> RemoteServer:
+def _spawn(backend: str, work_dir: str | None = None, *extra: str) -> RemoteServer:
     from union.sandbox.server.testing import spawn_server
 
     stack = contextlib.ExitStack()
     env = dict(os.environ, UNION_CONFORMANCE_CANARY=SERVER_CANARY)
     running = stack.enter_context(
-        spawn_server(
-            *SERVER_ARGS, *extra_args, backend=backend, token=True, work_dir=work_dir, env=env
-        )
+        spawn_server(*SERVER_ARGS, *extra, backend=backend, token=True, work_dir=work_dir, env=env)
     )
     return RemoteServer(running, backend, stack=stack)
 
@@ -274,15 +274,19 @@ class RemoteProbeSession:
 @contextlib.asynccontextmanager
 async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
     pinned = kwargs.pop("host_work_dir", None)
+    # Session-wide settings are the server's flags: a session with one is a server of its
+    # own, started with the flag (and stopped with the session).
+    flags = [f"--session-pids={kwargs.pop('session_pids')}"] if "session_pids" in kwargs else []
     read_only = list(kwargs.pop("read_only_paths", None) or ())
+    if read_only:
+        flags += ["--extra-read-only", ",".join(read_only)]
     if "read_write_paths" in kwargs:
         raise TypeError("a sandbox-server takes no read-write grants: probe them on-device")
-    if pinned is not None or read_only:
-        # A pinned host dir is the on-device form of a server's --work-dir, and read-only
-        # grants that of --extra-read-only: a session with them is a server started so (and
-        # stopped with the session).
-        extra = ("--extra-read-only", ",".join(read_only)) if read_only else ()
-        server = _spawn(backend, str(pinned) if pinned is not None else None, *extra)
+    dedicated = pinned is not None or bool(flags)
+    if dedicated:
+        # A pinned host dir is the on-device form of a server's --work-dir: a session on it
+        # is a server started on it.
+        server = _spawn(backend, str(pinned) if pinned is not None else None, *flags)
     else:
         server = await _server(backend, role)
     session = sb.remote.session(
@@ -296,7 +300,7 @@ async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             await session.open()
-        if pinned is None and not read_only:
+        if pinned is None:
             base = session.work_dir
             own_dir = os.path.join(base, f"union-conformance-{secrets.token_hex(6)}")
             os.mkdir(own_dir, 0o755)
@@ -310,7 +314,7 @@ async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
-        if pinned is not None or read_only:
+        if dedicated:
             _stop(server)
 
 
@@ -586,6 +590,10 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_hardlink_in_get": None,
     "test_symlink_race_in_put_get": None,
     "test_planted_session_venv": None,
+    "test_pinned_dir_shared_with_a_live_sandbox": None,
+    "test_pinned_work_dir_is_private": None,
+    "test_symlink_race_on_the_final_name": None,
+    "test_paths_outside_the_work_dir": None,
     # termination over the wire
     "test_evasion_after_exit": None,
     "test_evasion_after_timeout": None,
@@ -593,6 +601,12 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_close_with_50_processes": None,
     "test_close_leaves_no_cgroups": None,
     "test_kill_ends_the_command": None,
+    # per-user kernel quotas and the session's pids budget: the server's sessions
+    "test_host_roots_quotas": None,
+    "test_other_sessions_quotas": None,
+    "test_session_pids_budget": None,
+    # init reuse: the server's idle inits are shared by its clients
+    "test_tampering_reaches_a_later_run": None,
     # read-only grants: the server's --extra-read-only (and --work-dir)
     "test_read_only_grant_stays_read_only": frozenset(
         {"tmp", "dev-shm", "var-tmp", "under-work-dir"}

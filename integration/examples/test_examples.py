@@ -68,6 +68,18 @@ EXPECTED: dict[str, list[str]] = {
         "north        2    220.00    110.00",
         "all          5    545.25",
     ],
+    "flyte_sessions": [
+        "launched sbx-",
+        "uname in the sandbox (backend {backend}): Linux ",
+        "count_words (owner: False) counted 9 words",
+        "] server ready: {backend} backend at http://127.0.0.1:",
+        "after async with: ABORTED: SandboxSession closed",
+        "detached session sbx-",
+    ],
+    "on_device_task_pod": [
+        "ran through Flyte's local executor (backend {backend})",
+        "  uname -a in the sandbox: Linux sandbox ",
+    ],
     "remote_session": [
         "== on-device session (backend {backend})",
         "== remote session (a local sandbox-server, backend {backend})",
@@ -76,6 +88,10 @@ EXPECTED: dict[str, list[str]] = {
         "same steps, same results; only the session constructor changed",
     ],
 }
+
+#: Examples that run Flyte: no telemetry, and flyte's config and local cache in a temporary
+#: HOME (the wheel cache of ``sb.base_sandbox_image`` stays where it was).
+USES_FLYTE = {"on_device_task_pod", "flyte_sessions"}
 
 #: Lines that must appear this many times (once per session in ``remote_session``).
 COUNTED: dict[str, dict[str, int]] = {
@@ -110,9 +126,12 @@ def test_example_says_how_to_run_it(name: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", _examples())
-def test_example_runs(name: str, backend: str) -> None:
+def test_example_runs(name: str, backend: str, tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("UNION_SANDBOX_TOKEN", None)
+    if name in USES_FLYTE:
+        env.setdefault("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+        env.update(DO_NOT_TRACK="1", HOME=str(tmp_path))
     try:
         done = subprocess.run(
             [sys.executable, str(EXAMPLES / f"{name}.py"), "--backend", backend],

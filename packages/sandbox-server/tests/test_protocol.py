@@ -361,6 +361,30 @@ def test_oversized_requests_are_refused(http: httpx.Client) -> None:
     assert_alive(http)
 
 
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.ExecuteRequest(input=b"true", env={"BIG": "x" * (200 << 10)}),
+        pb.ExecuteRequest(input=b"true", env={f"V{i}": "x" * 16 for i in range(8000)}),
+        pb.ExecuteRequest(input=b"true", argv=["/bin/echo", "x" * (140 << 10)]),
+        pb.ExecuteRequest(input=b"true", argv=["/bin/echo", "a\0b"]),
+        pb.ExecuteRequest(input=b"echo a\0b"),
+        pb.ExecuteRequest(input=b"true", working_dir="x" * 5000),
+    ],
+    ids=["env-200KiB", "8000-variables", "argv-140KiB", "argv-nul", "cmd-nul", "cwd-5000"],
+)
+def test_execute_arguments_beyond_the_kernels_limits_are_invalid_argument(
+    http: httpx.Client, request_: pb.ExecuteRequest
+) -> None:
+    # Any Connect client, not only ours (which refuses these before sending): the server
+    # says what is wrong before anything runs, and its session lives on.
+    (end,) = execute(http, request_)
+    assert isinstance(end, Exception)
+    assert end.code.value == "invalid_argument", end
+    assert "NUL" in str(end) or "bytes" in str(end), end
+    assert_alive(http)
+
+
 def test_unsupported_compression(http: httpx.Client) -> None:
     response = http.post(url("Health"), content=b"", headers={**PROTO, "content-encoding": "br"})
     assert response.status_code == 501

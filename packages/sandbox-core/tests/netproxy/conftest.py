@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import http.server
 import os
+import selectors
 import shutil
 import socket
 import ssl
@@ -232,6 +233,56 @@ def echo() -> Iterator[EchoServer]:
     server.close()
 
 
+class SelectEchoServer:
+    """TCP echo on 127.0.0.1 served by one thread however many connections it holds (so a
+    test can count the proxy's threads with ``threading.active_count()``)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.sock.setblocking(False)
+        self.port = int(self.sock.getsockname()[1])
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select(0.1):
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                if sock is self.sock:
+                    with contextlib.suppress(BlockingIOError):
+                        conn, _ = sock.accept()
+                        conn.setblocking(False)
+                        self._selector.register(conn, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                    if data:
+                        sock.send(data)
+                        continue
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    pass
+                self._selector.unregister(sock)
+                sock.close()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def select_echo() -> Iterator[SelectEchoServer]:
+    server = SelectEchoServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module")
 def echo6() -> Iterator[EchoServer]:
     if not socket.has_ipv6:
@@ -358,6 +409,7 @@ class NetTools:
 
     FakeResolver = FakeResolver
     EchoServer = EchoServer
+    SelectEchoServer = SelectEchoServer
     FAKE_DNS = FAKE_DNS
     BIG_BODY = BIG_BODY
     exchange = staticmethod(exchange)

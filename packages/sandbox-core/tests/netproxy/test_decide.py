@@ -285,3 +285,29 @@ async def test_decide_many_is_fast(make_rules: Callable[..., RuleSet]) -> None:
 def test_cases_cover_both_outcomes() -> None:
     outcomes = {case[4] for cases in ALL_CASES.values() for case in cases}
     assert outcomes == {True, False}
+
+
+async def test_failed_lookups_are_not_cached(net: Any) -> None:
+    """A lookup that failed or timed out is not remembered: the rule set is shared by every
+    run with the same lists, and one run's failed lookup (behind its own slow ones, say)
+    must not become another run's answer."""
+    resolver = net.FakeResolver({})
+    ruleset = RuleSet.parse(["pkg.test", "127.0.0.0/8"], [], resolver=resolver, cache_ttl=60)
+    assert (await ruleset.decide("pkg.test", 443)).network_error
+    resolver.table["pkg.test"] = ["127.0.0.1"]
+    assert (await ruleset.decide("pkg.test", 443)).allowed
+    assert resolver.calls == ["pkg.test", "pkg.test"]
+
+
+async def test_only_the_first_addresses_of_a_long_answer_count(net: Any) -> None:
+    """A hostile answer with thousands of addresses costs the proxy no more than 32: only
+    those are checked and dialled (and cached); the rest are never used."""
+    from union.sandbox.core.netproxy.rules import MAX_ADDRESSES
+
+    many = [f"93.184.{i // 256}.{i % 256}" for i in range(1, 4000)]
+    resolver = net.FakeResolver({"big.test": many, "bad.test": [*many[:5], "10.0.0.1"]})
+    ruleset = RuleSet.parse(["*.test"], ["10.0.0.0/8"], resolver=resolver)
+    decision = await ruleset.decide("big.test", 443)
+    assert decision.allowed
+    assert decision.addresses == tuple(many[:MAX_ADDRESSES])
+    assert not (await ruleset.decide("bad.test", 443)).allowed  # within the first: denied

@@ -218,3 +218,17 @@ def test_decision_log_is_bounded_and_thread_safe() -> None:
     assert log.dropped == 140
     assert all(isinstance(e, NetworkDecision) and e.bytes_down == 2 for e in entries)
     log.update(-1, bytes_up=5)  # a dropped entry's index: ignored
+
+
+def test_decision_reasons_are_clipped() -> None:
+    """A reason can list every address a name resolved to: what a run's 10,000 entries can
+    hold in the caller stays small."""
+    log = DecisionLog()
+    long = "; ".join(f"10.0.{i // 256}.{i % 256}:443: Connection refused" for i in range(4000))
+    index = log.record(host="h", port=1, allowed=True, rule=None, reason=long, protocol="socks5")
+    assert len(log.snapshot()[index].reason) <= 500
+    log.update(index, reason="connecting failed: " + long)
+    [entry] = log.snapshot()
+    assert entry.reason.startswith("connecting failed: 10.0.0.0:443")
+    assert entry.reason.endswith("(clipped)")
+    assert len(entry.reason) <= 500

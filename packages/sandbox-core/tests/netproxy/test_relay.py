@@ -13,7 +13,7 @@ from typing import Literal
 import anyio
 import pytest
 
-from union.sandbox.core.netproxy.relay import RelayCounters, relay
+from union.sandbox.core.netproxy.relay import PipeGrowth, RelayCounters, relay
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +149,39 @@ async def test_cancellation_tears_down_promptly(
     assert upstream.fileno() == -1
     assert sandbox.recv(10) == b""
     assert server.recv(10) == b""
+
+
+@pytest.mark.parametrize("budget", [0, 1])
+async def test_pipe_growth_is_budgeted(wires: tuple[socket.socket, ...], budget: int) -> None:
+    """Bulk transfers grow their splice pipe only within the session's budget (pipe capacity
+    is charged to the caller's user) and give it back when they end; without it they still
+    relay every byte."""
+    if not hasattr(os, "splice"):
+        pytest.skip("no os.splice on this platform")
+    sandbox, client, upstream, server = wires
+    data = os.urandom(8 << 20)
+    growth = PipeGrowth(budget)
+    seen: list[int] = []
+
+    def feed() -> None:
+        server.sendall(data[: 4 << 20])
+        seen.append(growth.available)  # mid-transfer: a grown pipe holds the budget
+        server.sendall(data[4 << 20 :])
+        server.shutdown(socket.SHUT_WR)
+
+    def drain() -> bytes:
+        sandbox.shutdown(socket.SHUT_WR)
+        return read_all(sandbox)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, feed)
+        received: list[bytes] = []
+
+        async def reader() -> None:
+            received.append(await anyio.to_thread.run_sync(drain))
+
+        tg.start_soon(reader)
+        await relay(client, upstream, method="splice", growth=growth)
+    assert received == [data]
+    assert seen == [0]
+    assert growth.available == budget

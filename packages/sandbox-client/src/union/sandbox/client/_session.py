@@ -27,6 +27,7 @@ from union.sandbox.core.process import (
     Termination,
     TerminationKind,
 )
+from union.sandbox.core.request_size import check_cmd, check_run_args
 from union.sandbox.core.resources import ResourceLimits, to_limits
 from union.sandbox.core.session import SessionBase
 from union.sandbox.core.wire import Message
@@ -407,6 +408,10 @@ class RemoteSession(SessionBase):
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
         if argv is not None and (not argv or not all(isinstance(a, str) for a in argv)):
             raise TypeError("argv must be a non-empty list of str")
+        # The server checks these too (with its own variables added); checked here, a bad
+        # request is not even sent.
+        check_cmd(cmd)
+        check_run_args(argv or [], extra_env, chosen_cwd, argv_given=argv is not None)
         limits = self.limits
         if resources is not None:
             limits = limits.merged(to_limits(resources))

@@ -48,6 +48,7 @@ class SandboxApp:
             read_only_paths=list(config.extra_read_only),
             network_mode="blocked",
             best_effort_limits=not config.strict_limits,
+            session_pids=config.session_pids or None,
         )
         self.service = SandboxService(config, self.session, self.version)
         self.connect = ConnectApp(SERVICE, self.service.rpcs(), token=config.token)

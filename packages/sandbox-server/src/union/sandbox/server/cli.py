@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -115,10 +116,34 @@ async def serve(
             sock.close()
 
 
+#: Where the server stops raising its descriptor limit: runs inherit it (through the
+#: session's supervisor), and some programs loop over every possible descriptor at start.
+DESCRIPTOR_LIMIT_CAP = 1 << 16
+
+
+def raise_descriptor_limit() -> int:
+    """Lift the soft ``RLIMIT_NOFILE`` towards the hard limit (at most
+    :data:`DESCRIPTOR_LIMIT_CAP`) and return the soft limit now in force. A server holds a
+    socket per client and the runs' pipes, and its session's egress proxies may use half of
+    the soft limit (``netproxy.capacity``): at the common soft limit of 1,024 that is 85
+    proxied connections for all clients together."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = DESCRIPTOR_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
+    target = min(target, DESCRIPTOR_LIMIT_CAP)
+    if target <= soft:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``sandbox-server`` command (also ``python -m union.sandbox.server``)."""
     config = parse_args(argv)
     configure(config.log_level)
+    raise_descriptor_limit()
     try:
         sock = _listen(config)
     except OSError as exc:

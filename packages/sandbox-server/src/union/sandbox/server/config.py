@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from union.sandbox.core.on_device.fs import check_work_dir
+
 __all__ = ["TOKEN_ENV", "ServerConfig", "build_parser", "parse_args"]
 
 #: Environment variable holding the bearer token (preferred over ``--token``, which shows up
@@ -31,6 +33,8 @@ class ServerConfig:
     cpu_ceiling_milli: int = 4000
     gpu_ceiling: int = 0
     fsize_ceiling_mb: int = 4096
+    session_pids: int = 0
+    """Processes all runs together may have at once; 0 = the library's default."""
     force_no_network: bool = False
     max_put_bytes: int = 64 * _MIB
     """0 means no cap."""
@@ -123,6 +127,13 @@ def build_parser(prog: str = "sandbox-server") -> argparse.ArgumentParser:
         type=_non_negative(int),
         default=4096,
         help="largest file a run may write, MiB, 0 = none (default 4096)",
+    )
+    parser.add_argument(
+        "--session-pids",
+        type=_non_negative(int),
+        default=0,
+        help="most processes all runs together may have at once, 0 = the default "
+        "(min(8192, kernel.pid_max / 4)); see docs/limits.md",
     )
     parser.add_argument(
         "--force-no-network", action="store_true", help="refuse every Execute that asks for network"
@@ -220,6 +231,10 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "sandbox-server") 
         parser.error("the bearer token must be at least 16 characters")
     if not os.path.isabs(args.work_dir):
         parser.error(f"--work-dir must be an absolute path, got {args.work_dir!r}")
+    try:
+        check_work_dir(os.path.normpath(args.work_dir), "--work-dir")
+    except ValueError as exc:
+        parser.error(str(exc))
     extra = tuple(p.strip() for p in args.extra_read_only.split(",") if p.strip())
     for path in extra:
         if not os.path.isabs(path):
@@ -247,6 +262,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "sandbox-server") 
         cpu_ceiling_milli=args.cpu_ceiling_milli,
         gpu_ceiling=args.gpu_ceiling,
         fsize_ceiling_mb=args.fsize_ceiling_mb,
+        session_pids=args.session_pids,
         force_no_network=args.force_no_network,
         max_put_bytes=args.max_put_bytes_mb * mib,
         max_get_bytes=args.max_get_bytes_mb * mib,

@@ -7,11 +7,10 @@ import hmac
 import socket
 from typing import Literal
 
-from anyio import CapacityLimiter
-
 from .log import DecisionLog
-from .relay import RelayCounters, relay
+from .relay import PipeGrowth, RelayCounters, relay
 from .rules import RuleSet
+from .workers import WorkerPool
 
 __all__ = ["ProxyContext", "tunnel"]
 
@@ -24,7 +23,8 @@ class ProxyContext:
     connection open before it has named a target); ``connect_timeout`` bounds dialling.
     ``credentials`` (user, password), when set, are required of every client: HTTP
     ``Proxy-Authorization: Basic`` or SOCKS5 username/password (RFC 1929). Listeners other
-    processes can reach (an ``open`` run's, on the host's loopback) carry them.
+    processes can reach (an ``open`` run's, on the host's loopback) carry them. ``workers``
+    and ``growth``: the session's relay threads and pipe-growth budget (see :func:`relay`).
     """
 
     rules: RuleSet
@@ -32,7 +32,8 @@ class ProxyContext:
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     max_head_bytes: int = 16 * 1024
-    limiter: CapacityLimiter | None = None
+    workers: WorkerPool | None = None
+    growth: PipeGrowth | None = None
     relay_method: Literal["splice", "copy"] | None = None
     credentials: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
 
@@ -63,7 +64,8 @@ async def tunnel(
             upstream,
             pending_up=pending,
             counters=counters,
-            limiter=ctx.limiter,
+            workers=ctx.workers,
+            growth=ctx.growth,
             method=ctx.relay_method,
             up_limit=up_limit,
         )

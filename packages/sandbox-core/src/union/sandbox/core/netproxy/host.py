@@ -7,6 +7,12 @@ on a private thread means the proxies work whatever loop (asyncio, trio, none) o
 session, and a busy proxy never stalls the caller's loop; the bulk bytes move in relay
 threads (:mod:`.relay`), so the loop only runs handshakes.
 
+What a run's traffic makes this process hold is bounded per run and per session
+(:mod:`.capacity`): every connection is admitted against the run's share, the session's
+capacity and the process's descriptor budget, or refused and recorded; relay pumps and name
+lookups run on the session's own threads (:mod:`.workers`), which exit as soon as they are
+idle, so nothing a run started outlives its connections for more than a moment.
+
 The thread starts on the first :meth:`ProxyHost.serve` and ends with :meth:`ProxyHost.close`.
 """
 
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Literal, TypeVar
@@ -25,12 +33,16 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
 
+from .capacity import FDS_PER_CONNECTION, PROCESS_DESCRIPTORS, Shares, connection_shares
 from .context import ProxyContext
 from .http_connect import handle_http
 from .listeners import ProxyKind, make_listeners, proxy_env
 from .log import DecisionLog
+from .lookups import lookups_run_by
+from .relay import PipeGrowth
 from .rules import RuleSet
 from .socks5 import handle_socks5
+from .workers import Soon, WorkerPool
 
 __all__ = ["ProxyHost", "make_listeners", "proxy_env"]
 
@@ -41,6 +53,11 @@ _Handler = Callable[[socket.socket, ProxyContext], Awaitable[None]]
 _HANDLERS: dict[str, _Handler] = {"http": handle_http, "socks5": handle_socks5}
 # Accept errors that mean "out of resources for now": back off and keep listening.
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Name lookups in flight (each holds a thread until the resolver returns, even after its
+# connection gave up): per session, per run, a run's floor, and the headroom kept for floors.
+_LOOKUPS = {"capacity": 32, "share": 4, "floor": 1, "headroom": 8}
+# Splice pipes of a session that may be grown to 1 MiB at once (16 MiB of pipe capacity).
+_GROWN_PIPES = 16
 
 
 def _check_kinds(listeners: Sequence[tuple[str, socket.socket]]) -> None:
@@ -50,7 +67,7 @@ def _check_kinds(listeners: Sequence[tuple[str, socket.socket]]) -> None:
 
 
 class _Run:
-    """A served run: its listeners, context, cancel scope and live connection count."""
+    """A served run: its listeners, context and cancel scope."""
 
     def __init__(
         self,
@@ -63,7 +80,6 @@ class _Run:
         self.ctx = ctx
         self.scope = anyio.CancelScope()
         self.finished = anyio.Event()
-        self.active = 0
 
 
 class ProxyHost:
@@ -71,8 +87,11 @@ class ProxyHost:
 
     ``serve``, ``stop`` and ``close`` are thread-safe and return quickly; ``stop`` and
     ``close`` wait (at most ``join_timeout`` seconds) until the connections they end are
-    closed. ``max_connections_per_run`` bounds what one run can hold open at once (threads
-    and descriptors are the caller's); over it, new connections are closed and recorded.
+    closed. Connections (handshaking or relaying) cost the caller descriptors and threads,
+    so ``max_connections`` bounds the session's (default: 512, or what half of the
+    process's ``RLIMIT_NOFILE`` holds) and ``max_connections_per_run`` a run's share
+    (default: a quarter of that, at most 128); over either, a new connection is closed and
+    recorded in its run's decisions. Idle threads exit within ``idle_thread_s``.
     """
 
     def __init__(
@@ -81,16 +100,20 @@ class ProxyHost:
         backend: Literal["asyncio", "trio"] = "asyncio",
         handshake_timeout: float = 10.0,
         connect_timeout: float = 10.0,
-        max_connections_per_run: int = 256,
+        max_connections: int | None = None,
+        max_connections_per_run: int | None = None,
         relay_method: Literal["splice", "copy"] | None = None,
         join_timeout: float = 5.0,
+        idle_thread_s: float = 2.0,
     ) -> None:
         self._backend = backend
         self._handshake_timeout = handshake_timeout
         self._connect_timeout = connect_timeout
-        self._max_connections = max_connections_per_run
+        self._connections = connection_shares(max_connections, max_connections_per_run)
+        self._lookups = Shares(what="name lookups", **_LOOKUPS)
         self._relay_method = relay_method
         self._join_timeout = join_timeout
+        self._idle_thread_s = idle_thread_s
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
@@ -99,7 +122,8 @@ class ProxyHost:
         self._runs: dict[object, _Run] = {}
         self._tg: TaskGroup | None = None
         self._stopping: anyio.Event | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._workers: WorkerPool | None = None
+        self._growth = PipeGrowth(_GROWN_PIPES)
 
     # ---------------------------------------------------------------- caller side
 
@@ -162,11 +186,15 @@ class ProxyHost:
             self._portal = None
         if portal is None or thread is None:
             return
+        deadline = time.monotonic() + self._join_timeout
         with contextlib.suppress(RuntimeError):
             portal.call(self._shutdown)
         thread.join(self._join_timeout)
         if thread.is_alive():
             logger.warning("netproxy thread did not stop within %.1f s", self._join_timeout)
+        workers = self._workers
+        if workers is not None and not workers.close(max(0.5, deadline - time.monotonic())):
+            logger.warning("netproxy: worker threads still busy after close")
 
     def __enter__(self) -> ProxyHost:
         return self
@@ -183,7 +211,13 @@ class ProxyHost:
         """Connections of ``run_key`` still open (handshaking or relaying); 0 when unknown.
         A snapshot read from another thread: good for diagnostics and tests."""
         run = self._runs.get(run_key)
-        return run.active if run is not None else 0
+        return self._connections.held(run) if run is not None else 0
+
+    @property
+    def worker_threads(self) -> int:
+        """Relay and lookup threads alive now (busy or about to exit)."""
+        workers = self._workers
+        return workers.threads if workers is not None else 0
 
     @property
     def running(self) -> bool:
@@ -232,9 +266,21 @@ class ProxyHost:
 
     # ---------------------------------------------------------------- loop side
 
+    def _soon(self) -> Soon:
+        """A non-blocking way back into this loop from another thread."""
+        if self._backend == "trio":
+            import trio
+
+            return trio.lowlevel.current_trio_token().run_sync_soon
+        import asyncio
+
+        return asyncio.get_running_loop().call_soon_threadsafe
+
     async def _main(self, ready: threading.Event) -> None:
         self._stopping = anyio.Event()
-        self._limiter = anyio.CapacityLimiter(4096)
+        # Two pumps per connection, the lookups, and the spare threads on their way out.
+        most = 2 * self._connections.capacity + self._lookups.capacity + 16
+        self._workers = WorkerPool(self._soon(), max_threads=most, idle_s=self._idle_thread_s)
         async with BlockingPortal() as portal, anyio.create_task_group() as tg:
             self._tg = tg
             self._portal = portal
@@ -260,7 +306,8 @@ class ProxyHost:
             decisions=decisions,
             handshake_timeout=self._handshake_timeout,
             connect_timeout=self._connect_timeout,
-            limiter=self._limiter,
+            workers=self._workers,
+            growth=self._growth,
             relay_method=self._relay_method,
             credentials=credentials,
         )
@@ -332,7 +379,8 @@ class ProxyHost:
                     continue
                 logger.warning("netproxy: %s listener of run %r failed: %s", kind, run.key, exc)
                 return
-            if run.active >= self._max_connections:
+            refusal = self._admit(run)
+            if refusal is not None:
                 # Recorded before the close (whoever sees it closed finds the record), and
                 # only where every client is the run's (no credentials to check).
                 if run.ctx.credentials is None:
@@ -341,22 +389,43 @@ class ProxyHost:
                         port=0,
                         allowed=False,
                         rule=None,
-                        reason=(
-                            f"too many concurrent proxy connections (limit {self._max_connections})"
-                        ),
+                        reason=refusal,
                         protocol="socks5" if kind == "socks5" else "http-connect",
                     )
                 conn.close()
                 continue
-            run.active += 1
             tg.start_soon(self._connection, run, handler, conn)
 
-    @staticmethod
-    async def _connection(run: _Run, handler: _Handler, conn: socket.socket) -> None:
+    def _admit(self, run: _Run) -> str | None:
+        """Count a new connection of ``run``; or, counting nothing, why it is refused."""
+        refusal = self._connections.take(run)
+        if refusal is not None:
+            return refusal
+        if not PROCESS_DESCRIPTORS.take(FDS_PER_CONNECTION):
+            self._connections.give_back(run)
+            return (
+                "too many concurrent proxy connections in this process: the proxies of all "
+                "its sessions may hold at most half of its descriptor limit (RLIMIT_NOFILE)"
+            )
+        return None
+
+    async def _connection(self, run: _Run, handler: _Handler, conn: socket.socket) -> None:
         try:
-            await handler(conn, run.ctx)
+            with lookups_run_by(functools.partial(self._lookup, run)):
+                await handler(conn, run.ctx)
         except Exception:
             logger.exception("netproxy: connection handler failed (connection closed)")
         finally:
             conn.close()
-            run.active -= 1
+            PROCESS_DESCRIPTORS.give_back(FDS_PER_CONNECTION)
+            self._connections.give_back(run)
+
+    async def _lookup(self, run: _Run, call: Callable[[], _T]) -> _T:
+        """A blocking lookup of ``run`` on the session's threads, within the run's share of
+        lookups (waiting for a free one; the resolve timeout bounds the wait). The share
+        stays taken until the thread returns, even if the connection stopped waiting."""
+        assert self._workers is not None
+        await self._lookups.acquire(run)
+        return await self._workers.run_abandoning(
+            call, functools.partial(self._lookups.give_back, run)
+        )

@@ -256,7 +256,8 @@ async def read_head(reader: Reader, limit: int) -> bytes | None:
             raise BadRequest(f"request head is larger than {limit} bytes", 431)
         _check_line_start(reader.buffer)
         start = max(0, len(reader.buffer) - 3)
-        if not await reader.fill():
+        # Reads no bigger than the head may be: a connection's buffer stays near the limit.
+        if not await reader.fill(limit + 4):
             if reader.buffer:
                 raise BadRequest("the connection ended inside the request head")
             return None

@@ -17,6 +17,14 @@ __all__ = ["DecisionLog", "NetworkDecision", "Protocol"]
 #: Which front end handled the request.
 Protocol = Literal["http-connect", "http-forward", "socks5"]
 
+#: Longest reason kept (a failed connect lists every address tried, and a name can resolve
+#: to thousands): 10,000 entries of a run stay within a few MiB of the caller's memory.
+MAX_REASON = 500
+
+
+def _clip(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 15] + " ... (clipped)"
+
 
 @dataclasses.dataclass(frozen=True)
 class NetworkDecision:
@@ -45,8 +53,9 @@ class DecisionLog:
 
     Entries are immutable; the proxy replaces an entry's byte counts (and reason, on a
     failed connect) when its connection ends. Bounded: past ``max_entries`` new entries are
-    counted in :attr:`dropped` instead of stored, so a run opening connections in a loop
-    cannot grow the caller's memory without limit.
+    counted in :attr:`dropped` instead of stored, and reasons are clipped to
+    :data:`MAX_REASON` characters, so a run opening connections in a loop cannot grow the
+    caller's memory without limit.
     """
 
     def __init__(self, max_entries: int = 10_000) -> None:
@@ -76,13 +85,15 @@ class DecisionLog:
     ) -> int:
         """Append a decision stamped now; returns its index (see :meth:`append`)."""
         return self.append(
-            NetworkDecision(host, port, allowed, rule, reason, protocol, time.time())
+            NetworkDecision(host, port, allowed, rule, _clip(reason), protocol, time.time())
         )
 
     def update(self, index: int, **changes: Any) -> None:
         """Replace fields of entry ``index`` (no-op for -1)."""
         if index < 0:
             return
+        if "reason" in changes:
+            changes["reason"] = _clip(changes["reason"])
         with self._lock:
             self._entries[index] = dataclasses.replace(self._entries[index], **changes)
 

@@ -11,7 +11,8 @@ Semantics, in order:
 1. The host is canonicalised (:func:`~.addresses.parse_host`); anything unparseable is
    refused.
 2. Deny-list first: a name rule against the name, CIDR rules against an IP literal, every
-   resolved address, and the IPv4 address a NAT64/6to4/Teredo address carries. Any hit
+   resolved address (the first :data:`MAX_ADDRESSES` of an answer; the rest are ignored,
+   never dialled), and the IPv4 address a NAT64/6to4/Teredo address carries. Any hit
    refuses the whole request.
 3. An empty allow-list means "anything not denied" (``open`` mode with a deny-list): no
    further checks, private ranges included (the published API leaves that backstop off in
@@ -47,11 +48,17 @@ from .addresses import (
     parse_host,
     special_ranges,
 )
+from .lookups import blocking_resolver
 
 __all__ = ["Decision", "Resolver", "Rule", "RuleSet", "system_resolver"]
 
 #: ``resolver(name, port)`` returns the addresses (text) ``name`` resolves to.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+#: Addresses of a name that are considered (checked, and dialled if they pass); the rest of a
+#: longer answer is ignored. A hostile DNS answer can carry thousands, and each decision is
+#: checked on the proxy's loop and cached with its addresses.
+MAX_ADDRESSES = 32
 
 _EXPECTED = (
     "expected a CIDR like '10.0.0.0/8' or '2001:db8::/32', an IP literal like '10.1.2.3' or "
@@ -234,19 +241,23 @@ class _Table:
         return None
 
 
-async def system_resolver(name: str, port: int) -> Sequence[str]:
-    """Addresses of ``name`` from the host's resolver (families this host has configured)."""
-    infos = await anyio.getaddrinfo(
+def _getaddrinfo(name: str, port: int) -> Sequence[str]:
+    infos = socket.getaddrinfo(
         name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_ADDRCONFIG
     )
     return [str(info[4][0]) for info in infos]
+
+
+#: Addresses of a name from the host's resolver (families this host has configured), looked
+#: up on the threads the proxy host provides (:mod:`.lookups`).
+system_resolver: Resolver = blocking_resolver(_getaddrinfo)
 
 
 class RuleSet:
     """A parsed allow-list and deny-list, and the :meth:`decide` check both proxies use.
 
     Thread-safe: one instance may serve several proxies and event loops. Decisions are cached
-    for ``cache_ttl`` seconds per ``(host, port)``.
+    for ``cache_ttl`` seconds per ``(host, port)``, except lookups that failed.
     """
 
     def __init__(
@@ -257,7 +268,7 @@ class RuleSet:
         resolver: Resolver | None = None,
         cache_ttl: float = 5.0,
         resolve_timeout: float = 10.0,
-        cache_size: int = 4096,
+        cache_size: int = 1024,
     ) -> None:
         self._allow = _Table(allow)
         self._deny = _Table(deny)
@@ -330,6 +341,10 @@ class RuleSet:
                 f"internal error while checking the network rules, refused: {exc!r}",
                 (),
             )
+        if decision.network_error:
+            # Not cached: a lookup that failed or timed out (perhaps waiting behind the
+            # asking run's own slow lookups) must not become another run's answer.
+            return decision
         with self._lock:
             if len(self._cache) >= self._cache_size:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
@@ -390,7 +405,7 @@ class RuleSet:
             detail = exc.strerror or str(exc) or type(exc).__name__
             return _unresolved(name, port, f"cannot resolve {name}: {detail}")
         addresses: list[IPAddress] = []
-        for text in raw:
+        for text in list(raw)[:MAX_ADDRESSES]:
             address = canonical_ip(ipaddress.ip_address(str(text).split("%", 1)[0]))
             if address not in addresses:
                 addresses.append(address)

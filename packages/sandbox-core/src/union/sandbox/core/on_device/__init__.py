@@ -35,6 +35,7 @@ def session(
     read_write_paths: Iterable[str] | None = None,
     backend: str = "bubblewrap",
     max_output_bytes: int = MAX_CAPTURED_BYTES,
+    session_pids: int | None = None,
 ) -> OnDeviceSession:
     """A new on-device session (not yet open).
 
@@ -43,6 +44,8 @@ def session(
     ``"userns"`` or ``"none"``): a backend that cannot run here makes ``run()`` raise
     :class:`~union.sandbox.core.errors.BackendUnavailableError` naming the host fix; a weaker
     backend is never substituted. Bad arguments raise here, before anything starts.
+    ``session_pids`` bounds the processes of all the session's runs together (see
+    docs/limits.md).
     """
     return OnDeviceSession(
         backend=backend,
@@ -59,4 +62,5 @@ def session(
         read_only_paths=read_only_paths,
         read_write_paths=read_write_paths,
         max_output_bytes=max_output_bytes,
+        session_pids=session_pids,
     )

@@ -63,18 +63,21 @@ MACHINE = os.uname().machine
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}[MACHINE]
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[MACHINE]
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+SYS_SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}[MACHINE]
+SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}[MACHINE]
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP = 0x02000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 1, 2, 4, 8, 1024
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 1, 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
-PR_SET_SECUREBITS = 28
+PR_SET_SECUREBITS, PR_SET_KEEPCAPS = 28, 8
+CAP_SYS_ADMIN = 21
 # NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each with its LOCKED bit.
 SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
@@ -125,6 +128,16 @@ JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) 
 HANDLERS_SET = False  # the run's signal handlers are installed (in this init)
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
+# What else of the init's namespaces and of init itself a run could change, read at the end of
+# each run from descriptors opened once per init (a pread is cheap, a path walk in /proc is
+# not), and what it read before the first run. See ``arm_reuse_checks``.
+WATCHED_FDS: list[int] = []
+WATCHED_BASELINE: list[bytes] = []
+REUSE_ARMED = False  # everything left_clean compares could be set up (else: never reuse)
+INIT_BASELINE: Any = None
+# Every rlimit: RLIM_NLIMITS on Linux (RLIMIT_LOCKS has no name in the resource module).
+RLIMITS = range(16)
+SCHED_ATTR = ctypes.create_string_buffer(56)  # struct sched_attr, SCHED_ATTR_SIZE_VER1
 
 # Status records on a run's status pipe: a kind byte, then fields.
 REC_EXIT, REC_TIMEOUT, REC_ERROR, REC_REAPED = b"E", b"T", b"X", b"R"
@@ -169,45 +182,67 @@ def write_file(path: str, data: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def enter_mapped_userns(host_uid: int, host_gid: int) -> None:
+def enter_mapped_userns(host_uid: int, host_gid: int, account_uid: int | None) -> None:
     """As host root: move into a fresh user namespace whose uid/gid 0 are the unprivileged
     ``host_uid``/``host_gid``, keeping full capabilities inside it only. Files the host's root
-    owns are then out of reach by ownership, whatever the allow-list says."""
+    owns are then out of reach by ownership, whatever the allow-list says.
+
+    The namespace is created by a helper running as ``account_uid``: the kernel charges
+    everything counted per user inside the namespace (pending signals, inotify instances...)
+    to its creator as well, and that must not be host root (see quotas.py)."""
     # Supplementary groups are host gids: drop them while we still may.
     os.setgroups([])
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(ready_r)
-            os.close(go_w)
+            ours.close()
+            if account_uid is not None:
+                become_account_uid(account_uid)
             check(LIBC.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
+            nsfd = os.open("/proc/self/ns/user", os.O_RDONLY)
+            send_fds(theirs, [b"1"], [nsfd])
+            theirs.recv(1)  # our namespace must live until the parent has joined it
+        except BaseException as exc:  # the parent reports it
+            theirs.send(b"0" + str(exc).encode()[:4000])
         finally:
             os._exit(0)
-    os.close(ready_w)
-    os.close(go_r)
+    theirs.close()
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise SetupError("could not create a user namespace (unshare(CLONE_NEWUSER) failed)")
+        data, fds, _flags, _addr = recv_request(ours)
+        if data != b"1" or len(fds) != 1:
+            why = data[1:].decode(errors="replace") or "the helper died"
+            raise SetupError(f"could not create the session's user namespace: {why}")
+        nsfd = fds[0]
+        # The helper is not dumpable (it changed uid), so its namespace comes as a
+        # descriptor; its id maps are written from here, by host root.
         write_file(f"/proc/{pid}/uid_map", f"0 {host_uid} 1\n")
         write_file(f"/proc/{pid}/setgroups", "deny\n")
         write_file(f"/proc/{pid}/gid_map", f"0 {host_gid} 1\n")
-        nsfd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+        try:
+            check(LIBC.setns(nsfd, CLONE_NEWUSER), "setns(user namespace)")
+        finally:
+            os.close(nsfd)
     finally:
-        os.close(go_w)
-        os.close(ready_r)
+        ours.close()
         os.waitpid(pid, 0)
-    try:
-        check(LIBC.setns(nsfd, CLONE_NEWUSER), "setns(user namespace)")
-    finally:
-        os.close(nsfd)
     # Inside the new namespace our ids are unmapped until we take the namespace's root,
     # which is the unprivileged host uid.
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+
+
+def become_account_uid(uid: int) -> None:
+    """In the helper that creates the session's user namespace: take the accounting uid,
+    keeping CAP_SYS_ADMIN (hosts that refuse user namespaces to unprivileged users, through
+    kernel.unprivileged_userns_clone or AppArmor, still let it create one)."""
+    check(LIBC.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    admin = 1 << CAP_SYS_ADMIN
+    data = ctypes.create_string_buffer(struct.pack("IIIIII", admin, admin, 0, 0, 0, 0), 24)
+    check(LIBC.syscall(SYS_CAPSET, ctypes.c_char_p(header), data), "capset(CAP_SYS_ADMIN)")
 
 
 def enter_self_mapped_userns() -> None:
@@ -217,6 +252,33 @@ def enter_self_mapped_userns() -> None:
     write_file("/proc/self/uid_map", f"0 {uid} 1\n")
     write_file("/proc/self/setgroups", "deny\n")
     write_file("/proc/self/gid_map", f"0 {gid} 1\n")
+
+
+def limit_session(rlimits: dict[str, int]) -> None:
+    """Set the session's rlimit-type quotas as soft and hard limits, before its user
+    namespace exists: every run inherits them (the sandbox's own count is checked against
+    them), and the namespace keeps a snapshot that bounds what it charges to its creator."""
+    for name, budget in rlimits.items():
+        kind = getattr(resource, name)
+        _soft, hard = resource.getrlimit(kind)
+        value = budget if hard == resource.RLIM_INFINITY else min(budget, hard)
+        resource.setrlimit(kind, (value, value))
+
+
+def limit_user_counts(user_max: dict[str, int]) -> None:
+    """In the session's user namespace, while we hold CAP_SYS_RESOURCE there: bound what the
+    sandbox counts per user (inotify, fanotify) below the creator's limits. The runs, without
+    capabilities, cannot raise them."""
+    for name, value in user_max.items():
+        try:
+            write_file(f"/proc/sys/user/{name}", f"{value}\n")
+        except FileNotFoundError:
+            continue  # a kernel without that counter
+        except OSError as exc:
+            raise SetupError(
+                f"cannot bound the session's share of the per-user quota {name} "
+                f"(/proc/sys/user/{name}: {exc.strerror})"
+            ) from None
 
 
 def outermost(paths: list[str]) -> list[str]:
@@ -388,12 +450,19 @@ def setup_session(config: dict[str, Any]) -> str:
     """Finish the session-level isolation; return the facts line of the ready message."""
     global LANDLOCK_ABI
     mode = config["mode"]
+    quota = config.get("quota") or {}
+    root = os.getuid() == 0
     if mode == "userns":
-        if os.getuid() == 0:
+        if root:
             mask_dirs_as_root(config["mask_dirs"], config["rebind"])
-            enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
+            limit_session(quota.get("rlimits", {}))
+            enter_mapped_userns(
+                config["sandbox_uid"], config["sandbox_gid"], quota.get("account_uid")
+            )
         else:
+            limit_session(quota.get("rlimits", {}))
             enter_self_mapped_userns()
+            limit_user_counts(quota.get("user_max", {}))
         check(
             LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC),
             "unshare(mount, uts, ipc namespaces)",
@@ -412,14 +481,21 @@ def setup_session(config: dict[str, Any]) -> str:
                     MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
                     "mode=0755,size=4k",
                 )
-    elif os.getuid() == 0 and config.get("sandbox_uid") is not None and not config["in_userns"]:
-        # bubblewrap started as host root: bwrap built the root and namespaces with root's
-        # rights; now leave the initial user namespace for an unprivileged mapped one.
-        # bwrap's /proc carries read-only covers (/proc/sys, ...) that would be locked from
-        # the new namespace, and the kernel only lets a run mount its own /proc while a fully
-        # visible one exists: stack a clean instance first.
+    elif mode == "bwrap":
+        # bwrap's /proc carries read-only covers (/proc/sys, ...): they would be locked from
+        # the mapped namespace below, and the kernel only lets a run mount its own /proc
+        # while a fully visible one exists; an unprivileged caller's session also writes
+        # /proc/sys/user. Stack a clean instance first.
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        enter_mapped_userns(config["sandbox_uid"], config["sandbox_gid"])
+        limit_session(quota.get("rlimits", {}))
+        if root and config.get("sandbox_uid") is not None and not config["in_userns"]:
+            # bubblewrap started as host root: bwrap built the root and namespaces with
+            # root's rights; now leave the initial user namespace for an unprivileged one.
+            enter_mapped_userns(
+                config["sandbox_uid"], config["sandbox_gid"], quota.get("account_uid")
+            )
+        else:
+            limit_user_counts(quota.get("user_max", {}))
     # Nobody in a run may ptrace or read our memory, whatever happens.
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -463,7 +539,9 @@ def mount_run_filesystems(tmp_size: int) -> None:
     # handles must be taken here: a bind source has to live in this mount namespace.
     held = hold(SCRATCH_REBINDS)
     for scratch in ("/tmp", "/dev/shm"):
-        mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_size}")
+        # noatime: reading the scratch dirs changes nothing a reuse check compares.
+        flags = MS_NOSUID | MS_NODEV | MS_NOATIME
+        mount("tmpfs", scratch, "tmpfs", flags, f"mode=1777,size={tmp_size}")
     for path, fd in held:
         bind_back(path, fd, read_only=False)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -542,8 +620,6 @@ class Timeout(Exception):
 #: (a SIGSTOP would stop the run's clock, a SIGALRM fake its timeout, a SIGSEGV kill init).
 RUN_REQUEST = signal.SIGRTMIN + 2
 RUN_REQUEST_RECORD = struct.Struct("<cqi")  # b"S", run id, signal number
-#: No longer sent to inits (conclude() still sets it to SIG_IGN, which is harmless).
-KILL_RUN = signal.SIGRTMIN + 1
 CURRENT_RUN = 0  # in a run's init: the id of the run it serves now (0: between runs)
 REQUEST_WAITING = False  # RUN_REQUEST came between runs: look when the next one starts
 PENDING_SIGNALS: list[int] = []  # signals that came before the command existed
@@ -642,6 +718,8 @@ def prepare_init(net: str, tmp_size: int) -> str:
             mount_run_filesystems(tmp_size)
             if net != "open":
                 loopback_up()
+            arm_reuse_checks(net)  # while init still has its capabilities
+            seal_proc_sys()
             lock_down()
             remember_scratch()
     except SetupError as exc:
@@ -651,10 +729,85 @@ def prepare_init(net: str, tmp_size: int) -> str:
     return ""
 
 
+def seal_proc_sys() -> None:
+    """Make the run's ``/proc/sys`` read-only. Capabilities guard most kernel knobs, but the
+    IPC namespace's (``kernel.shm*``, ``msg*``, ``sem``, ``fs.mqueue.*``) only ask for the
+    namespace owner's uid, which is the run's: a run could change the limits the next run of
+    a reused init finds (a channel between runs, and between clients of one server). No run
+    has a reason to tune them; with no capability it cannot remount."""
+    mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC)
+    mount(
+        None,
+        "/proc/sys",
+        None,
+        MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    )
+
+
+def arm_reuse_checks(net: str) -> None:
+    """Set up what ``left_clean`` reads, from descriptors opened once per init. If anything
+    here fails, this init serves one run only.
+
+    - System V IPC: each allocator's next id is set to 0, the id a fresh namespace hands out
+      first anyway. Any allocation consumes it (the file then reads -1), so the check sees
+      a run that made an object even if it removed it (which would have moved the ids the
+      next run gets). Without checkpoint/restore support: the object lists instead.
+    - POSIX message queues: none may be made (``fs.mqueue.queues_max`` 0; a run has no
+      CAP_SYS_RESOURCE to exceed it). Landlock refuses to open a new queue anyway, but only
+      after the kernel made it, and a queue is a name the next run would find taken.
+    - The network namespace's interface counters: any packet a run sent (and so any TCP
+      connection, which leaves TIME_WAIT sockets behind, or fragment) changes them.
+    - Where the run owns init's /proc files (bubblewrap as a non-root caller: its user
+      namespace maps the caller to uid 0): oom_score_adj, coredump_filter and the
+      autogroup's nice, which the next command would inherit. Init then gets a session,
+      and so an autogroup, of its own: a renice of it changes this init only, not the
+      supervisor and every later init."""
+    global REUSE_ARMED
+    try:
+        arm_watches(net)
+    except OSError:
+        return
+    REUSE_ARMED = True
+
+
+def arm_watches(net: str) -> None:
+    """The descriptors and settings of ``arm_reuse_checks``."""
+    for kind in ("shm", "sem", "msg"):
+        try:
+            fd = os.open(f"/proc/sys/kernel/{kind}_next_id", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            try:
+                os.write(fd, b"0")
+            except OSError:
+                os.close(fd)
+                fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        WATCHED_FDS.append(fd)
+    try:
+        write_file("/proc/sys/fs/mqueue/queues_max", "0")
+    except FileNotFoundError:
+        pass  # no POSIX message queues in this kernel
+    if net != "open":
+        WATCHED_FDS.append(os.open("/proc/net/dev", os.O_RDONLY | os.O_CLOEXEC))
+    fd = os.open("/proc/self/oom_score_adj", os.O_RDONLY | os.O_CLOEXEC)
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        return
+    os.setsid()
+    WATCHED_FDS.append(fd)
+    for name in ("coredump_filter", "autogroup"):
+        try:
+            WATCHED_FDS.append(os.open(f"/proc/self/{name}", os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            continue  # a kernel without autogroups
+
+
 def remember_scratch() -> None:
-    """Note the scratch directories a run could leave something in (/tmp, /dev/shm and the
-    directories leading to paths bound under them) and their state now."""
-    global SCRATCH_BASELINE
+    """Note what ``left_clean`` compares, as it is before the first run: the scratch
+    directories a run could leave something in (/tmp, /dev/shm and the directories leading
+    to paths bound under them), the watched descriptors and init's own attributes."""
+    global SCRATCH_BASELINE, INIT_BASELINE
     dirs = {"/tmp", "/dev/shm"}
     for path in SCRATCH_REBINDS:
         parent = os.path.dirname(path)
@@ -663,36 +816,79 @@ def remember_scratch() -> None:
             parent = os.path.dirname(parent)
     SCRATCH_DIRS[:] = sorted(dirs)
     SCRATCH_BASELINE = scratch_state()
+    WATCHED_BASELINE[:] = watched_state()
+    INIT_BASELINE = init_state()
 
 
 def scratch_state() -> Any:
+    """Everything a run can see of the scratch directories: entries, mode, owner, extended
+    attributes (POSIX ACLs among them) and times. Every change to an inode moves its ctime,
+    which no unprivileged process can set; the scratch mounts are ``noatime``, so reading
+    them moves nothing. (Entries and attributes are listed too: on a kernel with coarse
+    timestamps a change may land in the same tick.)"""
     state = []
     try:
         for path in SCRATCH_DIRS:
             st = os.lstat(path)
-            state.append((path, st.st_mode, st.st_uid, st.st_gid, sorted(os.listdir(path))))
+            names = sorted(os.listxattr(path, follow_symlinks=False))
+            state.append(
+                (
+                    path,
+                    st.st_ino,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_nlink,
+                    st.st_size,
+                    st.st_atime_ns,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    sorted(os.listdir(path)),
+                    [(n, os.getxattr(path, n, follow_symlinks=False)) for n in names],
+                )
+            )
     except OSError:
         return None
     return state
 
 
-def left_clean() -> bool:
+def watched_state() -> list[bytes]:
+    return [os.pread(fd, 4096, 0) for fd in WATCHED_FDS]
+
+
+def init_state() -> tuple[dict[int, tuple[int, int]], bytes, set[int], int, set[int]]:
+    """What a process of the same uid can change about init (``prlimit``, ``renice``,
+    ``taskset``, ``ionice``, ``chrt``, uclamp, a signal), which the next command would
+    inherit or see: rlimits; scheduling policy, nice, flags and utilisation clamps; CPU
+    affinity; I/O priority; pending signals."""
+    LIBC.syscall(SYS_SCHED_GETATTR, 0, SCHED_ATTR, len(SCHED_ATTR), 0)
+    return (
+        {res: resource.getrlimit(res) for res in RLIMITS},
+        SCHED_ATTR.raw,
+        os.sched_getaffinity(0),
+        int(LIBC.syscall(SYS_IOPRIO_GET, 1, 0)),  # IOPRIO_WHO_PROCESS, this process
+        signal.sigpending(),
+    )
+
+
+def left_clean(req: dict[str, Any]) -> bool:
     """Whether the run that just ended (everything it started is dead and reaped) left the
-    run's namespaces as the next run must find them: the same scratch directories, empty of
-    anything new, and no System V IPC object. (It cannot have changed mounts, network
-    configuration or anything else: it held no capability.)"""
+    init and its namespaces as a fresh init would give them to the next run with the same
+    settings (``req``'s): the scratch directories, the System V IPC allocators, the network
+    namespace's interface counters, and init's own attributes. (It cannot have changed
+    mounts, interfaces, routes or kernel knobs, nor made a POSIX message queue: it held no
+    capability and /proc/sys is read-only.)"""
     if CONFIG["mode"] == "none":
         return True
-    if SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
+    if not REUSE_ARMED or SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:
         return False
-    try:
-        for kind in ("shm", "sem", "msg"):
-            with open(f"/proc/sysvipc/{kind}", "rb") as f:
-                if f.read().count(b"\n") > 1:  # more than the header line
-                    return False
-    except OSError:
+    if watched_state() != WATCHED_BASELINE:
         return False
-    return True
+    rlimits, sched, cpus, ioprio, pending = init_state()
+    expected = dict(INIT_BASELINE[0])
+    for name, value in req.get("rlimits", {}).items():  # what run_once set for this run
+        expected[getattr(resource, name)] = (value, value)
+    return (rlimits, sched, cpus, ioprio, pending) == (expected, *INIT_BASELINE[1:])
 
 
 def conclude(
@@ -705,8 +901,7 @@ def conclude(
     global CHILD
     CHILD = 0
     serial = 0
-    if sock is not None and req.get("recycle") and left_clean():
-        signal.signal(KILL_RUN, signal.SIG_IGN)  # a late kill for the finished run: moot
+    if sock is not None and req.get("recycle") and left_clean(req):
         try:
             sock.send(b"I")
             serial = MY_SERIAL
@@ -1340,6 +1535,17 @@ def wait_for(pids: set[int], deadline: float) -> None:
             time.sleep(0.002)
 
 
+def read_config(fds: list[int]) -> dict[str, Any]:
+    """The session configuration, from the memfd the host sent (see engine._send_config)."""
+    if len(fds) != 1:
+        raise SetupError("the host sent no session configuration")
+    try:
+        config: dict[str, Any] = marshal.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
+        return config
+    finally:
+        os.close(fds[0])
+
+
 def main() -> None:
     global CONTROL_FD, CONFIG
     CONTROL_FD = int(sys.argv[1])
@@ -1347,9 +1553,9 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, (RUN_REQUEST,))
     os.set_inheritable(CONTROL_FD, False)
     control = socket.socket(fileno=CONTROL_FD)
-    data, _fds, _flags, _addr = recv_request(control)
+    _data, fds, _flags, _addr = recv_request(control)
     try:
-        CONFIG = marshal.loads(data)
+        CONFIG = read_config(fds)
         facts = setup_session(CONFIG)
         # In the session's own mount namespace now (userns): read-only grants become
         # read-only mounts, which every run's namespace copies.

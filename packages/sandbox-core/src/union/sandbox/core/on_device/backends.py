@@ -116,7 +116,12 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
         "sandbox",
     ]
     # SETPCAP: the supervisor empties the bounding set and sets securebits for runs.
-    for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
+    caps = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
+    if os.getuid() != 0:
+        # SYS_RESOURCE (in bwrap's user namespace only): the supervisor bounds the session's
+        # share of the caller's per-user quotas in /proc/sys/user (see quotas.py).
+        caps.append("CAP_SYS_RESOURCE")
+    for cap in caps:
         args += ["--cap-add", cap]
     binds: list[tuple[str, str]] = []
     for path in layout.read_only:

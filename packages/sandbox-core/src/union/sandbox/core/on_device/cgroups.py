@@ -194,24 +194,41 @@ def sweep_stale(support: CgroupSupport) -> list[Path]:
 
 
 class CgroupSession:
-    """A session's cgroup directory in each hierarchy; runs get children of it."""
+    """A session's cgroup directory in each hierarchy; runs get children of it. ``pids_max``
+    bounds the processes of all its runs together (each run's own limit applies beneath:
+    the pids controller is hierarchical in v1 and v2)."""
 
-    def __init__(self, support: CgroupSupport, name: str) -> None:
+    def __init__(self, support: CgroupSupport, name: str, pids_max: int = 0) -> None:
         self.support = support
         self.dirs: dict[str, Path] = {}
         # What killed processes left goes first: opening a session is when someone is here
         # to notice.
         sweep_stale(support)
         owner = f"{os.getpid()}.{_pid_namespace()}"
-        for controller, base in support.bases.items():
-            path = base / f"union-sandbox-{name}-p{owner}"
-            if path not in self.dirs.values():
-                path.mkdir(exist_ok=True)
-                if support.version == "v2":
-                    _enable_v2_children(path)
-            self.dirs[controller] = path
         self._pending: list[Path] = []
         self._runs: set[CgroupRun] = set()
+        self._pids_fd = -1
+        try:
+            for controller, base in support.bases.items():
+                path = base / f"union-sandbox-{name}-p{owner}"
+                if path not in self.dirs.values():
+                    path.mkdir(exist_ok=True)
+                    if support.version == "v2":
+                        _enable_v2_children(path)
+                self.dirs[controller] = path
+            if "pids" in self.dirs:
+                if pids_max:
+                    _write(self.dirs["pids"] / "pids.max", str(pids_max))
+                self._pids_fd = os.open(
+                    self.dirs["pids"] / "pids.events", os.O_RDONLY | os.O_CLOEXEC
+                )
+        except BaseException:
+            self.cleanup(final=True)
+            raise
+
+    def pids_limit_hits(self) -> int:
+        """Forks refused by the session's own pids limit (all its runs together)."""
+        return _read_key(self._pids_fd, b"max") if self._pids_fd >= 0 else 0
 
     def create_run(self, run_id: int, limits: ResourceLimits) -> CgroupRun:
         run = CgroupRun(self, run_id, limits)
@@ -247,6 +264,9 @@ class CgroupSession:
                     path.rmdir()
                 except OSError:
                     pass
+            if self._pids_fd >= 0:
+                os.close(self._pids_fd)
+                self._pids_fd = -1
         return len(self._pending)
 
 

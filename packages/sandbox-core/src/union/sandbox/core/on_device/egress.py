@@ -9,6 +9,7 @@ with that policy; the proxies of a run stop when the run ends.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import secrets
 import socket
@@ -22,6 +23,10 @@ from ..policy import NetworkPolicy
 __all__ = ["PROXY_ENV_TEMPLATE", "RunEgress", "SessionEgress", "proxy_env_template"]
 
 _PROXY_USER = "run"
+#: Parsed rule sets kept for reuse (the least recently used goes first). A remote server's
+#: session outlives its clients, which may send a new list with every run, so the cache is
+#: bounded; a live run keeps its own rule set whatever happens to the cache.
+_RULESETS_KEPT = 16
 
 
 def proxy_env_template(credentials: tuple[str, str] | None = None) -> dict[str, str]:
@@ -61,7 +66,9 @@ class SessionEgress:
     """Rule sets and the proxy thread of one session; created lazily."""
 
     def __init__(self) -> None:
-        self._rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], RuleSet] = {}
+        self._rulesets: collections.OrderedDict[
+            tuple[tuple[str, ...], tuple[str, ...]], RuleSet
+        ] = collections.OrderedDict()
         self._host: ProxyHost | None = None
         self._warned_open = False
 
@@ -71,6 +78,10 @@ class SessionEgress:
         rules = self._rulesets.get(key)
         if rules is None:
             rules = self._rulesets[key] = RuleSet.parse(policy.allowlist, policy.denylist)
+            if len(self._rulesets) > _RULESETS_KEPT:
+                self._rulesets.popitem(last=False)
+        else:
+            self._rulesets.move_to_end(key)
         if policy.mode == "open" and not self._warned_open:
             self._warned_open = True
             warnings.warn(

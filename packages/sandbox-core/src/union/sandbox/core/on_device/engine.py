@@ -9,6 +9,7 @@ per-run status pipe, so concurrent runs never contend for a shared reader.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import functools
 import marshal
@@ -18,7 +19,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ class SupervisorSpec:
     pass_fds: Sequence[int] = ()
     diagnose: Any = None
     """``callable(detail) -> list[str]``: turn a setup error into host problems and fixes."""
+    complete_config: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+    """``callable(config, pid) -> config``: what depends on the started process's pid (the
+    session's accounting uid)."""
 
 
 def pipe_pull(fd: int) -> Pull:
@@ -96,6 +100,17 @@ def _nonblocking_pipe(big: bool = False) -> tuple[int, int]:
         except OSError:
             pass
     return read_end, write_end
+
+
+def _send_config(sock: socket.socket, config: dict[str, Any]) -> None:
+    """Hand the supervisor its session configuration in a memfd: any number of granted
+    paths fits (a message on the control socket is bounded by its send buffer)."""
+    fd = os.memfd_create("union-sandbox-config", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, marshal.dumps(config))
+        socket.send_fds(sock, [b"config"], [fd])
+    finally:
+        os.close(fd)
 
 
 class Supervisor:
@@ -143,8 +158,11 @@ class Supervisor:
             for fd in spec.pass_fds:
                 os.close(fd)
         if self._proc is not None:
+            config = spec.config
+            if spec.complete_config is not None:
+                config = spec.complete_config(config, self._proc.pid)
             try:
-                host.sendall(marshal.dumps(spec.config))
+                _send_config(host, config)
             except OSError:
                 pass  # it died at once; ready() reports why from its stderr
         host.setblocking(False)
@@ -213,6 +231,14 @@ class Supervisor:
             except BlockingIOError:
                 await anyio.wait_writable(self._sock)
             except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    # Sessions check a run's sizes first (request_size.py); this is the
+                    # socket's own bound, on a host whose net.core.wmem_default is small.
+                    raise ValueError(
+                        f"this run's request is {len(data)} bytes, more than the sandbox "
+                        "supervisor's control socket takes in one message on this host "
+                        "(net.core.wmem_default); pass large data through stdin or a file"
+                    ) from None
                 raise RuntimeError(
                     "the session's sandbox supervisor has died (its runs were killed with "
                     f"it: {exc.strerror}); close this session and open a new one"

@@ -8,11 +8,20 @@ from ..errors import LimitUnavailableError
 from ..resources import ResourceLimits
 from .cgroups import CgroupSupport
 
-__all__ = ["DEFAULT_PIDS", "LimitPlan", "plan_limits"]
+__all__ = [
+    "DEFAULT_PIDS",
+    "DEFAULT_SESSION_PIDS",
+    "LimitPlan",
+    "plan_limits",
+    "session_pids_budget",
+]
 
 #: Processes a run may have at once when the caller sets no ``pids`` limit (where a pids
 #: cgroup is available): enough for builds and test runners, low enough to stop a fork bomb.
 DEFAULT_PIDS = 4096
+#: Processes all runs of one session may have at once, by default: two runs' worth. Never
+#: more than a quarter of the host's pid space (``kernel.pid_max``) unless asked for.
+DEFAULT_SESSION_PIDS = 2 * DEFAULT_PIDS
 #: Size of each run's fresh /tmp and /dev/shm when no ``disk`` limit is given.
 DEFAULT_TMP_SIZE = 1 << 30
 
@@ -76,3 +85,44 @@ def plan_limits(limits: ResourceLimits, support: CgroupSupport, *, best_effort: 
         )
     )
     return LimitPlan(effective, rlimits, tmp_size, mechanisms, bool(use_cgroup))
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22
+
+
+def session_pids_budget(requested: int | None, per_run: int) -> int:
+    """The session's pids budget: ``requested`` (``session_pids=``), else the default,
+    within a quarter of ``kernel.pid_max`` and at least the session's own per-run limit."""
+    if requested:
+        return requested
+    return max(min(DEFAULT_SESSION_PIDS, _pid_max() // 4), per_run)
+
+
+def session_mechanisms(
+    support: CgroupSupport, session_pids: int, *, isolated: bool, root: bool
+) -> dict[str, str]:
+    """How the session-wide limits are enforced, for every run's isolation report."""
+    enforcers = []
+    if support.can("pids"):
+        enforcers.append(f"{support.mechanism('pids')} of the session")
+    if isolated:
+        enforcers.append("rlimit-nproc")
+    mechanisms = {
+        "session_pids": (
+            f"{' and '.join(enforcers)}: {session_pids} for all runs together"
+            if enforcers
+            else "not enforced"
+        )
+    }
+    if isolated:
+        mechanisms["per_user_quotas"] = (
+            "the session's own (its user namespace is created by a per-session accounting uid)"
+            if root
+            else "at most half of the caller's (rlimits and /proc/sys/user of the session)"
+        )
+    return mechanisms

@@ -7,10 +7,12 @@ posture, scratch size, rlimits, cgroup limits) are the same:
 
 - the run's cgroups, with their limits written and their ``cgroup.procs`` open, whenever
   the run ended with everything in them killed and reaped (its init reported);
-- the run's init, idle in the supervisor, when the run also left its namespaces as it found
-  them (the init checks: same scratch directories and nothing in them, no System V IPC
-  object) and the host allowed it (runs with per-run proxies never reuse an init: another
-  run must not find their listeners in its network namespace).
+- the run's init, idle in the supervisor, when the run also left it and its namespaces as a
+  fresh init would be (the init checks: the scratch directories down to their attributes
+  and times, no System V IPC object ever made, no packet sent, its own rlimits, priorities
+  and affinity; see ``left_clean`` in ``_supervisor.py``) and the host allowed it (runs with
+  per-run proxies never reuse an init: another run must not find their listeners in its
+  network namespace).
 
 A slot is used by one run at a time. Up to ``max_idle`` (64) wait between runs: under
 concurrency a finished slot is wanted again a moment later (over the remote transport, a
