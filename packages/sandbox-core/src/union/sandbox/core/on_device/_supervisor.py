@@ -354,19 +354,6 @@ def bind_grants(plan: list[list[str]]) -> None:
         bind_back(path, fd, read_only=kind == "ro")
 
 
-def bind_proc_read_only(paths: list[str]) -> None:
-    """A run's fresh /proc: bind the read-only grants beneath it read-only (the rest of
-    /proc is writable where procfs allows it)."""
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
-        bind_back(path, fd, read_only=True)
-
-
 def mask_dirs_as_root(masks: list[str], rebinds: list[str]) -> None:
     """Userns backend as host root: in a private mount namespace, cover ``masks`` (``/root``,
     ``/home``) with empty tmpfs, then bind back the granted paths that lived under them (the
@@ -545,7 +532,6 @@ def mount_run_filesystems(tmp_size: int) -> None:
     for path, fd in held:
         bind_back(path, fd, read_only=False)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    bind_proc_read_only(CONFIG["proc_read_only"])
 
 
 def apply_landlock() -> None:

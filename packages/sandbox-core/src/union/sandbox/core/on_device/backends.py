@@ -164,7 +164,8 @@ def _beneath(path: str, root: str) -> bool:
 #: Read-only grants the userns supervisor does not bind read-only: ``/`` (a bind cannot
 #: cover the root), the scratch mounts (fresh and writable each run), and the kernel's own
 #: filesystems (nothing in them is writable by the sandbox uid; device nodes ignore a
-#: read-only mount anyway). ``/proc`` and what lies beneath it are handled per run.
+#: read-only mount anyway). Each run mounts its own ``/proc``, whose ``/proc/sys`` it
+#: seals read-only; nothing else in it is writable but a process's own files.
 _NOT_BOUND_READ_ONLY = frozenset({"/", "/tmp", "/dev/shm", "/dev", "/sys"})
 
 
@@ -190,12 +191,6 @@ def session_binds(layout: FsLayout) -> list[list[str]]:
         if kind != (above[-1] if above else "rw") and all(p != path for p, _ in plan):
             plan.append((path, kind))
     return [[path, kind] for path, kind in plan]
-
-
-def proc_read_only(layout: FsLayout) -> list[str]:
-    """Read-only grants beneath ``/proc``: each run's fresh ``/proc`` binds them read-only
-    (the run may write where procfs allows, ``/proc/self/comm`` say; not beneath these)."""
-    return [path for path in layout.read_only if _beneath(path, "/proc")]
 
 
 def _under(path: str, root: str) -> bool:
@@ -255,7 +250,6 @@ def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[
         "rebind": [p for p in granted if any(p.startswith(m + "/") for m in masks)],
         "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
         "session_binds": session_binds(layout) if backend == "userns" else [],
-        "proc_read_only": proc_read_only(layout) if isolate else [],
         "landlock": isolate,
         "landlock_rules": rules if isolate else [],
         "seccomp": seccomp_filter_hex() if isolate else "",
