@@ -272,7 +272,7 @@ class OnDeviceSession(SessionBase):
             if problems:
                 self._static_failure = BackendUnavailableError(self.backend, problems)
             else:
-                self._supervisor = Supervisor(self._supervisor_spec(self._layout))
+                self._supervisor = Supervisor(self._supervisor_spec(self._layout, self._work))
         except BaseException:
             if self._work is not None:
                 work, self._work = self._work, None
@@ -282,10 +282,14 @@ class OnDeviceSession(SessionBase):
         self._open = True
         return self
 
-    def _supervisor_spec(self, layout: FsLayout) -> SupervisorSpec:
+    def _supervisor_spec(self, layout: FsLayout, work: WorkDir) -> SupervisorSpec:
         backend = self.backend
+        held = os.fstat(work.fd)
         config = backends.supervisor_config(
-            backend, layout, "open" if self.network.mode == "open" else "blocked"
+            backend,
+            layout,
+            "open" if self.network.mode == "open" else "blocked",
+            (held.st_dev, held.st_ino),
         )
         if backend != "none":
             root = os.getuid() == 0
@@ -293,9 +297,13 @@ class OnDeviceSession(SessionBase):
                 **quotas.session_quota(root, self.session_pids),
                 "account": root,
             }
+        # bwrap binds the work dir from a copy of the host's descriptor (Supervisor closes
+        # it once bwrap has it).
+        work_fd = os.dup(work.fd) if backend == "bubblewrap" else -1
         return SupervisorSpec(
             backend=backend,
-            argv_prefix=backends.supervisor_argv_prefix(backend, layout),
+            argv_prefix=backends.supervisor_argv_prefix(backend, layout, work_fd),
+            pass_fds=(work_fd,) if work_fd >= 0 else (),
             python=layout.python,
             config=config,
             diagnose=lambda detail, stderr: backends.diagnose(backend, detail, stderr),

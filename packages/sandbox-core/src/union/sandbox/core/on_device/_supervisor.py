@@ -73,6 +73,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 1, 2, 4, 8, 1024
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # the same on x86_64 and aarch64
+OPEN_TREE_CLONE, AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH = 1, 0x1000, 0x4
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 1, 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
@@ -101,6 +103,10 @@ RUNS: dict[int, dict[str, Any]] = {}  # init pid -> run record
 LANDLOCK_ABI = 0
 LANDLOCK_RULES: list[tuple[int, int]] = []  # (O_PATH fd, access) opened once per session
 SCRATCH_REBINDS: list[str] = []  # granted paths under /tmp or /dev/shm
+# What the session resolved each of those paths to, (device, inode): a run's init binds a
+# path back only if it still names the same object (see ``check_rebinds``).
+SCRATCH_IDS: dict[str, tuple[int, int]] = {}
+WORK_DIR_FD = -1  # during session setup: the work dir, checked to be the host's (O_PATH)
 CONTROL_FD = -1
 CHILD = 0
 WARM: dict[str, tuple[int, socket.socket, int]] = {}  # posture -> prepared (pid, sock, serial)
@@ -335,23 +341,109 @@ def make_read_only(path: str) -> None:
     mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
 
 
-def bind_grants(plan: list[list[str]]) -> None:
-    """userns: enforce read-only grants at the mount layer, once per session. Landlock
-    rights add up along a path, so a read-only grant beneath a writable one (a read-write
-    grant, the work dir, or the fresh /tmp a run binds it back under) would be writable by
-    Landlock alone. ``plan`` (shallowest first) binds each read-only grant read-only and
-    each read-write grant beneath one writable again, from handles taken before any of them
-    is covered."""
+def bind_grants(plan: list[list[str]], seal_root: bool) -> None:
+    """userns, once per session, in the session's mount namespace (every run's copies it):
+
+    - ``seal_root``: every mount of the host's tree becomes read-only. Landlock mediates
+      opening, creating, removing and renaming files but not changing their metadata:
+      ``chmod``, ``chown``, ``utimensat`` and ``setxattr`` (ACLs among them) of a file
+      outside every grant need nothing but the sandbox uid owning it, which for a non-root
+      caller is every file of the caller's. A read-only mount refuses them all.
+    - Each read-only grant beneath a writable one is bound read-only: Landlock rights add
+      up along a path, so a read-only grant beneath a read-write grant, the work dir, or
+      the fresh /tmp a run binds it back under would be writable by Landlock alone.
+    - Each read-write grant is bound back writable, from a copy of its mounts taken
+      before the seal (``open_tree``), so it keeps the host's mount flags.
+
+    ``plan`` is shallowest first (the deeper grant decides); every handle is taken before
+    anything is covered, the work dir's being the one checked against the host's."""
     held: list[tuple[str, int, str]] = []
-    for path, kind in plan:
-        try:
-            held.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC), kind))
-        except FileNotFoundError:
-            continue  # a granted path that does not exist grants nothing
-        except OSError as exc:
-            raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
-    for path, fd, kind in held:
-        bind_back(path, fd, read_only=kind == "ro")
+    try:
+        for path, kind in plan:
+            try:
+                fd = open_grant(path)
+            except FileNotFoundError:
+                continue  # a granted path that does not exist grants nothing
+            except OSError as exc:
+                raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
+            if kind == "rw":
+                try:
+                    fd = clone_tree(fd, path)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            held.append((path, fd, kind))
+        if seal_root:
+            set_mount_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, "read-only")
+        while held:
+            path, fd, kind = held.pop(0)
+            if kind == "rw":
+                attach_tree(fd, path)
+            else:
+                bind_back(path, fd, read_only=True)
+    finally:
+        for _path, fd, _kind in held:
+            os.close(fd)
+
+
+def clone_tree(fd: int, path: str) -> int:
+    """A detached copy of the mounts at and beneath ``fd`` as they are now (their flags
+    included), for :func:`attach_tree`; ``fd`` is closed."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE
+    try:
+        return check(LIBC.syscall(SYS_OPEN_TREE, fd, b"", flags), f"open_tree(copy of {path})")
+    finally:
+        os.close(fd)
+
+
+def attach_tree(tree: int, path: str) -> None:
+    """Mount a copy made by :func:`clone_tree` at ``path``; ``tree`` is closed."""
+    try:
+        check(
+            LIBC.syscall(
+                SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH
+            ),
+            f"move_mount onto {path}",
+        )
+    finally:
+        os.close(tree)
+
+
+def set_mount_attr(path: str, attr_set: int, what: str) -> None:
+    """``mount_setattr`` on the mount at ``path`` and every mount beneath it; no fallback:
+    this backend needs Landlock, so a kernel of 5.13 or later, which has it."""
+    attr = struct.pack("QQQQ", attr_set, 0, 0, 0)
+    done = LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, attr, len(attr))
+    check(done, f"mount_setattr({what}) on {path}")
+
+
+def hold_work_dir(path: str, expected: list[int]) -> int:
+    """An O_PATH handle on the work dir at ``path``, if that is still the directory the host
+    holds open (``expected``: its device and inode, which the host's descriptor keeps from
+    being reused). A live sandbox that can write the path's parents (a pinned dir inside
+    another session's work dir) may have replaced it since the host opened it: the session
+    then fails rather than bind or grant whatever is there now."""
+    why = "it is another directory now"
+    try:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        why = exc.strerror or "it cannot be opened"
+    else:
+        st = os.fstat(fd)
+        if [st.st_dev, st.st_ino] == list(expected):
+            return fd
+        os.close(fd)
+    raise SetupError(
+        f"the work dir {path!r} was replaced after the session opened it ({why}; is a "
+        "sandbox that can write its parent renaming or linking it?); open the session again"
+    )
+
+
+def open_grant(path: str) -> int:
+    """An O_PATH handle on a granted path: the checked one for the work dir."""
+    if WORK_DIR_FD >= 0 and path == CONFIG.get("work_dir"):
+        return os.dup(WORK_DIR_FD)
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
 def mask_dirs_as_root(masks: list[str], rebinds: list[str]) -> None:
@@ -409,7 +501,7 @@ def prepare_landlock(rules: list[list[str]]) -> None:
         if path in ("/tmp", "/dev/shm", "/proc"):
             continue
         try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            fd = open_grant(path)
         except OSError:
             continue  # a granted path that does not exist grants nothing
         is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
@@ -435,7 +527,7 @@ def drop_bounding_set() -> None:
 
 def setup_session(config: dict[str, Any]) -> str:
     """Finish the session-level isolation; return the facts line of the ready message."""
-    global LANDLOCK_ABI
+    global LANDLOCK_ABI, WORK_DIR_FD
     mode = config["mode"]
     quota = config.get("quota") or {}
     root = os.getuid() == 0
@@ -488,6 +580,9 @@ def setup_session(config: dict[str, Any]) -> str:
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     isolate = mode != "none"
     if isolate:
+        # In the session's mount namespace (bwrap's root: where bwrap bound it): from here
+        # on the work dir is reached through this handle only, never by its path again.
+        WORK_DIR_FD = hold_work_dir(config["work_dir"], config["work_dir_id"])
         drop_bounding_set()
         if config.get("landlock"):
             LANDLOCK_ABI = landlock_abi()
@@ -520,11 +615,47 @@ def loopback_up() -> None:
         sock.close()
 
 
+def remember_rebinds() -> None:
+    """At the end of session setup: what each path a run binds back under its fresh /tmp or
+    /dev/shm is (the work dir: the host's), then let go of the work dir's handle."""
+    global WORK_DIR_FD
+    for path in SCRATCH_REBINDS:
+        try:
+            fd = open_grant(path)
+        except FileNotFoundError:
+            continue  # grants nothing, now or later (see check_rebinds)
+        st = os.fstat(fd)
+        os.close(fd)
+        SCRATCH_IDS[path] = (st.st_dev, st.st_ino)
+    if WORK_DIR_FD >= 0:
+        os.close(WORK_DIR_FD)
+        WORK_DIR_FD = -1
+
+
+def check_rebinds(held: list[tuple[str, int]]) -> None:
+    """A run's init resolves the paths it binds back by name, in its own mount namespace:
+    each must still be what the session resolved. Their parents are host directories, and
+    where another sandbox may write one (a pinned work dir inside another session's work
+    dir) it could have put something else there, which beneath the fresh /tmp would get
+    that mount's rights."""
+    for path, fd in held:
+        st = os.fstat(fd)
+        if SCRATCH_IDS.get(path) != (st.st_dev, st.st_ino):
+            for _path, other in held:
+                os.close(other)
+            raise SetupError(
+                f"the granted path {path!r} was replaced after the session started (is a "
+                "sandbox that can write its parent renaming or linking it?); open the "
+                "session again"
+            )
+
+
 def mount_run_filesystems(tmp_size: int) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Paths granted under the scratch mounts (a work dir in /tmp) come back on top. The
     # handles must be taken here: a bind source has to live in this mount namespace.
     held = hold(SCRATCH_REBINDS)
+    check_rebinds(held)
     for scratch in ("/tmp", "/dev/shm"):
         # noatime: reading the scratch dirs changes nothing a reuse check compares.
         flags = MS_NOSUID | MS_NODEV | MS_NOATIME
@@ -1543,9 +1674,10 @@ def main() -> None:
     try:
         CONFIG = read_config(fds)
         facts = setup_session(CONFIG)
-        # In the session's own mount namespace now (userns): read-only grants become
-        # read-only mounts, which every run's namespace copies.
-        bind_grants(CONFIG.get("session_binds", []))
+        # In the session's own mount namespace now (userns): the host's tree becomes
+        # read-only and grants are bound as granted, which every run's namespace copies.
+        bind_grants(CONFIG.get("session_binds", []), bool(CONFIG.get("seal_root")))
+        remember_rebinds()
     except Exception as exc:  # the host shows this to the user
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
         control.send(b"error " + detail.encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 from typing import Any
 
 from .._seccomp import build_deny_filter
@@ -73,9 +74,11 @@ def _ro_bind_args(path: str) -> list[str]:
     return ["--ro-bind", path, path]
 
 
-def _bind_args(kind: str, path: str) -> list[str]:
+def _bind_args(kind: str, path: str, work_fd: int = -1) -> list[str]:
     if kind == "ro":
         return _ro_bind_args(path)
+    if kind == "fd":
+        return ["--bind-fd", str(work_fd), path]
     return ["--dev-bind" if kind == "dev" else "--bind", path, path]
 
 
@@ -94,10 +97,11 @@ def _missing_parents(targets: list[str]) -> list[str]:
     return sorted(parents, key=lambda p: (p.count("/"), p))
 
 
-def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
+def supervisor_argv_prefix(backend: str, layout: FsLayout, work_fd: int = -1) -> list[str]:
     """``bwrap ... --`` for the bubblewrap backend: a fresh root of read-only binds, every
     namespace but the network unshared (runs get their own network namespace unless their
-    posture is ``open``), dies with the caller."""
+    posture is ``open``), dies with the caller. ``work_fd`` (inherited by bwrap): the work
+    dir the host holds, bound as that directory rather than by its path."""
     if backend != "bubblewrap":
         return []
     bwrap = bwrap_binary()
@@ -127,9 +131,14 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     for path in layout.read_only:
         if path not in ("/proc", "/dev") and os.path.lexists(path):
             binds.append(("ro", path))
-    for path in [*layout.extra_read_write, layout.work_dir]:
+    for path in layout.extra_read_write:
         if os.path.exists(path):
             binds.append(("rw", path))
+    # The work dir by the descriptor the host holds: a live sandbox that can write the path's
+    # parents (a pinned dir inside another session's work dir) may have swapped the path
+    # since the host opened it. bwrap binds the directory the descriptor names and checks
+    # that the mount is that directory (else it fails: "Race condition binding dirfd").
+    binds.append(("fd", layout.work_dir) if work_fd >= 0 else ("rw", layout.work_dir))
     for path in layout.devices:
         binds.append(("dev", path))
     # bwrap mounts in argument order and a later bind covers an earlier one beneath it:
@@ -138,7 +147,7 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     binds.sort(key=lambda bind: _depth(bind[1]))
     # A grant of "/" itself comes first: the sandbox's own /proc, /dev and /tmp go on top.
     while binds and binds[0][1] == "/":
-        args += _bind_args(*binds.pop(0))
+        args += _bind_args(*binds.pop(0), work_fd)
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
     # bwrap creates missing parents of a mount point as 0700 root-owned directories, which
     # the sandbox user could not traverse (a Python under /root/.pyenv): make them 0755.
@@ -146,7 +155,7 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
     for parent in _missing_parents([path for _, path in binds]):
         args += ["--perms", "0755", "--dir", parent]
     for kind, path in binds:
-        args += _bind_args(kind, path)
+        args += _bind_args(kind, path, work_fd)
     # The root tmpfs holding the mount points belongs to the sandbox uid: read-only, so
     # that nothing but a granted path is writable, whatever Landlock says.
     args += ["--remount-ro", "/", "--"]
@@ -161,36 +170,62 @@ def _beneath(path: str, root: str) -> bool:
     return path != root and path.startswith(root.rstrip("/") + "/")
 
 
-#: Read-only grants the userns supervisor does not bind read-only: ``/`` (a bind cannot
-#: cover the root), the scratch mounts (fresh and writable each run), and the kernel's own
-#: filesystems (nothing in them is writable by the sandbox uid; device nodes ignore a
-#: read-only mount anyway). Each run mounts its own ``/proc``, whose ``/proc/sys`` it
-#: seals read-only; nothing else in it is writable but a process's own files.
-_NOT_BOUND_READ_ONLY = frozenset({"/", "/tmp", "/dev/shm", "/dev", "/sys"})
+#: Grants the userns supervisor never binds in the session: ``/`` (a bind cannot cover the
+#: root), the scratch mounts (fresh and writable each run), and the kernel's own filesystems
+#: (nothing in them is writable by the sandbox uid; device nodes ignore a read-only mount
+#: anyway). Each run mounts its own ``/proc``, whose ``/proc/sys`` it seals read-only;
+#: nothing else in it is writable but a process's own files.
+_NOT_BOUND = frozenset({"/", "/tmp", "/dev/shm", "/dev", "/sys"})
+
+
+def seals_host_root(layout: FsLayout) -> bool:
+    """userns: whether the session makes its view of the host read-only (every mount),
+    which it does unless ``/`` itself is granted read-write."""
+    return "/" not in layout.read_write
 
 
 def session_binds(layout: FsLayout) -> list[list[str]]:
     """userns: the grants the supervisor binds in the session's mount namespace, shallowest
-    first, as ``[path, "ro" | "rw"]``: each read-only grant becomes a read-only mount (Landlock
-    alone cannot refuse a write beneath a writable grant: its rights add up along a path),
-    and each read-write grant beneath one is bound back writable. Runs inherit these
-    mounts, and so do the paths bound back under their fresh ``/tmp`` and ``/dev/shm``."""
+    first, as ``[path, "ro" | "rw"]``.
+
+    Landlock mediates opening, creating, removing and renaming files, not changing their
+    metadata: ``chmod``, ``chown``, ``utimensat``, ``setxattr`` (ACLs), ``file_setattr``
+    on a path outside every grant only need the sandbox uid to own the file (as a non-root
+    caller: every file of the caller's). So the session's view of the host is read-only,
+    every mount of it (see :func:`seals_host_root`), and each read-write grant is bound
+    back writable, with the host's mount flags, from a copy taken before the seal. Landlock
+    rights also add up along a path, so a read-only grant beneath a read-write one (or the
+    fresh ``/tmp`` each run binds it back under) is bound read-only again. A grant is bound
+    only where it differs from what it lies under; runs inherit these mounts, and so do the
+    paths each run binds back under its fresh ``/tmp`` and ``/dev/shm``."""
     wanted = [
         (os.path.realpath(path), "ro")
         for path in layout.read_only
-        if path not in _NOT_BOUND_READ_ONLY and not _under(path, "/proc")
+        if path not in _NOT_BOUND and not _under(path, "/proc")
     ]
-    wanted += [(os.path.realpath(path), "rw") for path in layout.read_write]
+    # Device nodes are written through a read-only mount as through any other (the mount
+    # guards the node's metadata, not the device): a writable one needs no bind.
+    wanted += [(os.path.realpath(path), "rw") for path in layout.read_write if not _device(path)]
     plan: list[tuple[str, str]] = []
+    base = "ro" if seals_host_root(layout) else "rw"
     for path, kind in sorted(set(wanted), key=lambda entry: (_depth(entry[0]), entry)):
-        if path in _NOT_BOUND_READ_ONLY or _under(path, "/proc"):
+        if path in _NOT_BOUND or _under(path, "/proc"):
             continue
         # What the path inherits from the deepest planned grant above it (the host's own
-        # mounts when none): bind it only where that is not what it is granted.
+        # mounts, sealed or not, when none): bind it only where that is not what it is
+        # granted.
         above = [kind_above for root, kind_above in plan if _beneath(path, root)]
-        if kind != (above[-1] if above else "rw") and all(p != path for p, _ in plan):
+        if kind != (above[-1] if above else base) and all(p != path for p, _ in plan):
             plan.append((path, kind))
     return [[path, kind] for path, kind in plan]
+
+
+def _device(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def _under(path: str, root: str) -> bool:
@@ -223,8 +258,11 @@ def _mask_dirs(granted: list[str]) -> list[str]:
     return [m for m in outer if not any(m.startswith(o + "/") for o in outer if o != m)]
 
 
-def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[str, Any]:
-    """The session configuration the supervisor receives first on its control socket."""
+def supervisor_config(
+    backend: str, layout: FsLayout, default_net: str, work_dir_id: tuple[int, int]
+) -> dict[str, Any]:
+    """The session configuration the supervisor receives first on its control socket.
+    ``work_dir_id``: the (device, inode) of the work dir the host holds open."""
     python, _ = host_python()
     scratch = ("/tmp", "/dev/shm")
     granted = [*layout.read_only, *layout.read_write]
@@ -250,6 +288,11 @@ def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[
         "rebind": [p for p in granted if any(p.startswith(m + "/") for m in masks)],
         "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
         "session_binds": session_binds(layout) if backend == "userns" else [],
+        "seal_root": backend == "userns" and seals_host_root(layout),
+        # The work dir the host holds (device, inode): the supervisor binds and grants the
+        # directory at its path only if it is still that one.
+        "work_dir": layout.work_dir,
+        "work_dir_id": list(work_dir_id),
         "landlock": isolate,
         "landlock_rules": rules if isolate else [],
         "seccomp": seccomp_filter_hex() if isolate else "",
