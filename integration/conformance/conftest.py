@@ -500,6 +500,12 @@ class Probe:
     SERVER_CANARY = SERVER_CANARY
     """In the environment of every server the suite starts (no run may see it)."""
 
+    @property
+    def prelude(self) -> str:
+        """The Python prelude of hostile probes (what :meth:`run_py` puts first), for code a
+        probe runs some other way (as another user's session, say)."""
+        return PRELUDE
+
     def server(self, sbx: Any) -> RemoteServer | None:
         """The server behind ``sbx`` (remote targets), else ``None``."""
         return server_of(sbx)
@@ -613,6 +619,8 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     ),
     "test_read_only_grant_beneath_proc": None,
     "test_device_ioctl_beneath_read_only_grant": None,
+    # host files' metadata outside every grant and inside read-only ones (the server's host)
+    "test_metadata_of_host_files": None,
     # signals: the Signal RPC, and the deadline a stopped init must not stretch
     "test_caller_signals_reach_the_command": None,
     "test_run_stops_its_own_init": None,

@@ -1,0 +1,331 @@
+"""Host files' metadata, outside every grant and inside read-only ones.
+
+Landlock (ABI 7) mediates opening, creating, removing, renaming and linking files, truncating
+them and device ioctls; it does not mediate changing a file's metadata. ``chmod``, ``chown``,
+``utimensat``, ``setxattr`` (POSIX ACLs are xattrs) and ``file_setattr`` (Linux 6.17) on a
+path ask the kernel for nothing but ownership, so with ``userns`` (whose runs see the host's
+tree) a run could change any host file its uid owns, wherever it lies: as root, files of uid
+65534; as a non-root caller, every file of the caller's (``chmod 644 ~/.ssh/id_rsa``).
+
+The bait is a directory and a ``0600`` secret in it, both owned by the sandbox's uid (65534
+when the caller is root, else the caller), placed:
+
+- outside every grant (``/var/tmp``);
+- in a directory granted read-only (a control: read-only grants are read-only mounts);
+- inside the default read-only grant ``/dev`` (which ``userns`` used to leave unbound: a
+  non-root caller owns its terminal's ``/dev/pts/N``).
+
+The hostile run tries every metadata change, and as controls the calls Landlock does
+mediate (read, truncate, a hard link into the work dir, rename, mkfifo, a unix socket,
+symlink, mkdir, unlink). The host compares the bait's mode, owner, times, xattrs, inode
+flags, contents and entries before and after. A second probe runs the library as a non-root
+caller whose "home" (``.ssh/id_rsa``) is the bait. Over the remote transport the bait is
+the server's host (it runs as root); the read-only grant is its ``--extra-read-only``.
+On ``none`` every change gets through (the positive control).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import struct
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+BAIT = "union-conformance"
+SECRET = b"UCMETA-not-for-the-sandbox\n"
+#: The host uid a sandbox runs as: 65534 when the caller is root, else the caller's own.
+SANDBOX_UID = 65534 if os.geteuid() == 0 else os.geteuid()
+#: An unprivileged caller (the non-root probe): a uid no other test process runs as.
+CALLER_UID = 4243
+_FS_IOC_GETFLAGS = 0x80086601
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where the bait lies."""
+
+    id: str
+    parent: str
+    grant: str
+    """``none``: outside every grant; ``explicit``: the bait's directory is in
+    ``read_only_paths``; ``default``: it lies in a default read-only grant."""
+
+
+PLACES = (
+    Place("outside-grants", "/var/tmp", "none"),
+    Place("read-only-grant", "/var/tmp", "explicit"),
+    Place("in-dev", "/dev", "default"),
+)
+
+
+#: The hostile run. ``TARGET``: the bait file; ``WORK``: the run's work dir.
+TAMPER = r"""
+target = os.environ["TARGET"]
+where = os.path.dirname(target)
+work = os.environ["WORK"]
+tries = {}
+
+def read():
+    with open(target, "rb") as f:
+        f.read()
+
+# Metadata: Landlock does not mediate these.
+tries["chmod"] = attempt(os.chmod, target, 0o644)
+tries["chmod-dir"] = attempt(os.chmod, where, 0o777)
+tries["chown"] = attempt(os.chown, target, os.getuid(), os.getgid())
+tries["utime"] = attempt(os.utime, target, (946684800, 946684800))
+tries["utime-dir"] = attempt(os.utime, where, (946684800, 946684800))
+tries["touch"] = attempt(os.utime, target, None)
+tries["setxattr"] = attempt(os.setxattr, target, "user.union", b"1")
+tries["setxattr-dir"] = attempt(os.setxattr, where, "user.union", b"1")
+# A POSIX ACL (user::rw-, group::r--, other::r--): setfacl's xattr.
+ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 6), (4, 4), (0x20, 4))
+)
+tries["setfacl"] = attempt(os.setxattr, target, "system.posix_acl_access", ACL)
+
+def file_setattr():
+    # file_getattr (468) / file_setattr (469), Linux 6.17: an inode's flags by path.
+    attr = ctypes.create_string_buffer(24)
+    if libc.syscall(468, -100, target.encode(), attr, 24, 0) < 0:
+        raise OSError(ctypes.get_errno(), "file_getattr")
+    xflags = struct.unpack_from("<Q", attr, 0)[0]
+    struct.pack_into("<Q", attr, 0, xflags | 0x80)  # FS_XFLAG_NODUMP
+    if libc.syscall(469, -100, target.encode(), attr, 24, 0) < 0:
+        raise OSError(ctypes.get_errno(), "file_setattr")
+
+tries["file_setattr"] = attempt(file_setattr)
+
+def opath_chmod():
+    # Landlock does not mediate O_PATH opens either: the change through the descriptor.
+    fd = os.open(target, os.O_PATH)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o640)
+    finally:
+        os.close(fd)
+
+tries["chmod-via-o-path"] = attempt(opath_chmod)
+
+# Controls: Landlock mediates these (and a read-only mount refuses the writes).
+tries["read"] = attempt(read)
+tries["truncate"] = attempt(os.truncate, target, 0)
+tries["link-into-work-dir"] = attempt(os.link, target, os.path.join(work, "linked"))
+tries["rename"] = attempt(os.rename, target, target + ".moved")
+tries["mkfifo"] = attempt(os.mkfifo, os.path.join(where, "fifo"))
+
+def bind():
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(os.path.join(where, "sock"))
+    finally:
+        sock.close()
+
+tries["bind-unix-socket"] = attempt(bind)
+tries["symlink"] = attempt(os.symlink, "/", os.path.join(where, "link"))
+tries["mkdir"] = attempt(os.mkdir, os.path.join(where, "newdir"))
+tries["unlink"] = attempt(os.unlink, target)
+linked = read_text(os.path.join(work, "linked"))
+verdict(False, "", tries=tries, linked=linked)
+"""
+
+
+def _fs_flags(path: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        buf = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))
+        return int(struct.unpack("<l", buf[:4])[0])
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _state(directory: str) -> dict[str, Any]:
+    """Everything a run could change about ``directory`` and its entries (not atime)."""
+    seen: dict[str, Any] = {}
+    for name in [".", *sorted(os.listdir(directory))]:
+        path = os.path.join(directory, name)
+        st = os.lstat(path)
+        try:
+            xattrs = {x: os.getxattr(path, x, follow_symlinks=False) for x in os.listxattr(path)}
+        except OSError:
+            xattrs = {}
+        data = b""
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as f:
+                data = f.read()
+        seen[name] = {
+            "mode": oct(st.st_mode),
+            "owner": (st.st_uid, st.st_gid),
+            "times": (st.st_mtime_ns, st.st_ctime_ns),
+            "xattrs": xattrs,
+            "flags": _fs_flags(path),
+            "data": data,
+        }
+    return seen
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changed = []
+    for name in sorted(set(before) | set(after)):
+        if name not in after:
+            changed.append(f"{name}: removed")
+        elif name not in before:
+            changed.append(f"{name}: created")
+        else:
+            changed += [
+                f"{name}: {key}" for key in before[name] if before[name][key] != after[name][key]
+            ]
+    return changed
+
+
+def _make_bait(directory: str, uid: int) -> str:
+    """``directory`` (0700) with a 0600 secret in it, both ``uid``'s; returns the file."""
+    os.mkdir(directory, 0o700)
+    path = os.path.join(directory, "secret")
+    with open(path, "wb") as f:
+        f.write(SECRET)
+    os.chmod(path, 0o600)
+    for p in (directory, path):
+        os.chown(p, uid, uid)
+    return path
+
+
+@pytest.fixture
+def bait_tops() -> Iterator[list[str]]:
+    """Directories to remove after the probe (filled by it)."""
+    made: list[str] = []
+    yield made
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _judge(readable: bool, tries: dict[str, str], linked: str, changed: list[str]) -> bool:
+    """Whether the run got anything: a change on the host, the secret through a link, or
+    (outside the grants, where it is not ``readable``) the secret read."""
+    read_it = not readable and tries.get("read") == "ok"
+    return bool(changed) or SECRET.decode() in linked or read_it
+
+
+def _detail(tries: dict[str, str], changed: list[str]) -> str:
+    got = sorted(name for name, outcome in tries.items() if outcome == "ok")
+    return (
+        (f"changed on the host: {changed}; " if changed else "unchanged; ")
+        + (f"succeeded: {got}; " if got else "")
+        + ", ".join(f"{k}={v}" for k, v in tries.items() if v != "ok")
+    )
+
+
+@pytest.mark.parametrize("place", PLACES, ids=[p.id for p in PLACES])
+async def test_metadata_of_host_files(
+    place: Place, open_sandbox: Any, probe: Any, bait_tops: list[str]
+) -> None:
+    if place.parent == "/dev" and os.geteuid() != 0:
+        pytest.skip("plants bait in /dev: run the suite as root")
+    top = os.path.join(place.parent, f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(top, 0o755)
+    bait_tops.append(top)
+    target = _make_bait(os.path.join(top, "owned"), SANDBOX_UID)
+    kwargs = {"read_only_paths": [os.path.dirname(target)]} if place.grant == "explicit" else {}
+    before = _state(os.path.dirname(target))
+    async with open_sandbox(**kwargs) as sbx:
+        work = await probe.work_dir(sbx)
+        result = await probe.run_py(sbx, TAMPER, env={"TARGET": target, "WORK": work})
+    changed = _changes(before, _state(os.path.dirname(target)))
+    tries = result["tries"]
+    probe.verdict(
+        f"metadata of a host file the sandbox uid owns ({place.id}): chmod, chown, utime, "
+        "xattr, ACL, file_setattr",
+        "EROFS (or not visible); nothing changed on the host",
+        let_through=_judge(place.grant != "none", tries, result["linked"], changed),
+        detail=_detail(tries, changed),
+    )
+
+
+#: Run by a non-root caller: a session of the backend (``sys.argv``: backend, the hostile
+#: code, the bait, the event loop) running the code; prints the run's stdout.
+_AS_CALLER = """
+import sys, warnings
+import anyio
+warnings.simplefilter("ignore")
+from union.sandbox.core.on_device import session
+
+async def main():
+    async with session(backend=sys.argv[1]) as sbx:
+        result = await sbx.exec(
+            sys.argv[2], script_type="python", timeout_s=60,
+            env={"TARGET": sys.argv[3], "WORK": sbx.work_dir},
+        )
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+
+anyio.run(main, backend=sys.argv[4])
+"""
+
+
+async def test_non_root_callers_own_files(
+    target: Any, probe: Any, anyio_backend: str, bait_tops: list[str]
+) -> None:
+    """A non-root caller's sandbox runs as the caller's uid: every file of the caller's,
+    anywhere on the host, is the sandbox uid's. Its ``~/.ssh/id_rsa`` must keep its mode."""
+    if os.geteuid() != 0:
+        pytest.skip("starts the library as another user: run the suite as root")
+    python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin") or ""
+    if not python or sys.version_info[:2] != (3, 11):
+        pytest.skip("no system Python of this version for an unprivileged user")
+    top = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(top, 0o755)
+    bait_tops.append(top)
+    home = os.path.join(top, "home")
+    os.mkdir(home, 0o700)
+    os.chown(home, CALLER_UID, CALLER_UID)
+    key = _make_bait(os.path.join(home, ".ssh"), CALLER_UID)
+    before = _state(os.path.dirname(key))
+    core = Path(__file__).resolve().parents[2] / "packages" / "sandbox-core" / "src"
+    out = subprocess.run(
+        [python, "-c", _AS_CALLER, target.backend, probe.prelude + TAMPER, key, str(anyio_backend)],
+        user=CALLER_UID,
+        group=CALLER_UID,
+        extra_groups=[],
+        env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": home,
+            "TMPDIR": "/tmp",
+            "PYTHONPATH": f"{core}:{sysconfig.get_paths()['purelib']}",
+        },
+        cwd="/tmp",
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    reported = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert reported, f"exit {out.returncode}\nstdout: {out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    result = json.loads(reported[-1][len("RESULT ") :])
+    changed = _changes(before, _state(os.path.dirname(key)))
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(top, "linked"))
+    probe.verdict(
+        "a non-root caller's own files (~/.ssh/id_rsa, outside every grant): chmod, chown, "
+        "utime, xattr, ACL, file_setattr",
+        "EROFS (or not visible); nothing changed on the host",
+        let_through=_judge(False, result["tries"], result["linked"], changed),
+        detail=_detail(result["tries"], changed),
+    )
