@@ -34,13 +34,13 @@ import os
 import secrets
 import shutil
 import struct
-import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 pytestmark = pytest.mark.anyio
@@ -299,25 +299,24 @@ async def test_non_root_callers_own_files(
     key = _make_bait(os.path.join(home, ".ssh"), CALLER_UID)
     before = _state(os.path.dirname(key))
     core = Path(__file__).resolve().parents[2] / "packages" / "sandbox-core" / "src"
-    out = subprocess.run(
-        [python, "-c", _AS_CALLER, target.backend, probe.prelude + TAMPER, key, str(anyio_backend)],
-        user=CALLER_UID,
-        group=CALLER_UID,
-        extra_groups=[],
-        env={
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": home,
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": f"{core}:{sysconfig.get_paths()['purelib']}",
-        },
-        cwd="/tmp",
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    reported = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert reported, f"exit {out.returncode}\nstdout: {out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    with anyio.fail_after(180):
+        out = await anyio.run_process(
+            [python, "-c", _AS_CALLER, target.backend, probe.prelude + TAMPER, key, anyio_backend],
+            user=CALLER_UID,
+            group=CALLER_UID,
+            extra_groups=[],
+            env={
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": home,
+                "TMPDIR": "/tmp",
+                "PYTHONPATH": f"{core}:{sysconfig.get_paths()['purelib']}",
+            },
+            cwd="/tmp",
+            check=False,
+        )
+    stdout, stderr = out.stdout.decode(), out.stderr.decode()
+    reported = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert reported, f"exit {out.returncode}\nstdout: {stdout[-2000:]}\n{stderr[-3000:]}"
     result = json.loads(reported[-1][len("RESULT ") :])
     changed = _changes(before, _state(os.path.dirname(key)))
     with contextlib.suppress(OSError):
