@@ -153,6 +153,11 @@ class SetupError(Exception):
     """A step of the sandbox setup failed; the message names it."""
 
 
+class Refused(SetupError):
+    """Setup stopped because something it was given changed under it (a granted path
+    replaced), not for want of a host feature: the host raises it as it is."""
+
+
 def check(result: int, what: str) -> int:
     if result < 0:
         err = ctypes.get_errno()
@@ -433,7 +438,7 @@ def hold_work_dir(path: str, expected: list[int]) -> int:
         if [st.st_dev, st.st_ino] == list(expected):
             return fd
         os.close(fd)
-    raise SetupError(
+    raise Refused(
         f"the work dir {path!r} was replaced after the session opened it ({why}; is a "
         "sandbox that can write its parent renaming or linking it?); open the session again"
     )
@@ -1680,7 +1685,7 @@ def main() -> None:
         remember_rebinds()
     except Exception as exc:  # the host shows this to the user
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
-        control.send(b"error " + detail.encode())
+        control.send((b"refused " if isinstance(exc, Refused) else b"error ") + detail.encode())
         os._exit(1)
     # A run is a copy of this process: keep the garbage collector from touching (and so
     # copying) every object in each copy.

@@ -121,7 +121,7 @@ class Supervisor:
         self.facts: dict[str, Any] = {}
         self._ready = False
         self._ready_lock = anyio.Lock()
-        self._failure: BackendUnavailableError | None = None
+        self._failure: RuntimeError | None = None
         self._next_id = 0
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = host
@@ -192,6 +192,12 @@ class Supervisor:
             }
             self._ready = True
             return self.facts
+        if msg.startswith(b"refused "):
+            # Not the host's fault (a granted path changed under the session, say): said as
+            # it is, not as a backend to give up on.
+            self._failure = RuntimeError(msg[8:].decode("utf-8", "replace"))
+            await self.aclose()
+            raise self._failure
         detail = msg[6:].decode("utf-8", "replace") if msg.startswith(b"error ") else ""
         stderr = await anyio.to_thread.run_sync(self._collect_stderr)
         problems = (

@@ -1,0 +1,103 @@
+"""A pinned work dir is what the host opened, not whatever is at its path later.
+
+A pinned ``host_work_dir`` may lie where another live sandbox can write its parent: inside
+another session's work dir, or a ``read_write_paths`` entry (over the remote transport: a
+server's ``--work-dir`` inside another server's). The host opens the work dir once, when the
+session opens, and holds it; the sandbox bound it, and granted it in Landlock, by its path,
+when the supervisor (``userns``) or bwrap started a moment later. Session A's run watches
+the path, and as soon as session B's host has opened it (B's venv appears in it) renames it
+away and puts a symlink to a victim directory in its place: a 0777 host directory outside
+every grant. B's runs then wrote into the victim. Now the work dir is bound as the
+directory the host holds (bwrap ``--bind-fd``; the userns supervisor checks its device and
+inode before binding or granting it, and fails the session if it changed), so B either
+works in its real directory or refuses to start, and the victim is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+BAIT = "union-conformance"
+
+#: Session A's run: ``SUB`` is session B's pinned work dir, ``VICTIM`` the directory to
+#: redirect it to.
+RACER = r"""
+sub, victim = os.environ["SUB"], os.environ["VICTIM"]
+print("READY", flush=True)
+deadline = time.monotonic() + 90
+while time.monotonic() < deadline:
+    try:
+        if os.listdir(sub):  # B's host is building its venv in it: it holds it open now
+            break
+    except OSError:
+        pass
+else:
+    verdict(False, "B's work dir never appeared", swapped=False)
+os.rename(sub, sub + "-real")
+os.symlink(victim, sub)
+verdict(False, "swapped", swapped=True)
+"""
+
+
+@pytest.fixture
+def victim() -> Iterator[str]:
+    """A host directory outside every grant that the sandbox uid could write by mode."""
+    path = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(path)
+    os.chmod(path, 0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_pinned_work_dir_swapped_before_the_bind(
+    open_sandbox: Any, probe: Any, victim: str
+) -> None:
+    async with open_sandbox() as a:
+        sub = os.path.join(await probe.work_dir(a), f"{BAIT}-pinned-{secrets.token_hex(4)}")
+        racer = await a.run(
+            probe.prelude + RACER,
+            script_type="python",
+            env={"SUB": sub, "VICTIM": victim},
+            timeout_s=120,
+        )
+        try:
+            assert racer.stdout is not None
+            assert (await racer.stdout.readline()).strip() == b"READY"
+            outcome = await _session_on(open_sandbox, sub)
+            swapped = (await racer.stdout.readline()).decode()
+        finally:
+            with contextlib.suppress(Exception):
+                await racer.kill()
+            await racer.wait()
+        # A's work dir, B's real one and the link are A's: removed with A.
+    planted = sorted(os.listdir(victim))
+    probe.verdict(
+        "pinned work dir swapped for a symlink after the host opened it, before the bind",
+        "B works in the dir the host opened, or refuses to start; the victim is untouched",
+        let_through=bool(planted),
+        detail=(f"B wrote into the victim: {planted}; " if planted else "victim untouched; ")
+        + f"B: {outcome}; racer: {swapped.strip() or 'no verdict'}",
+    )
+
+
+async def _session_on(open_sandbox: Any, pinned: str) -> str:
+    """Open session B on ``pinned``, write a file in its work dir, and say what happened."""
+    try:
+        async with open_sandbox(host_work_dir=pinned) as b:
+            result = await b.exec("echo planted > union-conformance-marker; pwd -P", timeout_s=30)
+            return (
+                f"exit {result.returncode}, in {result.stdout.strip()!r} {result.stderr[-200:]!r}"
+            )
+    except Exception as exc:  # refusing to start is the safe outcome
+        return f"refused: {type(exc).__name__}: {str(exc)[:300]}"
