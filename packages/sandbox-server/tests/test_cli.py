@@ -74,6 +74,11 @@ def test_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--token", "short"], "at least 16 characters"),
         (["--no-auth", "--token", "x" * 20], "not allowed with argument"),
         (["--no-auth", "--extra-read-only", "rel"], "absolute paths"),
+        (
+            ["--no-auth", "--work-dir", "/srv/w", "--extra-read-only", "/opt,/srv/w/"],
+            "--extra-read-only '/srv/w/' is always writable to runs (it is the --work-dir",
+        ),
+        (["--no-auth", "--extra-read-only", "/tmp"], "--extra-read-only '/tmp' is always"),
         (["--no-auth", "--python", "/usr/bin/false"], "--python must be the interpreter"),
     ],
 )

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from union.sandbox.core.on_device.fs import check_work_dir
+from union.sandbox.core.on_device.fs import DEFAULT_READ_WRITE, check_work_dir
 
 __all__ = ["TOKEN_ENV", "ServerConfig", "build_parser", "parse_args"]
 
@@ -236,9 +236,18 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "sandbox-server") 
     except ValueError as exc:
         parser.error(str(exc))
     extra = tuple(p.strip() for p in args.extra_read_only.split(",") if p.strip())
+    # What runs always write (the session would refuse the grant at startup, naming the
+    # library's argument): said here, by this flag's name, before anything exists.
+    writable = {os.path.normpath(args.work_dir), os.path.realpath(args.work_dir)}
     for path in extra:
         if not os.path.isabs(path):
             parser.error(f"--extra-read-only entries must be absolute paths, got {path!r}")
+        if os.path.normpath(path) in writable or os.path.normpath(path) in DEFAULT_READ_WRITE:
+            parser.error(
+                f"--extra-read-only {path!r} is always writable to runs (it is the --work-dir "
+                "or a default read-write path such as /tmp): drop it from --extra-read-only, "
+                "or name a path beneath it"
+            )
     if args.python is not None:
         wanted = os.path.realpath(args.python) if os.sep in args.python else None
         mine = {
