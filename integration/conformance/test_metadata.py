@@ -26,7 +26,6 @@ On ``none`` every change gets through (the positive control).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import json
@@ -260,18 +259,24 @@ async def test_metadata_of_host_files(
 
 
 #: Run by a non-root caller: a session of the backend (``sys.argv``: backend, the hostile
-#: code, the bait, the event loop) running the code; prints the run's stdout.
+#: code, its ``TARGET``, the event loop) running the code; prints the run's stdout. A
+#: ``TARGET`` of ``PTY`` is a terminal the caller opens, with a line typed into it.
 _AS_CALLER = """
-import sys, warnings
+import os, sys, warnings
 import anyio
 warnings.simplefilter("ignore")
 from union.sandbox.core.on_device import session
 
 async def main():
+    target = sys.argv[3]
+    if target == "PTY":
+        typing, terminal = os.openpty()
+        os.write(typing, b"typed-secret\\n")
+        target = os.ttyname(terminal)
     async with session(backend=sys.argv[1]) as sbx:
         result = await sbx.exec(
             sys.argv[2], script_type="python", timeout_s=60,
-            env={"TARGET": sys.argv[3], "WORK": sbx.work_dir},
+            env={"TARGET": target, "WORK": sbx.work_dir},
         )
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
@@ -280,28 +285,17 @@ anyio.run(main, backend=sys.argv[4])
 """
 
 
-async def test_non_root_callers_own_files(
-    target: Any, probe: Any, anyio_backend: str, bait_tops: list[str]
-) -> None:
-    """A non-root caller's sandbox runs as the caller's uid: every file of the caller's,
-    anywhere on the host, is the sandbox uid's. Its ``~/.ssh/id_rsa`` must keep its mode."""
+async def _as_caller(backend: str, code: str, target: str, loop: str, home: str) -> Any:
+    """Run ``code`` in a session of ``backend`` opened by :data:`CALLER_UID`; its verdict."""
     if os.geteuid() != 0:
         pytest.skip("starts the library as another user: run the suite as root")
     python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin") or ""
     if not python or sys.version_info[:2] != (3, 11):
         pytest.skip("no system Python of this version for an unprivileged user")
-    top = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
-    os.mkdir(top, 0o755)
-    bait_tops.append(top)
-    home = os.path.join(top, "home")
-    os.mkdir(home, 0o700)
-    os.chown(home, CALLER_UID, CALLER_UID)
-    key = _make_bait(os.path.join(home, ".ssh"), CALLER_UID)
-    before = _state(os.path.dirname(key))
     core = Path(__file__).resolve().parents[2] / "packages" / "sandbox-core" / "src"
     with anyio.fail_after(180):
         out = await anyio.run_process(
-            [python, "-c", _AS_CALLER, target.backend, probe.prelude + TAMPER, key, anyio_backend],
+            [python, "-c", _AS_CALLER, backend, code, target, loop],
             user=CALLER_UID,
             group=CALLER_UID,
             extra_groups=[],
@@ -317,14 +311,65 @@ async def test_non_root_callers_own_files(
     stdout, stderr = out.stdout.decode(), out.stderr.decode()
     reported = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert reported, f"exit {out.returncode}\nstdout: {stdout[-2000:]}\n{stderr[-3000:]}"
-    result = json.loads(reported[-1][len("RESULT ") :])
+    return json.loads(reported[-1][len("RESULT ") :])
+
+
+async def test_non_root_callers_own_files(
+    target: Any, probe: Any, anyio_backend: str, bait_tops: list[str]
+) -> None:
+    """A non-root caller's sandbox runs as the caller's uid: every file of the caller's,
+    anywhere on the host, is the sandbox uid's. Its ``~/.ssh/id_rsa`` must keep its mode."""
+    top = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(top, 0o755)
+    bait_tops.append(top)
+    home = os.path.join(top, "home")
+    os.mkdir(home, 0o700)
+    os.chown(home, CALLER_UID, CALLER_UID)
+    key = _make_bait(os.path.join(home, ".ssh"), CALLER_UID)
+    before = _state(os.path.dirname(key))
+    result = await _as_caller(target.backend, probe.prelude + TAMPER, key, anyio_backend, home)
     changed = _changes(before, _state(os.path.dirname(key)))
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(top, "linked"))
     probe.verdict(
         "a non-root caller's own files (~/.ssh/id_rsa, outside every grant): chmod, chown, "
         "utime, xattr, ACL, file_setattr",
         "EROFS (or not visible); nothing changed on the host",
         let_through=_judge(False, result["tries"], result["linked"], changed),
         detail=_detail(result["tries"], changed),
+    )
+
+
+#: ``TARGET``: the caller's terminal, with a line typed into it.
+TERMINAL = r"""
+tty = os.environ["TARGET"]
+tries, got = {}, b""
+try:
+    fd = os.open(tty, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        got = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    tries["read"] = "ok"
+except OSError as exc:
+    tries["read"] = err(exc.errno)
+tries["chmod"] = attempt(os.chmod, tty, 0o666)
+tries["got"] = got.decode(errors="replace")
+verdict(b"typed-secret" in got or tries["chmod"] == "ok", tries)
+"""
+
+
+async def test_non_root_callers_terminal(
+    target: Any, probe: Any, anyio_backend: str, bait_tops: list[str]
+) -> None:
+    """A non-root caller owns its terminal (``/dev/pts/N``), inside the default read-only
+    grant ``/dev``: a run must not read what is typed into it, nor change its mode."""
+    home = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(home, 0o700)
+    os.chown(home, CALLER_UID, CALLER_UID)
+    bait_tops.append(home)
+    result = await _as_caller(target.backend, probe.prelude + TERMINAL, "PTY", anyio_backend, home)
+    probe.verdict(
+        "a non-root caller's terminal (/dev/pts/N, in the default read-only /dev): read, chmod",
+        "not visible; nothing typed read",
+        let_through=result["let_through"],
+        detail=result["detail"],
     )

@@ -470,6 +470,34 @@ def mask_dirs_as_root(masks: list[str], rebinds: list[str]) -> None:
             mount(None, mask, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
 
 
+#: In the minimal /dev of a userns session, as in bubblewrap's.
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+    ("core", "/proc/kcore"),
+)
+
+
+def minimal_dev(binds: list[str]) -> None:
+    """userns: cover the host's /dev (a default read-only grant) with an empty tmpfs that
+    holds ``binds`` (the usual device nodes, /dev/shm beneath which grants are bound back
+    each run, and granted paths under /dev), bound from the host's, plus the usual links.
+    The host's /dev holds a non-root caller's own terminals (``/dev/pts/N``: a run could
+    read what is typed into them) and whatever devices the host gave the caller; bubblewrap
+    builds its /dev the same way. The tmpfs becomes read-only with the rest of the tree."""
+    held = hold(binds)
+    mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for path, fd in held:
+        bind_back(path, fd, read_only=False)
+    for name in ("pts", "shm"):
+        os.makedirs(f"/dev/{name}", 0o755, exist_ok=True)
+    for name, target in DEV_LINKS:
+        os.symlink(target, f"/dev/{name}")
+
+
 def landlock_abi() -> int:
     abi = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, 1)
     return abi if abi > 0 else 0
@@ -565,6 +593,8 @@ def setup_session(config: dict[str, Any]) -> str:
                     MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
                     "mode=0755,size=4k",
                 )
+        if config.get("dev_binds") is not None:
+            minimal_dev(config["dev_binds"])
     elif mode == "bwrap":
         # bwrap's /proc carries read-only covers (/proc/sys, ...): they would be locked from
         # the mapped namespace below, and the kernel only lets a run mount its own /proc

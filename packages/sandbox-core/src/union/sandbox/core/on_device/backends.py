@@ -258,6 +258,22 @@ def _mask_dirs(granted: list[str]) -> list[str]:
     return [m for m in outer if not any(m.startswith(o + "/") for o in outer if o != m)]
 
 
+#: The device nodes of a userns session's own /dev (bubblewrap's ``--dev`` has the same).
+DEV_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+
+
+def dev_binds(layout: FsLayout) -> list[str] | None:
+    """userns: what the session's minimal /dev holds, bound from the host's: the usual
+    nodes, ``/dev/shm`` (each run's fresh one goes on top; grants beneath it are bound
+    back from here) and granted paths under /dev. ``None`` (the host's /dev) when the caller
+    grants ``/dev`` itself."""
+    if "/dev" in (*layout.extra_read_only, *layout.extra_read_write):
+        return None
+    granted = [*layout.read_only, *layout.read_write]
+    under = [p for p in granted if _beneath(p, "/dev") and not _under(p, "/dev/shm")]
+    return [p for p in dict.fromkeys([*DEV_NODES, "/dev/shm", *under]) if os.path.exists(p)]
+
+
 def supervisor_config(
     backend: str, layout: FsLayout, default_net: str, work_dir_id: tuple[int, int]
 ) -> dict[str, Any]:
@@ -286,6 +302,7 @@ def supervisor_config(
             if backend == "userns" and not any(p == d or p.startswith(d + "/") for p in granted)
         ],
         "rebind": [p for p in granted if any(p.startswith(m + "/") for m in masks)],
+        "dev_binds": dev_binds(layout) if backend == "userns" else None,
         "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
         "session_binds": session_binds(layout) if backend == "userns" else [],
         "seal_root": backend == "userns" and seals_host_root(layout),
