@@ -87,3 +87,61 @@ async def test_a_path_granted_both_ways_is_refused(conflict: str, public_tmp: st
         kwargs["host_work_dir"] = path
     with pytest.raises(ValueError, match="granted both read-only and read-write"):
         sb.on_device.session(backend="userns", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_read_write_grants_take_metadata_changes(backend: str, public_tmp: str) -> None:
+    """The host's tree is read-only to runs (userns binds read-write grants and the work
+    dir back writable): in them a run may still chmod, touch and set xattrs."""
+    rw = os.path.join(public_tmp, "rw")
+    data = _writable_dir(rw)
+    uid = 65534 if os.getuid() == 0 else os.getuid()
+    for path in (rw, data):
+        os.chown(path, uid, uid)
+    async with sb.on_device.session(backend=backend, read_write_paths=[rw]) as sbx:
+        result = await sbx.exec(
+            f"chmod 600 {data} && touch -d 2001-01-01 {data} && echo rw-ok; "
+            "echo z > mine && chmod 600 mine && touch -d 2001-01-01 mine && "
+            'python3 -c \'import os; os.setxattr("mine", "user.k", b"v")\' && echo work-ok'
+        )
+        assert result.stdout.split() == ["rw-ok", "work-ok"], result.stderr
+        assert os.getxattr(os.path.join(sbx.work_dir, "mine"), "user.k") == b"v"
+    st = os.stat(data)
+    assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o600, 978307200)
+
+
+async def test_dev_is_the_sandboxs_own(backend: str) -> None:
+    """Runs see a /dev of their own (userns as bubblewrap): the usual nodes and links, never
+    the host's terminals or disks; the nodes still work."""
+    async with sb.on_device.session(backend=backend) as sbx:
+        result = await sbx.exec(
+            "ls -A /dev; echo x > /dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; "
+            "echo y > /dev/shm/a && echo shm-ok"
+        )
+    names = result.stdout.split()
+    assert names[-3:] == ["null-ok", "4", "shm-ok"], result
+    assert set(names[:-3]) <= {
+        *("null", "zero", "full", "random", "urandom", "tty", "shm", "pts", "ptmx"),
+        *("fd", "stdin", "stdout", "stderr", "core"),
+    }
+
+
+async def test_a_grant_under_tmp_replaced_mid_session_is_not_bound(
+    backend: str, public_tmp: str
+) -> None:
+    """Grants are resolved once, when the session starts. userns binds the grants under /tmp
+    back beneath each run's fresh /tmp by name: whatever is at that name must still be what
+    the session resolved, else the run fails (a directory swapped in there would get the
+    fresh /tmp's rights); bubblewrap's root keeps the directory it bound."""
+    ro = os.path.join(public_tmp, "ro")
+    _writable_dir(ro)
+    async with sb.on_device.session(backend=backend, read_only_paths=[ro]) as sbx:
+        assert (await sbx.exec(f"cat {ro}/data")).stdout == "original\n"
+        os.rename(ro, ro + "-moved")
+        os.truncate(_writable_dir(ro), 0)  # "original" no more
+        # A scratch size of its own: a new init (not an idle or prepared one).
+        again = sbx.exec(f"cat {ro}/data", resources=sb.Resources(disk="32Mi"))
+        if backend == "userns":
+            with pytest.raises(sb.errors.ExecutionError, match="was replaced after the session"):
+                await again
+        else:
+            assert (await again).stdout == "original\n"
