@@ -49,7 +49,9 @@ Remote targets
     the wire (exit, timeout, kill/close/cancel, close with 50 processes, cgroups), per-user
     kernel quotas and the session's pids budget (the server's session), read-only grants
     (``--extra-read-only`` under ``/tmp``, ``/dev/shm``, ``/var/tmp``, the work dir,
-    ``/proc/sys``; device ioctls) and signals (the ``Signal`` RPC, a stopped init). Left out:
+    ``/proc/sys``; device ioctls), host files' metadata outside every grant and in read-only
+    ones, a server's pinned ``--work-dir`` swapped before its supervisor binds it, and
+    signals (the ``Signal`` RPC, a stopped init). Left out:
     probes that exercise only the kernel-facing engine, which the server shares with the
     on-device targets (other kernel probes, other users' homes, ``/root``, stat, SysV IPC,
     unix sockets, UDP, the default-limits fork bomb, the file_size probes, kill of the

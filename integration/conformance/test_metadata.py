@@ -19,9 +19,14 @@ The hostile run tries every metadata change, and as controls the calls Landlock 
 mediate (read, truncate, a hard link into the work dir, rename, mkfifo, a unix socket,
 symlink, mkdir, unlink). The host compares the bait's mode, owner, times, xattrs, inode
 flags, contents and entries before and after. A second probe runs the library as a non-root
-caller whose "home" (``.ssh/id_rsa``) is the bait. Over the remote transport the bait is
-the server's host (it runs as root); the read-only grant is its ``--extra-read-only``.
-On ``none`` every change gets through (the positive control).
+caller whose "home" (``.ssh/id_rsa``) is the bait; a third has that caller's terminal
+(``/dev/pts/N``, its own, in the default read-only grant ``/dev``) with a line typed into
+it. Over the remote transport the bait is the server's host (it runs as root); the
+read-only grant is its ``--extra-read-only``. On ``none`` every change gets through (the
+positive control).
+
+Still open, kept as a known hole: an inotify watch on a host directory outside the grants
+(Landlock does not mediate ``inotify_add_watch`` either) shows the names of files used there.
 """
 
 from __future__ import annotations
@@ -372,4 +377,63 @@ async def test_non_root_callers_terminal(
         "not visible; nothing typed read",
         let_through=result["let_through"],
         detail=result["detail"],
+    )
+
+
+WATCH_HOLE = (
+    "HOLE (low, information): in the userns backend a run can put an inotify watch on any "
+    "host directory its uid may read by mode, outside every grant (Landlock does not "
+    "mediate inotify_add_watch), and learn the names of files opened, created and removed "
+    "there as it happens (as a non-root caller: anywhere in the caller's home). Layer: "
+    "userns filesystem view, as for stat(2). Fix: the fresh-root construction proposed for "
+    "unix sockets (paths outside the grants then do not exist)."
+)
+
+#: ``TARGET``: a host directory outside the grants. Prints READY once watching, then reports
+#: the names of the events that came within 10 s.
+WATCH = r"""
+import select
+IN_OPEN, IN_CREATE = 0x20, 0x100
+fd = libc.inotify_init1(0)
+wd = libc.inotify_add_watch(fd, os.environ["TARGET"].encode(), IN_OPEN | IN_CREATE)
+print("READY", flush=True)
+if wd < 0:
+    verdict(False, "inotify_add_watch: " + err(ctypes.get_errno()))
+names = []
+deadline = time.monotonic() + 10
+while not names and time.monotonic() < deadline:
+    if select.select([fd], [], [], 0.2)[0]:
+        buf = os.read(fd, 4096)
+        off = 0
+        while off < len(buf):
+            _wd, _mask, _cookie, n = struct.unpack_from("iIII", buf, off)
+            names.append(buf[off + 16 : off + 16 + n].rstrip(b"\0").decode())
+            off += 16 + n
+verdict(bool(names), "saw: %s" % (names or "nothing"))
+"""
+
+
+@pytest.mark.hole(**dict.fromkeys(["userns", "remote/userns"], WATCH_HOLE))
+async def test_watch_outside_grants(sandbox: Any, probe: Any, bait_tops: list[str]) -> None:
+    top = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(top, 0o755)
+    bait_tops.append(top)
+    proc = await sandbox.run(
+        probe.prelude + WATCH, script_type="python", env={"TARGET": top}, timeout_s=30
+    )
+    assert proc.stdout is not None
+    with anyio.fail_after(20):
+        assert (await proc.stdout.readline()).strip() == b"READY"
+    secret_name = f"{BAIT}-name-{secrets.token_hex(4)}"
+    with open(os.path.join(top, secret_name), "w"):  # noqa: ASYNC230 (host bait, instant)
+        pass
+    out = await proc.stdout.read()
+    await proc.wait()
+    line = [ln for ln in out.decode().splitlines() if ln.startswith("RESULT ")]
+    result = json.loads(line[-1][len("RESULT ") :]) if line else {"detail": "no verdict"}
+    probe.verdict(
+        "inotify watch on a host directory outside the grants (/var/tmp/<dir>: file names)",
+        "ENOENT / EACCES",
+        let_through=secret_name in result["detail"],
+        detail=result["detail"].replace(secret_name, "<secret name>"),
     )
