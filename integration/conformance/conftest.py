@@ -625,6 +625,7 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_metadata_of_host_files": None,
     # a server's pinned --work-dir swapped before its supervisor binds it
     "test_pinned_work_dir_swapped_before_the_bind": None,
+    "test_pinned_work_dir_planted_as_a_symlink": None,
     # signals: the Signal RPC, and the deadline a stopped init must not stretch
     "test_caller_signals_reach_the_command": None,
     "test_run_stops_its_own_init": None,

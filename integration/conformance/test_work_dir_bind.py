@@ -64,7 +64,7 @@ async def test_pinned_work_dir_swapped_before_the_bind(
     open_sandbox: Any, probe: Any, victim: str
 ) -> None:
     async with open_sandbox() as a:
-        sub = os.path.join(await probe.work_dir(a), f"{BAIT}-pinned-{secrets.token_hex(4)}")
+        sub = os.path.join(await probe.work_dir(a), f"{BAIT}-pinned_{secrets.token_hex(4)}")
         racer = await a.run(
             probe.prelude + RACER,
             script_type="python",
@@ -101,3 +101,36 @@ async def _session_on(open_sandbox: Any, pinned: str) -> str:
             )
     except Exception as exc:  # refusing to start is the safe outcome
         return f"refused: {type(exc).__name__}: {str(exc)[:300]}"
+
+
+#: Session A's run: put a symlink to ``VICTIM`` at ``SUB`` (session B's pinned path).
+PLANT = r"""
+os.symlink(os.environ["VICTIM"], os.environ["SUB"])
+verdict(False, "planted")
+"""
+
+
+async def test_pinned_work_dir_planted_as_a_symlink(
+    open_sandbox: Any, probe: Any, victim: str
+) -> None:
+    """The other form: the symlink is there before session B's host opens the path. The
+    host used to follow it, take the target as B's work dir and, as root, chown it to the
+    sandbox uid (any directory but the system roots ``check_work_dir`` refuses); now a
+    symlink at the pinned name is refused."""
+    os.chmod(victim, 0o700)  # root's (or the caller's) own: the sandbox uid may not enter it
+    async with open_sandbox() as a:
+        sub = os.path.join(await probe.work_dir(a), f"{BAIT}-pinned_{secrets.token_hex(4)}")
+        await probe.run_py(a, PLANT, env={"SUB": sub, "VICTIM": victim})
+        outcome = await _session_on(open_sandbox, sub)
+    st = os.stat(victim)
+    planted = sorted(os.listdir(victim))
+    taken = (st.st_uid, st.st_mode & 0o777) != (os.geteuid(), 0o700)
+    probe.verdict(
+        "pinned work dir planted as a symlink (to a 0700 dir) before the host opened it",
+        "B refuses the symlink; the victim keeps its owner and mode",
+        let_through=taken or bool(planted),
+        detail=(f"victim now uid {st.st_uid} mode {st.st_mode & 0o777:o}; " if taken else "")
+        + (f"B wrote into it: {planted}; " if planted else "")
+        + f"B: {outcome}",
+        unisolated="held",
+    )

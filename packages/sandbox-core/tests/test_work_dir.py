@@ -114,10 +114,29 @@ async def test_a_link_to_a_system_directory_is_refused_at_open(public_tmp: str) 
     link = os.path.join(public_tmp, "looks-harmless")
     os.symlink("/etc", link)
     session = sb.on_device.session(backend="userns", host_work_dir=link)
-    with pytest.raises(ValueError, match="'/etc' is a system directory"):
+    with pytest.raises(ValueError, match="is a symbolic link \\(to '/etc'\\)"):
         await session.open()
     assert stat.S_IMODE(os.stat("/etc").st_mode) == 0o755
     assert os.stat("/etc").st_uid == 0
+
+
+async def test_a_pinned_dir_behind_a_link_is_refused(backend: str, public_tmp: str) -> None:
+    """Whatever the link points to: a link at the pinned name may have been planted by a
+    sandbox that can write its parent, and the host would take (as root: chown) its
+    target. A link in a parent still works."""
+    target = os.path.join(public_tmp, "real")
+    os.mkdir(target, 0o700)
+    os.symlink(target, os.path.join(public_tmp, "pinned"))
+    session = sb.on_device.session(backend=backend, host_work_dir=f"{public_tmp}/pinned")
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        await session.open()
+    assert os.stat(target).st_uid == os.getuid()
+    os.symlink(public_tmp, os.path.join(public_tmp, "parent-link"))
+    async with sb.on_device.session(
+        backend=backend, host_work_dir=f"{public_tmp}/parent-link/real"
+    ) as sbx:
+        assert sbx.work_dir == target
+        assert (await sbx.exec("pwd")).stdout.strip() == target
 
 
 # -- removal at close --------------------------------------------------------------------

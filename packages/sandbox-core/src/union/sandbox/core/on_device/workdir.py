@@ -53,8 +53,19 @@ class WorkDir:
             except FileExistsError:
                 pass
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except NotADirectoryError:
+            # Never through a symlink at the pinned name itself: one planted there by a
+            # sandbox that can write the parent (another session's work dir) would make
+            # the host take, and chown, any directory as this session's work dir.
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            if os.path.islink(path):
+                raise ValueError(
+                    f"host_work_dir {path!r} is a symbolic link (to {os.readlink(path)!r}): "
+                    "pass the directory itself (a link at that name can be replaced by "
+                    "whoever may write its parent)"
+                ) from None
             raise NotADirectoryError(
                 errno.ENOTDIR, "host_work_dir exists and is not a directory", path
             ) from None
