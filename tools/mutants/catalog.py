@@ -56,6 +56,8 @@ def _on_device(node: str) -> tuple[str, ...]:
 
 
 GRANTS = "integration/conformance/test_grants.py"
+METADATA = "integration/conformance/test_metadata.py"
+WORK_DIR_BIND = "integration/conformance/test_work_dir_bind.py"
 SIGNALS = "integration/conformance/test_signals.py"
 BACKENDS = f"{CORE}/on_device/backends.py"
 
@@ -258,10 +260,66 @@ MUTANTS: tuple[Mutant, ...] = (
         SUPERVISOR,
         "    if read_only:\n        make_read_only(path)\n",
         "    if False:\n        make_read_only(path)\n",
-        _on_device(
-            f"{GRANTS}::test_read_only_grant_stays_read_only[asyncio-on-device-{{backend}}-tmp]"
+        # With the host's tree sealed read-only a bind copies that flag anyway: only a
+        # session granting "/" read-write (no seal) still depends on this line.
+        (f"{CORE_TESTS}/test_grants.py", "-k", "read_write_root and userns"),
+        "userns, with / granted read-write: write beneath a read-only grant",
+    ),
+    Mutant(
+        "grants-host-root-not-sealed",
+        "grants",
+        SUPERVISOR,
+        '            set_mount_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, "read-only")\n',
+        "            pass\n",
+        (
+            f"{METADATA}::test_metadata_of_host_files[asyncio-on-device-userns-outside-grants]",
+            f"{METADATA}::test_non_root_callers_own_files[asyncio-on-device-userns]",
         ),
-        "userns: write beneath a read-only grant under /tmp, /dev/shm, the work dir, a rw grant",
+        "userns: chmod, chown, utime, xattrs of any host file the sandbox uid owns (a non-root "
+        "caller's: all of theirs), outside every grant",
+    ),
+    Mutant(
+        "grants-userns-host-dev",
+        "grants",
+        SUPERVISOR,
+        '        if config.get("dev_binds") is not None:\n'
+        '            minimal_dev(config["dev_binds"])\n',
+        "        pass\n",
+        (f"{METADATA}::test_non_root_callers_terminal[asyncio-on-device-userns]",),
+        "userns as a non-root caller: read what is typed into the caller's terminal",
+    ),
+    # ---- the work dir and grants are what the session resolved -----------------------------
+    # (bubblewrap binding the work dir by path again is not a mutant here: the supervisor's
+    # own check of the work dir, below, refuses the swapped directory inside bwrap too.)
+    Mutant(
+        "work-dir-userns-not-checked",
+        "work-dir",
+        SUPERVISOR,
+        "        if [st.st_dev, st.st_ino] == list(expected):\n",
+        "        if True:\n",
+        (
+            f"{WORK_DIR_BIND}::test_pinned_work_dir_swapped_before_the_bind[asyncio-on-device-userns]",
+        ),
+        "userns: a pinned work dir swapped for a symlink after the host opened it is granted",
+    ),
+    Mutant(
+        "work-dir-rebinds-not-checked",
+        "work-dir",
+        SUPERVISOR,
+        "    check_rebinds(held)\n",
+        "    pass\n",
+        (f"{CORE_TESTS}/test_grants.py", "-k", "replaced_mid_session and userns"),
+        "userns: a directory swapped in for a grant under /tmp gets the fresh /tmp's rights",
+    ),
+    Mutant(
+        "work-dir-pinned-follows-a-symlink",
+        "work-dir",
+        f"{CORE}/on_device/workdir.py",
+        "os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC",
+        "os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC",
+        (f"{CORE_TESTS}/test_work_dir.py", "-k", "behind_a_link"),
+        "a symlink planted at a pinned work dir's name: the host takes (as root: chowns) its "
+        "target",
     ),
     Mutant(
         "grants-bwrap-binds-in-list-order",

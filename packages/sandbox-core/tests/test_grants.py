@@ -145,3 +145,16 @@ async def test_a_grant_under_tmp_replaced_mid_session_is_not_bound(
                 await again
         else:
             assert (await again).stdout == "original\n"
+
+
+async def test_read_only_grant_beneath_a_read_write_root(backend: str, public_tmp: str) -> None:
+    """With ``/`` itself granted read-write (userns then leaves the host's tree writable),
+    a read-only grant is still a read-only mount."""
+    ro = os.path.join(public_tmp, "ro")
+    data = _writable_dir(ro)
+    async with sb.on_device.session(
+        backend=backend, read_write_paths=["/"], read_only_paths=[ro]
+    ) as sbx:
+        result = await sbx.exec(f"echo x > {data} || echo refused")
+    assert result.stdout == "refused\n", result
+    assert _read(data) == "original\n"
