@@ -158,3 +158,16 @@ async def test_read_only_grant_beneath_a_read_write_root(backend: str, public_tm
         result = await sbx.exec(f"echo x > {data} || echo refused")
     assert result.stdout == "refused\n", result
     assert _read(data) == "original\n"
+
+
+async def test_a_grant_under_tmp_made_after_the_session_started(
+    backend: str, public_tmp: str
+) -> None:
+    """A granted path that does not exist when the session starts grants nothing (it is
+    skipped, as documented), and its appearing later breaks no run."""
+    later = os.path.join(public_tmp, "later")
+    async with sb.on_device.session(backend=backend, read_only_paths=[later]) as sbx:
+        assert (await sbx.exec("true")).returncode == 0
+        _writable_dir(later)
+        result = await sbx.exec("echo ran", resources=sb.Resources(disk="32Mi"))
+    assert result.stdout == "ran\n", result

@@ -658,10 +658,11 @@ def remember_rebinds() -> None:
         try:
             fd = open_grant(path)
         except FileNotFoundError:
-            continue  # grants nothing, now or later (see check_rebinds)
+            continue  # a granted path that does not exist grants nothing, now or later
         st = os.fstat(fd)
         os.close(fd)
         SCRATCH_IDS[path] = (st.st_dev, st.st_ino)
+    SCRATCH_REBINDS[:] = [path for path in SCRATCH_REBINDS if path in SCRATCH_IDS]
     if WORK_DIR_FD >= 0:
         os.close(WORK_DIR_FD)
         WORK_DIR_FD = -1
