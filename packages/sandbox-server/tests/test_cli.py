@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,16 @@ def test_bad_flags(
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_work_dir_symlink_is_refused_by_the_flags_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "work"
+    link.symlink_to(tmp_path)
+    with pytest.raises(SystemExit):
+        parse_args(["--no-auth", "--work-dir", str(link)])
+    assert f"--work-dir '{link}' is a symbolic link" in capsys.readouterr().err
 
 
 def test_unavailable_backend_aborts_startup(tmp_path: os.PathLike[str]) -> None:

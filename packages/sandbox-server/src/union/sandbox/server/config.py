@@ -235,6 +235,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "sandbox-server") 
         check_work_dir(os.path.normpath(args.work_dir), "--work-dir")
     except ValueError as exc:
         parser.error(str(exc))
+    if os.path.islink(args.work_dir):  # the session refuses it too (workdir.py), by its name
+        parser.error(
+            f"--work-dir {args.work_dir!r} is a symbolic link (to "
+            f"{os.readlink(args.work_dir)!r}): pass the directory itself"
+        )
     extra = tuple(p.strip() for p in args.extra_read_only.split(",") if p.strip())
     # What runs always write (the session would refuse the grant at startup, naming the
     # library's argument): said here, by this flag's name, before anything exists.
