@@ -437,3 +437,35 @@ async def test_watch_outside_grants(sandbox: Any, probe: Any, bait_tops: list[st
         let_through=secret_name in result["detail"],
         detail=result["detail"].replace(secret_name, "<secret name>"),
     )
+
+
+#: The session's own ``/dev``: a change to it would greet every later run of the session.
+SESSION_DEV = r"""
+tries = {
+    "chmod": attempt(os.chmod, "/dev", 0o700),
+    "utime": attempt(os.utime, "/dev", (946684800, 946684800)),
+    "setxattr": attempt(os.setxattr, "/dev", "user.union", b"1"),
+}
+verdict(any(v == "ok" for v in tries.values()), tries)
+"""
+
+
+async def test_non_root_callers_session_dev(
+    target: Any, probe: Any, anyio_backend: str, bait_tops: list[str]
+) -> None:
+    """bubblewrap's ``/dev`` is a tmpfs of the session, owned by the sandbox's uid when the
+    caller is not root: a run could ``chmod 000 /dev`` and every later run of the session
+    (every client of a server) would have no ``/dev/null``. It is read-only, as userns's."""
+    home = os.path.join("/var/tmp", f"{BAIT}-{secrets.token_hex(6)}")
+    os.mkdir(home, 0o700)
+    os.chown(home, CALLER_UID, CALLER_UID)
+    bait_tops.append(home)
+    code = probe.prelude + SESSION_DEV
+    result = await _as_caller(target.backend, code, "/dev", anyio_backend, home)
+    probe.verdict(
+        "a non-root caller's session /dev: chmod, utime, xattr (seen by every later run)",
+        "EROFS / EPERM",
+        let_through=result["let_through"],
+        detail=result["detail"],
+        unisolated="any",
+    )

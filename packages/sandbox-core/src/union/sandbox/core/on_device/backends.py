@@ -157,8 +157,10 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout, work_fd: int = -1) ->
     for kind, path in binds:
         args += _bind_args(kind, path, work_fd)
     # The root tmpfs holding the mount points belongs to the sandbox uid: read-only, so
-    # that nothing but a granted path is writable, whatever Landlock says.
-    args += ["--remount-ro", "/", "--"]
+    # that nothing but a granted path is writable, whatever Landlock says. So is bwrap's
+    # /dev tmpfs for a non-root caller: a run could chmod or touch it, and every later run
+    # of the session (every client of a server) would find it so (chmod 000: no /dev/null).
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--"]
     return args
 
 
