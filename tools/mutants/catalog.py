@@ -288,6 +288,15 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{METADATA}::test_non_root_callers_terminal[asyncio-on-device-userns]",),
         "userns as a non-root caller: read what is typed into the caller's terminal",
     ),
+    Mutant(
+        "grants-bwrap-dev-writable",
+        "grants",
+        BACKENDS,
+        '    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--"]\n',
+        '    args += ["--remount-ro", "/", "--"]\n',
+        (f"{METADATA}::test_non_root_callers_session_dev[asyncio-on-device-bubblewrap]",),
+        "bubblewrap as a non-root caller: a run chmods the session's /dev for every later run",
+    ),
     # ---- the work dir and grants are what the session resolved -----------------------------
     # (bubblewrap binding the work dir by path again is not a mutant here: the supervisor's
     # own check of the work dir, below, refuses the swapped directory inside bwrap too.)
