@@ -19,7 +19,7 @@ Modules, one job each: :mod:`.addresses` (canonical hosts, special ranges), :mod
 
 from __future__ import annotations
 
-from .host import ProxyHost
+from .host import ListenerGroup, ProxyHost
 from .listeners import ProxyKind, make_listeners, proxy_env
 from .log import DecisionLog, NetworkDecision
 from .rules import Decision, Resolver, RuleSet
@@ -27,6 +27,7 @@ from .rules import Decision, Resolver, RuleSet
 __all__ = [
     "Decision",
     "DecisionLog",
+    "ListenerGroup",
     "NetworkDecision",
     "ProxyHost",
     "ProxyKind",
