@@ -29,6 +29,7 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -100,7 +101,6 @@ class _Run:
         self.key = key
         self.ctx = ctx
         self.group = group
-        self.admitted = False  # under the bind lock: a connection was ever admitted
         # Loop side:
         self.stopped = False
         self.scopes: set[anyio.CancelScope] = set()
@@ -156,6 +156,7 @@ class ProxyHost:
         self._runs: dict[object, _Run] = {}
         self._groups: set[ListenerGroup] = set()
         self._own_groups: dict[object, ListenerGroup] = {}  # serve(): closed by stop()
+        self._draining: dict[object, _Run] = {}  # disarmed, connections still open
         # Loop-thread state, created by _main:
         self._tg: TaskGroup | None = None
         self._stopping: anyio.Event | None = None
@@ -271,12 +272,11 @@ class ProxyHost:
             group.current = run
             self._runs[run_key] = run
 
-    def disarm(self, run_key: object, *, wait: bool = False) -> int:
+    def disarm(self, run_key: object) -> int:
         """Stop serving ``run_key``: its listeners accept for no run until armed again, and
-        its connections are closed (``wait``: this returns once they are, or after
-        ``join_timeout``; blocking, so async code calls it from a worker thread). Returns
-        how many connections it still held when disarmed (0: nothing of the run is open).
-        Unknown keys are a no-op (0)."""
+        its connections are closed (without waiting: see :meth:`join`). Returns how many
+        connections it still held when disarmed (0: nothing of the run is open, and no
+        connection is ever bound to it again). Unknown keys are a no-op (0)."""
         with self._bind_lock:
             run = self._runs.pop(run_key, None)
             if run is None:
@@ -284,15 +284,50 @@ class ProxyHost:
             if run.group.current is run:
                 run.group.current = None
             held = self._connections.held(run)
-            admitted = run.admitted
+            if held:
+                self._draining[run_key] = run
             portal = self._portal
-        if admitted and portal is not None:  # else nothing of it ever reached the loop
-            if wait:
-                self._wait(run, None)
-            else:
-                with contextlib.suppress(RuntimeError):  # the host closed meanwhile
-                    portal.start_task_soon(self._stop_run, run)
+        if held and portal is not None:
+            with contextlib.suppress(RuntimeError):  # the host closed meanwhile
+                portal.start_task_soon(self._stop_run, run)
         return held
+
+    def join(self, run_key: object) -> None:
+        """Wait (at most ``join_timeout``) until the connections of the disarmed run
+        ``run_key`` are closed. Blocking: async code awaits :meth:`wait_closed`."""
+        with self._bind_lock:
+            run = self._draining.get(run_key)
+        if run is not None:
+            self._wait(run, None)
+
+    async def wait_closed(self, run_key: object) -> None:
+        """:meth:`join` for async code, on any event loop, without a thread: the proxy
+        thread writes to a pipe this waits on."""
+        with self._bind_lock:
+            run = self._draining.get(run_key)
+            portal = self._portal
+        if run is None or portal is None:
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+        def done(_future: object) -> None:  # on the proxy thread (or here, if done)
+            try:
+                os.write(write_end, b"x")
+            except OSError:
+                pass  # the waiter is gone
+            finally:
+                os.close(write_end)
+
+        try:
+            try:
+                future = portal.start_task_soon(self._await_stopped, run, None)
+            except RuntimeError:  # the host closed meanwhile: so did the connections
+                os.close(write_end)
+                return
+            future.add_done_callback(done)
+            await anyio.wait_readable(read_end)
+        finally:
+            os.close(read_end)
 
     def release(self, group: ListenerGroup) -> None:
         """Close ``group``'s listeners (disarming the run armed on it, whose connections
@@ -486,7 +521,7 @@ class ProxyHost:
 
     async def _shutdown(self) -> None:
         with self._bind_lock:
-            runs = list(self._runs.values())
+            runs = [*self._runs.values(), *self._draining.values()]
             groups = list(self._groups)
             self._runs.clear()
             for group in groups:
@@ -560,7 +595,6 @@ class ProxyHost:
                 "too many concurrent proxy connections in this process: the proxies of all "
                 "its sessions may hold at most half of its descriptor limit (RLIMIT_NOFILE)"
             )
-        run.admitted = True
         return None
 
     async def _connection(self, run: _Run, handler: _Handler, conn: socket.socket) -> None:
@@ -580,9 +614,13 @@ class ProxyHost:
             conn.close()
             PROCESS_DESCRIPTORS.give_back(FDS_PER_CONNECTION)
             self._connections.give_back(run)
-            if run.idle is not None and not self._connections.held(run):
-                run.idle.set()
-                run.idle = None
+            if not self._connections.held(run):
+                with self._bind_lock:
+                    if self._draining.get(run.key) is run:
+                        del self._draining[run.key]
+                if run.idle is not None:
+                    run.idle.set()
+                    run.idle = None
 
     async def _lookup(self, run: _Run, call: Callable[[], _T]) -> _T:
         """A blocking lookup of ``run`` on the session's threads, within the run's share of

@@ -114,10 +114,19 @@ class _RunDriver:
         # Reusable only if the run is known to be over, everything in its cgroups reaped,
         # and their counters read (so the next run's count from there).
         reusable = channel.ended_clean and (self._slot.cgroup is None or self._observed)
-        self._slot.init_serial = channel.idle_init if reusable else 0
-        await self._session._release_slot(self._slot, reusable)
+        serial = channel.idle_init if reusable else 0
         if self._egress is not None:
-            await self._session._egress.detach(self._egress, channel)
+            # Before the slot can go to another run: this run's proxies stop (its
+            # connections closed), and its init's listeners stay only with its init.
+            session = self._session
+            kept = await session._egress.detach(self._egress, keep=bool(serial))
+            self._slot.proxy = kept
+            if serial and kept is None:
+                if session._supervisor is not None:
+                    await session._supervisor.retire(serial)
+                serial = 0
+        self._slot.init_serial = serial
+        await self._session._release_slot(self._slot, reusable)
 
 
 class OnDeviceSession(SessionBase):
@@ -453,15 +462,19 @@ class OnDeviceSession(SessionBase):
             "tmp_size": plan.tmp_size,
         }
         await supervisor.ready()
-        egress = self._egress.prepare(policy) if proxied else None
-        if egress is not None:
-            request["proxy_env"] = egress.env_template
-        slot = self._slot_for_run(request, plan)
+        slot = self._slot_for_run(request, plan, proxied)
         request["slot"] = slot.init_serial
-        # An init that served a proxied run is not reused: its network namespace holds the
-        # run's proxy listeners until the host stops serving them.
-        request["recycle"] = self._recycle_inits and egress is None
+        # Backend none has no namespaces to keep a run's processes from the next run's
+        # proxies: its inits are not reused for proxied runs.
+        request["recycle"] = self._recycle_inits and not (proxied and self.backend == "none")
+        egress = None
         try:
+            if proxied:
+                # The slot's idle init keeps its proxy listeners: armed for this run now,
+                # before the run can reach them.
+                kept = slot.proxy if slot.init_serial else None
+                egress = self._egress.prepare(policy, kept)
+                request["proxy_env"] = egress.env_template
             channel = await supervisor.start_run(
                 request,
                 stdin=stdin_mode,
@@ -472,15 +485,16 @@ class OnDeviceSession(SessionBase):
                 cgroup_fds=slot.cgroup.procs_fds if slot.cgroup is not None else (),
             )
             if egress is not None:
-                await self._egress.attach(egress, channel)
+                await self._egress.attach(egress)
+                slot.proxy = egress.group
         except BaseException:
             # Discarding retires the slot's idle init: if the request never reached it, it
             # exits; if it did, the supervisor ignores the retire (the init is busy) and the
             # run's end is reported as usual.
             with anyio.CancelScope(shield=True):
-                await self._release_slot(slot, reusable=False)
                 if egress is not None:
-                    await self._egress.detach(egress, None)
+                    await self._egress.detach(egress, keep=False)
+                await self._release_slot(slot, reusable=False)
             raise
         self._live.add(channel)
         forward = []
@@ -551,13 +565,13 @@ class OnDeviceSession(SessionBase):
         assert self._cgroup_support is not None
         return plan_limits(limits, self._cgroup_support, best_effort=self.best_effort_limits)
 
-    def _slot_for_run(self, request: dict[str, Any], plan: LimitPlan) -> RunSlot:
+    def _slot_for_run(self, request: dict[str, Any], plan: LimitPlan, proxied: bool) -> RunSlot:
         """An idle slot of an earlier run with the same settings, or a new one."""
         key = (
             request["net"],
-            # Proxied runs never reuse an init: kept apart, they leave the idle inits of the
-            # session's other runs alone.
-            "proxy_env" in request,
+            # Proxied runs' inits have proxy listeners in their network namespace: never
+            # handed to a run without proxies (nor the other way round).
+            proxied,
             plan.tmp_size,
             tuple(sorted(plan.rlimits.items())),
             plan.limits if plan.use_cgroup else None,
@@ -580,6 +594,9 @@ class OnDeviceSession(SessionBase):
                 if old.init_serial and self._supervisor is not None:
                     await self._supervisor.retire(old.init_serial)
             finally:  # a dead supervisor took the init along: the cgroups still go
+                if old.proxy is not None:
+                    self._egress.release(old.proxy)
+                    old.proxy = None
                 if old.cgroup is not None:
                     old.cgroup.remove()
 

@@ -116,6 +116,7 @@ POLLER: Any = None
 MY_SERIAL = 0
 JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) we are in
 HANDLERS_SET = False  # the run's signal handlers are installed (in this init)
+PROXY_PORTS: tuple[int, ...] = ()  # this init's proxy listeners (http, socks5), kept
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
 # What else of the init's namespaces and of init itself a run could change, read at the end of
@@ -870,8 +871,8 @@ def run_once(
         for name, value in req.get("rlimits", {}).items():
             resource.setrlimit(getattr(resource, name), (value, value))
         env = req["env"]
-        if "proxy_chan" in fds:
-            env = open_proxy_listeners(fds.pop("proxy_chan"), env, req["proxy_env"])
+        if "proxy_chan" in fds or PROXY_PORTS:
+            env = open_proxy_listeners(fds.pop("proxy_chan", -1), env, req.get("proxy_env"))
         if not HANDLERS_SET:  # once per init: a reused init keeps them
             for signo in FORWARDED_SIGNALS:
                 signal.signal(signo, forward_signal)
@@ -942,27 +943,41 @@ def run_once(
 
 
 def open_proxy_listeners(
-    chan_fd: int, env: dict[str, str], template: dict[str, str]
+    chan_fd: int, env: dict[str, str], template: dict[str, str] | None
 ) -> dict[str, str]:
     """Listen for the run's HTTP and SOCKS5 proxies on 127.0.0.1 in the run's own network
     namespace (so only this run can reach them), hand the sockets to the host, which serves
-    them, and point the command at them (variables the caller set win)."""
+    them, and point the command at them (variables the caller set win).
+
+    An init that serves several runs keeps its listeners (the host holds them and arms them
+    for each run's rules, credentials and decision log): a later run is told "K" on its
+    channel instead of new listeners ("L"), and the same ports. A run without proxies is
+    never served by an init that has them."""
+    global PROXY_PORTS
+    if chan_fd < 0 or template is None:
+        if chan_fd >= 0:
+            os.close(chan_fd)
+        raise SetupError("this init holds proxy listeners: it serves proxied runs only")
     chan = socket.socket(fileno=chan_fd)
     listeners = []
     try:
-        for _ in range(2):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listeners.append(sock)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(128)
-        send_fds(chan, [b"L"], [sock.fileno() for sock in listeners])
-        http_port, socks_port = (sock.getsockname()[1] for sock in listeners)
+        if PROXY_PORTS:
+            chan.send(b"K")
+        else:
+            for _ in range(2):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listeners.append(sock)
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(128)
+            send_fds(chan, [b"L"], [sock.fileno() for sock in listeners])
+            PROXY_PORTS = tuple(sock.getsockname()[1] for sock in listeners)
     except OSError as exc:
         raise SetupError(f"starting the run's proxy listeners: {exc.strerror}") from None
     finally:
         for sock in listeners:
-            sock.close()
+            sock.close()  # the host's copies keep them listening
         chan.close()
+    http_port, socks_port = PROXY_PORTS
     merged = dict(env)
     for key, value in template.items():
         merged.setdefault(key, value.format(http=http_port, socks=socks_port))
