@@ -44,20 +44,31 @@ async def _observe(sbx: Any) -> dict[str, Any]:
     return observed((await sbx.exec(OBSERVE_ALL, script_type="python", timeout_s=60)).stdout)
 
 
+#: Network postures whose inits are reused: ``allowlist`` inits keep their proxy listeners
+#: from run to run (the host re-arms them for each run's rules).
+POSTURES = {
+    "blocked": {},
+    "allowlist": {"network_mode": "allowlist", "network_allowlist": ["127.0.0.1/32"]},
+}
+
+
+@pytest.mark.parametrize("posture", sorted(POSTURES))
 @pytest.mark.parametrize("part", sorted(TAMPER_PARTS))
-async def test_tampering_reaches_a_later_run(target, open_sandbox, probe, part: str) -> None:
-    name = f"reuse: {part} changed by a run"
+async def test_tampering_reaches_a_later_run(
+    target, open_sandbox, probe, part: str, posture: str
+) -> None:
+    name = f"reuse: {part} changed by a run" + (f" ({posture})" if posture != "blocked" else "")
     expected = "next run sees a fresh init"
     if not target.isolated:
         probe.not_run(name, expected, "would change the host's pid 1, sysctls and /tmp")
         return
     async with contextlib.AsyncExitStack() as stack:
-        sbx = await stack.enter_async_context(open_sandbox())
+        sbx = await stack.enter_async_context(open_sandbox(**POSTURES[posture]))
         # The run after the tampering one: the same session on-device; over the remote
         # transport, another client of the same server.
         later = sbx
         if target.transport == "remote":
-            later = await stack.enter_async_context(open_sandbox())
+            later = await stack.enter_async_context(open_sandbox(**POSTURES[posture]))
         before = await _observe(sbx)
         result = await sbx.exec(tamper_program(part), script_type="python", timeout_s=60)
         done = tampered(result.stdout)
