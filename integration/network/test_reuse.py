@@ -30,9 +30,9 @@ NO_PROXY_CLEARED = {"NO_PROXY": "", "no_proxy": ""}
 
 def connect_through_proxy(targets: list[int], payload: str = "", leave_open: bool = False) -> str:
     """Python for a run: a ``CONNECT 127.0.0.1:<port>`` through ``$HTTP_PROXY`` (with its
-    credentials, if any) to each target port; prints ``PID=`` and ``STATUS=<json list of status codes>``. On a tunnel
-    that opened it sends ``payload`` (and, unless ``leave_open``, reads the echo and
-    closes; else the process exits with the tunnel open)."""
+    credentials, if any) to each target port; prints ``PID=`` and ``STATUS=`` (a JSON list
+    of status codes). On a tunnel that opened it sends ``payload`` (and, unless
+    ``leave_open``, reads the echo and closes; else the process exits with it open)."""
     return f"""
 import base64, json, os, socket
 from urllib.parse import unquote, urlsplit
@@ -321,11 +321,13 @@ async def test_interleaved_runs_each_get_exactly_their_own_policy_and_log(
             ], (i, decisions)
             reused.append(int(seen["PID"]) > 2)
 
-    async with open_session(
-        network_mode="allowlist", network_allowlist=[f"127.0.0.1:{net.echo_port}"]
-    ) as sbx:
-        async with anyio.create_task_group() as tg:
-            for i in range(tasks):
-                tg.start_soon(task, i)
+    async with (
+        open_session(
+            network_mode="allowlist", network_allowlist=[f"127.0.0.1:{net.echo_port}"]
+        ) as sbx,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(tasks):
+            tg.start_soon(task, i)
     assert len(reused) == 3 * tasks
     assert any(reused), "no run was served by a reused init: the test proves nothing"
