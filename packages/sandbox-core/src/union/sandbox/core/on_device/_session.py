@@ -5,22 +5,19 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import secrets
 import shutil
 import signal
 import stat
 import sys
 import tempfile
-import uuid
 import warnings
 from collections.abc import AsyncIterable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..constants import DEFAULT_RUN_TIMEOUT_S, DEVNULL, INHERIT, MAX_CAPTURED_BYTES, PIPE
 from ..errors import BackendUnavailableError
-from ..netproxy import RuleSet
 from ..policy import (
     NetworkPolicy,
     resolve_run_network,
@@ -42,12 +39,15 @@ from ..resources import to_limits
 from ..session import SessionBase
 from . import backends, cgroups, quotas
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
-from .egress import RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .fs import FsLayout, check_session_path, gpu_devices
 from .limits import LimitPlan, plan_limits, session_mechanisms, session_pids_budget
 from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
+
+if TYPE_CHECKING:
+    # The egress (and the proxy code behind it) loads with the first proxied run.
+    from .egress import RunEgress, SessionEgress
 
 __all__ = ["OnDeviceSession"]
 
@@ -176,8 +176,11 @@ class OnDeviceSession(SessionBase):
             )
         self.best_effort_limits = bool(best_effort_limits)
         self.network = validate_network(network_mode, network_allowlist, network_denylist)
-        # Rule syntax is checked now, not at the first run that needs the proxies.
-        RuleSet.parse(self.network.allowlist, self.network.denylist)
+        if self.network.allowlist or self.network.denylist:
+            # Rule syntax is checked now, not at the first run that needs the proxies.
+            from ..netproxy.rules import RuleSet
+
+            RuleSet.parse(self.network.allowlist, self.network.denylist)
         self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
         if not isinstance(default_cwd, str):
             raise TypeError(f"default_cwd must be a str, got {type(default_cwd).__name__}")
@@ -197,7 +200,7 @@ class OnDeviceSession(SessionBase):
         self.network_socks_url = network_socks_url
         self.resources = resources
         self.default_cwd = default_cwd
-        self.client_id = client_id or str(uuid.uuid4())
+        self.client_id = client_id or _random_uuid()
         self.max_output_bytes = max_output_bytes
         self._host_work_dir = os.path.normpath(os.fspath(host_work_dir)) if host_work_dir else None
         self._read_only_paths = list(read_only_paths or [])
@@ -218,10 +221,19 @@ class OnDeviceSession(SessionBase):
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
         self._run_counter = 0
-        self._egress = SessionEgress()
+        self._egress_of_session: SessionEgress | None = None
         self._warned_byo_proxy = False
         self._open = False
         self._closed = False
+
+    @property
+    def _egress(self) -> SessionEgress:
+        """The session's proxies, made (and their code imported) for its first proxied run."""
+        if self._egress_of_session is None:
+            from .egress import SessionEgress
+
+            self._egress_of_session = SessionEgress()
+        return self._egress_of_session
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -323,7 +335,8 @@ class OnDeviceSession(SessionBase):
                 channel._kill_kind = channel._kill_kind or TerminationKind.KILLED
             if self._supervisor is not None:
                 await self._supervisor.aclose()
-            await self._egress.aclose()
+            if self._egress_of_session is not None:
+                await self._egress_of_session.aclose()
             self._slots.drain()  # their inits died with the supervisor
             if self._cgroup_session is not None:
                 self._cgroup_session.cleanup(final=True)
@@ -688,7 +701,7 @@ class OnDeviceSession(SessionBase):
             raise ValueError(f"mode must be a permission int such as 0o644, got {mode!r}")
         parent_fd = _open_parent(self.work_dir, target)
         name = os.path.basename(target)
-        tmp_name = f".{name}.union-sandbox-{secrets.token_hex(6)}.tmp"
+        tmp_name = f".{name}.union-sandbox-{os.urandom(6).hex()}.tmp"
         try:
             _refuse_non_regular(parent_fd, name, target)
             if not overwrite and _exists(parent_fd, name):
@@ -781,6 +794,16 @@ class OnDeviceSession(SessionBase):
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
         return f"<OnDeviceSession backend={self.backend} {state}>"
+
+
+def _random_uuid() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` spells it, without importing
+    ``uuid`` (and ``platform`` behind it) into every process that opens a session."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _NOT_OPEN = (

@@ -21,11 +21,17 @@ import dataclasses
 import secrets
 import socket
 import warnings
+from typing import TYPE_CHECKING
 
 import anyio
 
-from ..netproxy import DecisionLog, ListenerGroup, ProxyHost, ProxyKind, RuleSet, proxy_env
+from ..netproxy.listeners import ProxyKind, proxy_env
+from ..netproxy.log import DecisionLog
+from ..netproxy.rules import RuleSet
 from ..policy import NetworkPolicy
+
+if TYPE_CHECKING:
+    from ..netproxy.host import ListenerGroup, ProxyHost
 
 __all__ = ["PROXY_ENV_TEMPLATE", "RunEgress", "SessionEgress", "proxy_env_template"]
 
@@ -178,6 +184,9 @@ class SessionEgress:
 
     def _proxy_host(self) -> ProxyHost:
         if self._host is None:
+            # Imported here: its thread portal and sockets are for sessions that proxy.
+            from ..netproxy.host import ProxyHost
+
             self._host = ProxyHost()
         return self._host
 

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import importlib.machinery
 import marshal
 import os
 import signal
@@ -20,7 +21,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,7 +30,7 @@ from ..process import Pull, Termination, TerminationKind
 
 __all__ = ["RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
 
-SUPERVISOR_SOURCE = (Path(__file__).with_name("_supervisor.py")).read_text()
+SUPERVISOR_PATH = os.path.join(os.path.dirname(__file__), "_supervisor.py")
 # The supervisor runs on this very interpreter, so it can take our compiled code object
 # (marshal) instead of compiling its source at every session start (~9 ms here).
 _BOOTSTRAP = (
@@ -46,7 +46,10 @@ _BOOTSTRAP = (
 @functools.lru_cache(maxsize=1)
 def _supervisor_code_fd() -> int:
     """A sealed memfd holding the supervisor's compiled code, made once per process."""
-    code = compile(SUPERVISOR_SOURCE, "<union-sandbox-supervisor>", "exec")
+    # Through the import system's loader, so the compiled code comes from (and goes to) the
+    # bytecode cache like any module's: a one-shot process does not compile it again.
+    loader = importlib.machinery.SourceFileLoader("_union_sandbox_supervisor", SUPERVISOR_PATH)
+    code = loader.get_code("_union_sandbox_supervisor")
     fd = os.memfd_create("union-sandbox-supervisor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.write(fd, marshal.dumps(code))
     seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE

@@ -17,7 +17,6 @@ into place, and anything else found under that name is moved aside first.
 from __future__ import annotations
 
 import os
-import secrets
 import site
 import stat
 import sys
@@ -107,7 +106,7 @@ def ensure_session_venv(work_dir: str, python: str, owner: tuple[int, int] | Non
                 os.lstat(SESSION_VENV_SUBDIR, dir_fd=work_fd)
                 # Whatever holds the name (a link, a file, a venv without its marker) is
                 # moved aside, never followed or written into.
-                aside = f".session-venv-stale-{secrets.token_hex(4)}"
+                aside = f".session-venv-stale-{os.urandom(4).hex()}"
                 os.rename(SESSION_VENV_SUBDIR, aside, src_dir_fd=work_fd, dst_dir_fd=work_fd)
             except FileNotFoundError:
                 pass
