@@ -500,3 +500,19 @@ async def test_release_idle_does_not_wait_on_a_cgroup_a_daemon_keeps() -> None:
         for pid in host_pids_with(tag):
             os.kill(pid, 9)
         await sbx.close()
+
+
+async def test_a_first_run_with_other_limits_is_held_by_its_own_cgroups(backend: str) -> None:
+    """The init prepared when the session opens joins the cgroups of a first run with the
+    session's own settings ahead of it; a first run with other limits takes that init into
+    its own cgroups, whose limits hold it, and the session's default run is unaffected."""
+    async with sb.on_device.session(backend=backend) as sbx:
+        forks = await sbx.run(
+            "for i in $(seq 40); do sleep 5 & done; wait",
+            resources=Resources(pids=16),
+            timeout_s=20,
+        )
+        await forks.wait()
+        assert forks.termination.kind == sb.TerminationKind.PIDS_LIMIT
+        ok = await sbx.exec("for i in $(seq 40); do sleep 0.1 & done; wait; echo $$")
+        assert ok.returncode == 0, ok.stderr

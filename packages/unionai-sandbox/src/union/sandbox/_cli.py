@@ -160,8 +160,7 @@ def _in_work_dir(session: OnDeviceSession, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(session.work_dir, path)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    session = _build_session(args)
+async def _run(args: argparse.Namespace, session: OnDeviceSession) -> int:
     env = _parse_env(args.env)
     async with session:
         for item in args.put:
@@ -383,7 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(str(exc))
     try:
         if args.command_name == "run":
-            return anyio.run(_run, args)
+            # Started before the event loop: the sandbox's supervisor boots in its own
+            # process while the loop's modules load (the loop closes the session).
+            session = _build_session(args).start()
+            try:
+                return anyio.run(_run, args, session)
+            except BaseException:
+                anyio.run(session.close)  # idempotent: for a failure before its own close
+                raise
         return anyio.run(_shell, args)
     except BackendUnavailableError as exc:
         print(f"unionai-sandbox: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -254,6 +254,13 @@ class OnDeviceSession(SessionBase):
     async def open(self) -> OnDeviceSession:
         """Create the work dir and the venv and start the supervisor. Idempotent. A backend
         that cannot run here is reported by the first ``run()``, naming the fix."""
+        return self.start()
+
+    def start(self) -> OnDeviceSession:
+        """:meth:`open`, callable outside an event loop: nothing in it waits (the supervisor
+        sets itself up in its own process, and the first ``run()`` waits for that). A caller
+        that starts the session before its event loop exists lets the supervisor boot while
+        the loop's modules load (the CLI does). Idempotent; close the session as usual."""
         if self._open:
             return self
         if self._closed:
@@ -263,11 +270,11 @@ class OnDeviceSession(SessionBase):
                 "sandbox backend 'none' applies NO isolation (only a process group, rlimits "
                 "and a timeout); never use it for untrusted code",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of open()
             )
         # What can fail for bad input or host support fails first, before anything exists.
         support = cgroups.detect()
-        plan_limits(self.limits, support, best_effort=self.best_effort_limits)
+        plan = plan_limits(self.limits, support, best_effort=self.best_effort_limits)
         devices = gpu_devices(self.limits.gpu)
         self._cgroup_support = support
         self._session_mechanisms = session_mechanisms(
@@ -294,7 +301,11 @@ class OnDeviceSession(SessionBase):
             if problems:
                 self._static_failure = BackendUnavailableError(self.backend, problems)
             else:
-                self._supervisor = Supervisor(self._supervisor_spec(self._layout))
+                spec = self._supervisor_spec(self._layout)
+                first = self._first_slot(plan, spec.config["default_net"])
+                if first is not None and first.cgroup is not None:
+                    spec.first_cgroups = first.cgroup.procs_fds
+                self._supervisor = Supervisor(spec)
         except BaseException:
             if self._tempdir is not None:
                 self._tempdir.cleanup()
@@ -302,6 +313,21 @@ class OnDeviceSession(SessionBase):
             raise
         self._open = True
         return self
+
+    def _first_slot(self, plan: LimitPlan, default_net: str) -> RunSlot | None:
+        """The slot a first run with the session's own settings takes, made now (its cgroups
+        too), so that the init the supervisor prepares at startup joins those cgroups ahead
+        of the run, off its critical path. ``None`` where that init could not serve it."""
+        net, proxied, _byo = self._posture(self.network)
+        if not plan.use_cgroup or self.backend == "none" or net != default_net:
+            return None
+        try:
+            cgroup = self._cgroup_for_run(plan)
+        except OSError:
+            return None  # the first run makes (and reports) its own
+        slot = RunSlot(self._slot_key(net, proxied, plan), cgroup)
+        self._slots.put(slot)
+        return slot
 
     def _supervisor_spec(self, layout: FsLayout) -> SupervisorSpec:
         backend = self.backend
@@ -436,8 +462,7 @@ class OnDeviceSession(SessionBase):
             stdin_mode, stdin_data = PIPE, bytes(stdin)
         else:
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
-        byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
-        proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
+        net, proxied, byo_proxy = self._posture(policy)
         run_env = self._env(extra_env, run_cwd, policy)
         if byo_proxy:
             for key, value in self._byo_proxy_env().items():
@@ -470,12 +495,12 @@ class OnDeviceSession(SessionBase):
             "env": run_env,
             "cwd": run_cwd,
             "timeout": timeout,
-            "net": "open" if policy.mode == "open" or byo_proxy else "blocked",
+            "net": net,
             "rlimits": plan.rlimits,
             "tmp_size": plan.tmp_size,
         }
         await supervisor.ready()
-        slot = self._slot_for_run(request, plan, proxied)
+        slot = self._slot_for_run(net, proxied, plan)
         request["slot"] = slot.init_serial
         # Backend none has no namespaces to keep a run's processes from the next run's
         # proxies: its inits are not reused for proxied runs.
@@ -578,10 +603,20 @@ class OnDeviceSession(SessionBase):
         assert self._cgroup_support is not None
         return plan_limits(limits, self._cgroup_support, best_effort=self.best_effort_limits)
 
-    def _slot_for_run(self, request: dict[str, Any], plan: LimitPlan, proxied: bool) -> RunSlot:
-        """An idle slot of an earlier run with the same settings, or a new one."""
-        key = (
-            request["net"],
+    def _posture(self, policy: NetworkPolicy) -> tuple[str, bool, bool]:
+        """``(net, proxied, byo_proxy)`` of a run with ``policy``: its network namespace
+        ("open": the host's), whether it gets the session's proxies, and whether the
+        caller's own proxy (``network_proxy_url``) stands in for them."""
+        byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
+        proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
+        net = "open" if policy.mode == "open" or byo_proxy else "blocked"
+        return net, proxied, byo_proxy
+
+    @staticmethod
+    def _slot_key(net: str, proxied: bool, plan: LimitPlan) -> Hashable:
+        """What runs must share to share a slot (its init and cgroups)."""
+        return (
+            net,
             # Proxied runs' inits have proxy listeners in their network namespace: never
             # handed to a run without proxies (nor the other way round).
             proxied,
@@ -589,6 +624,10 @@ class OnDeviceSession(SessionBase):
             tuple(sorted(plan.rlimits.items())),
             plan.limits if plan.use_cgroup else None,
         )
+
+    def _slot_for_run(self, net: str, proxied: bool, plan: LimitPlan) -> RunSlot:
+        """An idle slot of an earlier run with the same settings, or a new one."""
+        key = self._slot_key(net, proxied, plan)
         slot = self._slots.take(key)
         if slot is None:
             slot = RunSlot(key, self._cgroup_for_run(plan))

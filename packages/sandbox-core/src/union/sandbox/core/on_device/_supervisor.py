@@ -115,6 +115,10 @@ POLLER: Any = None
 # looked like before the first run (a later run reuses the init only if they still do).
 MY_SERIAL = 0
 JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) we are in
+# The cgroup.procs of the session's first run, sent with the configuration: the init prepared
+# at startup joins them while the host is still busy, so the first run does not wait for
+# the move (a cgroup v1 move waits for an RCU grace period: ~10-30 ms on a loaded VM).
+PREFORK_CGROUPS: list[int] = []
 HANDLERS_SET = False  # the run's signal handlers are installed (in this init)
 PROXY_PORTS: tuple[int, ...] = ()  # this init's proxy listeners (http, socks5), kept
 SCRATCH_DIRS: list[str] = []
@@ -850,19 +854,8 @@ def run_once(
         report(status_fd, REC_ERROR, setup_error.encode())
         return False
     try:
-        # Join the run's cgroups (memory, pids, cpu) before the command exists. (Writing to
-        # a cgroup.procs file the host opened needs no privilege: we move ourselves.) A
-        # reused init is in them already, and a move is costly (cgroup v1 takes a global
-        # lock with an RCU grace period): skip the ones we joined before.
-        for fd in fds.get("cgroups", ()):
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) not in JOINED_CGROUPS:
-                try:
-                    os.write(fd, b"0")
-                except OSError as exc:
-                    raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
-                JOINED_CGROUPS.add((st.st_dev, st.st_ino))
-            os.close(fd)
+        # Join the run's cgroups (memory, pids, cpu) before the command exists.
+        join_cgroups(fds.get("cgroups", ()))
         cwd = req["cwd"]
         try:
             os.chdir(cwd)
@@ -942,6 +935,25 @@ def run_once(
     return False
 
 
+def join_cgroups(fds: list[int]) -> None:
+    """Move this init into the cgroups whose ``cgroup.procs`` are ``fds`` (closed here).
+    (Writing to a cgroup.procs file the host opened needs no privilege: we move ourselves.)
+    A move is costly (cgroup v1 takes a global lock with an RCU grace period): skip the ones
+    this init joined before (a reused init, or the one prepared for the first run)."""
+    try:
+        for fd in fds:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) not in JOINED_CGROUPS:
+                try:
+                    os.write(fd, b"0")
+                except OSError as exc:
+                    raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
+                JOINED_CGROUPS.add((st.st_dev, st.st_ino))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def open_proxy_listeners(
     chan_fd: int, env: dict[str, str], template: dict[str, str] | None
 ) -> dict[str, str]:
@@ -987,6 +999,11 @@ def open_proxy_listeners(
 def warm_init(sock: socket.socket, net: str) -> None:
     """A pre-forked init: prepared ahead of time, it waits for the next run's request (and
     its descriptors) on its own socket. Never returns."""
+    if PREFORK_CGROUPS:  # the session's first run's cgroups (see PREFORK_CGROUPS)
+        try:
+            join_cgroups(PREFORK_CGROUPS)
+        except SetupError:
+            pass  # the first run joins (and reports the failure) itself
     error = prepare_init(net, CONFIG["tmp_size"])
     try:
         data, fds, _flags, _addr = recv_request(sock)
@@ -1361,9 +1378,11 @@ def wait_for(pids: set[int], deadline: float) -> None:
 
 
 def read_config(fds: list[int]) -> dict[str, Any]:
-    """The session configuration, from the memfd the host sent (see engine._send_config)."""
-    if len(fds) != 1:
+    """The session configuration, from the memfd the host sent (see engine._send_config),
+    and the descriptors that came with it: the first run's cgroup.procs."""
+    if not fds:
         raise SetupError("the host sent no session configuration")
+    PREFORK_CGROUPS[:] = fds[1:]
     try:
         config: dict[str, Any] = marshal.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
         return config
@@ -1396,6 +1415,9 @@ def main() -> None:
     control.send(b"ready " + facts.encode())
     if CONFIG.get("warm") in ("dispatch", "reap"):
         prefork(net_key(CONFIG.get("default_net", "blocked")))
+    for fd in PREFORK_CGROUPS:  # only the init prepared now was to join them
+        os.close(fd)
+    PREFORK_CGROUPS.clear()
     serve(control)
 
 
