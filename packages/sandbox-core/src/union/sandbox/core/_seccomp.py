@@ -52,6 +52,12 @@ __all__ = [
     "syscall_number",
 ]
 
+def host_machine() -> str:
+    """This machine's architecture (``uname -m``); ``platform.machine()`` without importing
+    ``platform`` into every session."""
+    return os.uname().machine
+
+
 #: Architectures the filter can be built for (``os.uname().machine`` spelling).
 SUPPORTED_ARCHES: Final = ("x86_64", "aarch64")
 
@@ -338,7 +344,7 @@ class UnsupportedArchError(RuntimeError):
 
 
 def _resolve_arch(arch: str | None) -> str:
-    name = os.uname().machine if arch is None else arch
+    name = host_machine() if arch is None else arch
     resolved = _ARCH_ALIASES.get(name.lower())
     if resolved is None:
         raise UnsupportedArchError(name)
