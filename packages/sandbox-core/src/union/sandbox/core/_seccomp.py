@@ -52,6 +52,7 @@ __all__ = [
     "syscall_number",
 ]
 
+
 def host_machine() -> str:
     """This machine's architecture (``uname -m``); ``platform.machine()`` without importing
     ``platform`` into every session."""
