@@ -10,12 +10,67 @@ event loop, so they run under asyncio only (the basic probes in ``test_host_secr
 from __future__ import annotations
 
 import dataclasses
+import json
+import platform
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from union.sandbox.core import _seccomp
+
 pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+_SECCOMP_TABLE_HEADER = "| what | syscalls | errno |"
+
+
+def documented_seccomp_denials() -> dict[str, str]:
+    """The syscalls docs/security.md says the filter refuses whatever their arguments:
+    name -> errno name. The documented table is the contract the probes hold the filter to."""
+    lines = SECURITY_DOC.read_text().splitlines()
+    start = lines.index(_SECCOMP_TABLE_HEADER) + 2  # past the header and its rule
+    denials: dict[str, str] = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        _what, names, result = (cell.strip() for cell in line.strip("|").split("|"))
+        errno_name = result.strip("`")
+        for name in re.findall(r"`([a-z_][a-z0-9_]*)`", names):
+            assert name not in denials, f"{name} is listed twice in {SECURITY_DOC.name}"
+            denials[name] = errno_name
+    return denials
+
+
+def _seccomp_calls() -> dict[str, list[Any]]:
+    """name -> [number on this arch, documented errno] for every documented denial the arch
+    has; a name no supported arch knows maps to [None, errno] (the probe then fails)."""
+    arch = platform.machine()
+    calls: dict[str, list[Any]] = {}
+    for name, errno_name in documented_seccomp_denials().items():
+        try:
+            calls[name] = [_seccomp.syscall_number(name, arch), errno_name]
+        except KeyError:
+            elsewhere = False
+            for other in _seccomp.SUPPORTED_ARCHES:
+                try:
+                    _seccomp.syscall_number(name, other)
+                    elsewhere = True
+                except KeyError:
+                    pass
+            if not elsewhere:
+                calls[name] = [None, errno_name]
+    return calls
+
+
+def test_the_documented_deny_list_is_the_filter() -> None:
+    """docs/security.md lists exactly what the filter refuses by number, with its errno."""
+    documented = documented_seccomp_denials()
+    assert set(documented.values()) == {"EPERM", "ENOSYS"}
+    assert {n for n, e in documented.items() if e == "EPERM"} == set(_seccomp.DENIED_SYSCALLS)
+    assert {n for n, e in documented.items() if e == "ENOSYS"} == set(_seccomp.ABSENT_SYSCALLS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,6 +553,150 @@ r = attempt(os.mknod, "uc-null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
 if r == "ok":
     os.unlink("uc-null")
 verdict(r == "ok", r)
+""",
+    ),
+    Hostile(
+        "seccomp-deny-list",
+        "every syscall docs/security.md lists as refused, called (with working arguments where "
+        "an unprivileged process could use it)",
+        "the documented errno",
+        f"CALLS = json.loads({json.dumps(_seccomp_calls())!r})\n"
+        + """
+AT_FDCWD = -100
+PIDFD_OPEN = 434
+
+
+def sc(nr, *args):
+    ctypes.set_errno(0)
+    argv = [ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a) for a in args]
+    r = libc.syscall(ctypes.c_long(nr), *argv)
+    return "ok" if r >= 0 else err(ctypes.get_errno()), r
+
+
+def fd_call(nr, *args):
+    result, r = sc(nr, *args)
+    if r >= 0:
+        os.close(r)
+    return result
+
+
+def pidfd_getfd(nr):
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        opened, pidfd = sc(PIDFD_OPEN, child, 0)
+        if pidfd < 0:
+            return "pidfd_open " + opened
+        try:
+            return fd_call(nr, pidfd, wfd, 0)
+        finally:
+            os.close(pidfd)
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        os.close(rfd)
+        os.close(wfd)
+
+
+def mnt_id_req(mnt_id, param=0):
+    return struct.pack("<IIQQ", 24, 0, mnt_id, param)
+
+
+def process_vm_readv(nr):
+    src = ctypes.create_string_buffer(b"secret", 6)
+    dst = ctypes.create_string_buffer(6)
+    local = struct.pack("PN", ctypes.addressof(dst), 6)
+    remote = struct.pack("PN", ctypes.addressof(src), 6)
+    return sc(nr, os.getpid(), local, 1, remote, 1, 0)[0]
+
+
+handle = ctypes.create_string_buffer(struct.pack("Ii", 128, 0) + bytes(128))
+mount_id = ctypes.c_int(0)
+listed = ctypes.create_string_buffer(8 * 64)
+# What an unprivileged process could do with each call were it allowed (a working fd, a
+# key, its own memory...); every other call gets all-ones arguments.
+WORKING = {
+    "pidfd_getfd": pidfd_getfd,
+    "open_tree": lambda nr: fd_call(nr, AT_FDCWD, b"/", 0),
+    "open_tree_attr": lambda nr: fd_call(nr, AT_FDCWD, b"/", 0, 0, 0),
+    "name_to_handle_at": lambda nr: sc(
+        nr, AT_FDCWD, b"/", ctypes.addressof(handle), ctypes.addressof(mount_id), 0)[0],
+    "listmount": lambda nr: sc(
+        nr, mnt_id_req(0xFFFFFFFFFFFFFFFF), ctypes.addressof(listed), 64, 0)[0],
+    "statmount": lambda nr: sc(nr, mnt_id_req(1, 1), 0, 0, 0)[0],
+    "kcmp": lambda nr: sc(nr, os.getpid(), os.getpid(), 0, 0, 0)[0],
+    "process_vm_readv": process_vm_readv,
+    "keyctl": lambda nr: sc(nr, 0, -3, 0)[0],
+    "add_key": lambda nr: sc(nr, b"user", b"union-conformance", b"x", 1, -2)[0],
+    "userfaultfd": lambda nr: fd_call(nr, 1),
+    "ptrace": lambda nr: sc(nr, 0, 0, 0, 0)[0],
+}
+try:
+    os.setsid()  # no controlling terminal: vhangup() would be harmless even if let through
+except OSError:
+    pass  # a session leader already
+seen, wrong = {}, []
+for name, (nr, expected) in sorted(CALLS.items()):
+    if nr is None:
+        seen[name] = "unknown to the filter"
+    elif name in WORKING:
+        seen[name] = WORKING[name](nr)
+    else:
+        seen[name] = sc(nr, *([-1] * 6))[0]
+    if seen[name] != expected:
+        wrong.append("%s: %s (expected %s)" % (name, seen[name], expected))
+counts = {}
+for result in seen.values():
+    counts[result] = counts.get(result, 0) + 1
+verdict(wrong, "; ".join(wrong) or "%d calls: %s" % (len(seen), counts))
+""",
+        on_none="not run: would make host-administration calls (reboot, swap, kexec) on the host",
+    ),
+    Hostile(
+        "by-argument-seccomp",
+        "personality(ADDR_NO_RANDOMIZE, PER_LINUX32), socket(AF_VSOCK, AF_ALG, AF_KEY)",
+        "EPERM / EAFNOSUPPORT",
+        """
+before = libc.personality(0xFFFFFFFF)
+out = {}
+for label, persona in (("ADDR_NO_RANDOMIZE", 0x0040000), ("PER_LINUX32", 0x0008)):
+    ctypes.set_errno(0)
+    r = libc.personality(persona)
+    out[label] = "ok" if r >= 0 else err(ctypes.get_errno())
+    libc.personality(before)
+for label, family, kind in (("AF_VSOCK", 40, socket.SOCK_STREAM), ("AF_ALG", 38, 5),
+                            ("AF_KEY", 15, socket.SOCK_RAW)):
+    out[label] = attempt(lambda: socket.socket(family, kind, 0 if family != 15 else 2).close())
+verdict(any(v == "ok" for v in out.values()), out)
+""",
+        on_none="any",
+    ),
+    Hostile(
+        "securebits",
+        "securebits (prctl PR_GET_SECUREBITS)",
+        "0xcf (NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE, all locked)",
+        """
+ctypes.set_errno(0)
+bits = libc.prctl(27, 0, 0, 0, 0)
+detail = hex(bits) if bits >= 0 else err(ctypes.get_errno())
+verdict(bits != 0xCF, detail)
+""",
+    ),
+    Hostile(
+        "init-capabilities",
+        "capabilities of the run's pid 1 (its init), from /proc/1/status",
+        "all empty",
+        """
+text = read_text("/proc/1/status")
+caps = {l.split(":")[0]: l.split()[1] for l in text.splitlines() if l.startswith("Cap")}
+wanted = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+if set(caps) != set(wanted):
+    verdict(True, "cannot check: /proc/1/status says " + (text[:80] or "nothing"))
+held = {k: v for k, v in caps.items() if int(v, 16)}
+verdict(bool(held), held or "all zero")
 """,
     ),
 ]

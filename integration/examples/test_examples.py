@@ -68,6 +68,14 @@ EXPECTED: dict[str, list[str]] = {
         "north        2    220.00    110.00",
         "all          5    545.25",
     ],
+    "flyte_sessions": [
+        "launched sbx-",
+        "uname in the sandbox (backend {backend}): Linux ",
+        "count_words (owner: False) counted 9 words",
+        "] server ready: {backend} backend at http://127.0.0.1:",
+        "after async with: ABORTED: SandboxSession closed",
+        "detached session sbx-",
+    ],
     "on_device_task_pod": [
         "ran through Flyte's local executor (backend {backend})",
         "  uname -a in the sandbox: Linux sandbox ",
@@ -83,7 +91,7 @@ EXPECTED: dict[str, list[str]] = {
 
 #: Examples that run Flyte: no telemetry, and flyte's config and local cache in a temporary
 #: HOME (the wheel cache of ``sb.base_sandbox_image`` stays where it was).
-USES_FLYTE = {"on_device_task_pod"}
+USES_FLYTE = {"on_device_task_pod", "flyte_sessions"}
 
 #: Lines that must appear this many times (once per session in ``remote_session``).
 COUNTED: dict[str, dict[str, int]] = {

@@ -27,8 +27,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.install_shapes
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FACADE = "unionai-sandbox"
@@ -48,6 +46,10 @@ OUR_PACKAGES = {
 
 INSTALL_TIMEOUT_S = 900
 PROBE_TIMEOUT_S = 180
+
+# A test may build every wheel (the session fixtures run in the first test that needs them)
+# or install a shape from a cold package cache: the suite's default time limit is too short.
+pytestmark = [pytest.mark.install_shapes, pytest.mark.timeout(INSTALL_TIMEOUT_S)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +124,8 @@ asyncio.run(main())
 @dataclass(frozen=True)
 class Shape:
     name: str
-    #: what goes after ``uv pip install`` ({version} is filled in with the built version)
+    #: what goes after ``uv pip install`` ({version} is filled in with the built version;
+    #: several requirements are separated by spaces)
     requirement: str
     present: tuple[str, ...]
     absent: tuple[str, ...]
@@ -183,16 +186,43 @@ SHAPES: tuple[Shape, ...] = (
     Shape(
         name="remote",
         requirement=f"{FACADE}[remote]=={{version}}",
-        present=(FACADE, CORE, CLIENT, "httpx"),
-        absent=("flyte", "kubernetes", SERVER, FLYTE_LAYER),
+        present=(FACADE, CORE, CLIENT, FLYTE_LAYER, "httpx"),
+        absent=("flyte", "kubernetes", SERVER),
         probes=(
             imports("union.sandbox.client"),
             Probe(
                 "sb.remote serves the client's session",
                 SB + "import union.sandbox.client as c\nassert sb.remote.session is c.session\n",
             ),
+            Probe(
+                "sb.session names the [flyte] extra (no flyte here)",
+                SB + "sb.session",
+                raises="ImportError",
+                message="unionai-sandbox[flyte]",
+            ),
             import_fails("flyte"),
             import_fails("kubernetes"),
+        ),
+    ),
+    Shape(
+        # The deployment page's caller-task image: a Flyte image (flyte already there) with
+        # `unionai-sandbox[remote]` installed on top; `await sb.session(...)` must work in it.
+        name="remote-in-flyte-image",
+        requirement=f"{FACADE}[remote]=={{version}} flyte>=2.4.2",
+        present=(FACADE, CORE, CLIENT, FLYTE_LAYER, "flyte", "httpx"),
+        absent=("kubernetes", SERVER),
+        probes=(
+            imports("union.sandbox.flyte"),
+            Probe(
+                "sb.session and SandboxSession resolve",
+                SB + "assert callable(sb.session)\nassert sb.SandboxSession.__name__\n",
+            ),
+            Probe(
+                "a SandboxEnvironment still names the [deploy] extra",
+                SB + "sb.SandboxEnvironment(name='x')",
+                raises="ImportError",
+                message="pip install 'unionai-sandbox[deploy]'",
+            ),
         ),
     ),
     Shape(
@@ -451,7 +481,7 @@ def install(wheels: Wheels, tmp_path_factory: pytest.TempPathFactory) -> Install
                     "--python", str(python),
                     "--find-links", str(wheels.dir),
                     "--constraint", str(wheels.constraints),
-                    requirement,
+                    *requirement.split(),
                 ],
                 cwd=root,
                 timeout=INSTALL_TIMEOUT_S,

@@ -6,6 +6,10 @@ quickstart). Each sample runs for ``backend="bubblewrap"`` and ``backend="userns
 asyncio and trio. Flyte-decorated samples run their body directly (the decorator only makes
 the function a task; the on-device body is what matters here).
 
+The seed page's remote samples (``sb.session()``, passing a sandbox between tasks, detached
+lifetime, the custom environment, ``flyte run``) run in ``integration/flyte/test_seed_samples.py``
+against a fake Flyte cluster and in local mode.
+
 Samples that need pypi.org through ``network_mode="allowlist"`` cannot reach the internet
 here: they are skipped, and the same sample runs against a package index that the test serves
 on this host's own (non-loopback) address, allow-listed by CIDR.

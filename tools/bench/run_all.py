@@ -14,6 +14,8 @@ Benchmarks (each a script in this folder, runnable on its own):
 - ``bench_limits.py``: timeout-to-tree-gone, bombs, output flood RSS, close() (issue 5).
 - ``bench_remote.py``: remote round trip, streaming, put/get, concurrency vs on-device
   (issue 6).
+- ``bench_flyte.py``: local-mode ``sb.session()`` to the first run vs the server's start
+  alone; ``run("true")`` through the fake cluster's dataproxy vs straight (issue 14).
 
 Run it on an idle machine: every figure here is wall-clock time.
 """
@@ -171,6 +173,27 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     "<= 50 ms",
                 )
             )
+    flyte = results.get("bench_flyte")
+    if flyte:
+        rows.append(
+            (
+                "server process start (baseline)",
+                f"{flyte['server_start_baseline']['p50_ms']:.0f} ms",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "local sb.session() -> first run p50",
+                f"{flyte['local_session_to_first_run']['p50_ms']:.0f} ms",
+                "<= 2000 ms",
+            )
+        )
+        for key, label in (
+            ("run_true_direct", "run(true) p50 straight to the server (baseline)"),
+            ("run_true_via_dataproxy", "run(true) p50 via the fake dataproxy"),
+        ):
+            rows.append((label, f"{flyte[key]['p50_ms']:.2f} ms", ""))
     rows += speed_rows(results)
     return rows
 
@@ -224,6 +247,7 @@ def main() -> None:
         ("bench_streams.py", ["--rounds", "3"] if args.quick else []),
         ("bench_netproxy.py", ["--rounds", "2"] if args.quick else []),
         ("bench_remote.py", runs),
+        ("bench_flyte.py", ["--runs", "100", "--sessions", "3"] if args.quick else []),
         # Last: its bombs and 10 GiB flood leave the kernel busy for a while (dying memory
         # cgroups, reclaim), which slowed whatever ran after them by up to a third.
         ("bench_limits.py", ["--quick"] if args.quick else []),

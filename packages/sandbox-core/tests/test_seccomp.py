@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ import pytest
 
 from union.sandbox.core import _seccomp
 from union.sandbox.core._seccomp import (
+    ABSENT_SYSCALLS,
     DENIED_SYSCALLS,
     SUPPORTED_ARCHES,
     UnsupportedArchError,
@@ -67,6 +69,88 @@ SIGCHLD = 17
 # x86_64 numbers this file uses that the module does not need to know.
 READ = {"x86_64": 0, "aarch64": 63}
 LANDLOCK_CREATE_RULESET = 444  # same on both arches
+
+# What the filter must refuse whatever the arguments, and the syscall numbers, restated from
+# the kernel's tables (arch/x86/entry/syscalls/syscall_64.tbl; the generic table for aarch64)
+# on purpose: the module's list is checked against this one, so dropping a name from the
+# filter fails here. None: the arch has no such syscall.
+MUST_EPERM: dict[str, tuple[int | None, int | None]] = {
+    # name: (x86_64, aarch64)
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "pidfd_getfd": (438, 438),
+    "kcmp": (312, 272),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "move_mount": (429, 429),
+    "open_tree": (428, 428),
+    "open_tree_attr": (467, 467),
+    "fsopen": (430, 430),
+    "fsconfig": (431, 431),
+    "fsmount": (432, 432),
+    "fspick": (433, 433),
+    "mount_setattr": (442, 442),
+    "setns": (308, 268),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "reboot": (169, 142),
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "create_module": (174, None),
+    "get_kernel_syms": (177, None),
+    "query_module": (178, None),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    "acct": (163, 89),
+    "quotactl": (179, 60),
+    "quotactl_fd": (443, 443),
+    "open_by_handle_at": (304, 265),
+    "name_to_handle_at": (303, 264),
+    "lookup_dcookie": (212, 18),
+    "fanotify_init": (300, 262),
+    "nfsservctl": (180, 42),
+    "uselib": (134, None),
+    "_sysctl": (156, None),
+    "syslog": (103, 116),
+    "vhangup": (153, 58),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "settimeofday": (164, 170),
+    "clock_settime": (227, 112),
+    "clock_adjtime": (305, 266),
+    "adjtimex": (159, 171),
+    "sethostname": (170, 161),
+    "setdomainname": (171, 162),
+}
+#: Refused with ENOSYS, as if the kernel lacked them.
+MUST_ENOSYS: dict[str, tuple[int | None, int | None]] = {
+    "clone3": (435, 435),
+    "statmount": (457, 457),
+    "listmount": (458, 458),
+}
+#: Allowed calls the probes below need.
+OTHER_CALLS: dict[str, tuple[int | None, int | None]] = {"pidfd_open": (434, 434)}
+#: The syscalls whose arguments the filter reads.
+BY_ARGUMENT: dict[str, tuple[int | None, int | None]] = {
+    "unshare": (272, 97),
+    "clone": (56, 220),
+    "personality": (135, 92),
+    "socket": (41, 198),
+}
+ARCH_COLUMN = {"x86_64": 0, "aarch64": 1}
 
 HOST_ARCH = platform.machine()
 on_linux_host = pytest.mark.skipif(
@@ -119,62 +203,33 @@ def decide(arch: str, name_or_nr: str | int, *args: int, audit: int | None = Non
     return run_bpf(build_deny_filter(arch), data)
 
 
-def denied_on(arch: str) -> list[str]:
-    names = []
-    for name in DENIED_SYSCALLS:
-        try:
-            syscall_number(name, arch)
-        except KeyError:
-            continue
-        names.append(name)
-    return names
+def on_arch(table: dict[str, tuple[int | None, int | None]], arch: str) -> dict[str, int]:
+    """``table`` restricted to the syscalls ``arch`` has: name -> number."""
+    column = ARCH_COLUMN[arch]
+    return {name: nrs[column] for name, nrs in table.items() if nrs[column] is not None}
 
 
 # --------------------------------------------------------------------------- API
 
 
-def test_syscall_numbers_match_the_kernel_tables() -> None:
-    expected = {
-        "x86_64": {
-            "ptrace": 101,
-            "mount": 165,
-            "umount2": 166,
-            "pivot_root": 155,
-            "unshare": 272,
-            "clone": 56,
-            "clone3": 435,
-            "bpf": 321,
-            "keyctl": 250,
-            "setns": 308,
-            "socket": 41,
-            "perf_event_open": 298,
-            "io_uring_setup": 425,
-            "personality": 135,
-            "iopl": 172,
-            "ioperm": 173,
-            "open_tree_attr": 467,
-        },
-        "aarch64": {
-            "mount": 40,
-            "umount2": 39,
-            "pivot_root": 41,
-            "ptrace": 117,
-            "unshare": 97,
-            "clone": 220,
-            "clone3": 435,
-            "bpf": 280,
-            "keyctl": 219,
-            "setns": 268,
-            "socket": 198,
-            "perf_event_open": 241,
-            "io_uring_setup": 425,
-            "personality": 92,
-            "open_tree_attr": 467,
-        },
-    }
-    for arch, table in expected.items():
-        for name, nr in table.items():
-            assert syscall_number(name, arch) == nr, (arch, name)
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHES)
+def test_syscall_numbers_match_the_kernel_tables(arch: str) -> None:
+    for table in (MUST_EPERM, MUST_ENOSYS, BY_ARGUMENT):
+        column = ARCH_COLUMN[arch]
+        for name, nrs in table.items():
+            if nrs[column] is None:
+                with pytest.raises(KeyError, match=name):
+                    syscall_number(name, arch)
+            else:
+                assert syscall_number(name, arch) == nrs[column], (arch, name)
+
+
+def test_the_filter_refuses_exactly_the_required_syscalls() -> None:
+    """Dropping a name from the filter (or adding one without a test) fails here."""
+    assert len(set(DENIED_SYSCALLS)) == len(DENIED_SYSCALLS)
+    assert set(DENIED_SYSCALLS) == set(MUST_EPERM)
+    assert set(ABSENT_SYSCALLS) == set(MUST_ENOSYS)
+    assert not any(name.startswith("landlock") for name in DENIED_SYSCALLS)
 
 
 HEADERS = {
@@ -195,7 +250,7 @@ def test_syscall_numbers_agree_with_installed_headers(arch: str) -> None:
             r"^#define __NR_(?P<name>\w+)\s+(?P<nr>\d+)\s*$", path.read_text(), re.M
         )
     }
-    names = [*DENIED_SYSCALLS, "unshare", "clone", "clone3", "personality", "socket"]
+    names = [*MUST_EPERM, *MUST_ENOSYS, *BY_ARGUMENT]
     checked = 0
     for name in names:
         if name not in defined:
@@ -243,28 +298,6 @@ def test_unsupported_host_arch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_seccomp, "host_machine", lambda: "s390x")
     with pytest.raises(UnsupportedArchError, match="s390x"):
         build_deny_filter()
-
-
-def test_denied_list_contents() -> None:
-    assert len(set(DENIED_SYSCALLS)) == len(DENIED_SYSCALLS)
-    required = {
-        "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
-        "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick",
-        "mount_setattr", "swapon", "swapoff", "reboot", "kexec_load", "kexec_file_load",
-        "init_module", "finit_module", "delete_module", "keyctl", "add_key", "request_key",
-        "bpf", "perf_event_open", "userfaultfd", "setns", "acct", "quotactl", "quotactl_fd",
-        "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "iopl", "ioperm", "syslog",
-        "vhangup", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
-        "setdomainname", "kcmp", "fanotify_init", "nfsservctl", "create_module",
-        "get_kernel_syms", "query_module", "uselib", "_sysctl", "io_uring_setup",
-        "io_uring_enter", "io_uring_register",
-    }  # fmt: skip
-    assert required <= set(DENIED_SYSCALLS)
-    assert not any(name.startswith("landlock") for name in DENIED_SYSCALLS)
-    for name in DENIED_SYSCALLS:  # every name exists somewhere
-        assert name in denied_on("x86_64") or name in denied_on("aarch64")
-    assert "iopl" not in denied_on("aarch64")
-    assert "ioperm" not in denied_on("aarch64")
 
 
 # --------------------------------------------------------------------------- program shape
@@ -335,17 +368,15 @@ def test_foreign_abi_is_killed(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHES)
 def test_denied_syscalls_decide_eperm(arch: str) -> None:
-    names = denied_on(arch)
-    assert len(names) > 45
-    for name in names:
-        assert decide(arch, name, 0, 0, 0) == RET_EPERM, name
+    for name, nr in on_arch(MUST_EPERM, arch).items():
+        assert decide(arch, nr, 0, 0, 0) == RET_EPERM, name
 
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHES)
 def test_ordinary_syscalls_are_allowed(arch: str) -> None:
-    special = {syscall_number(n, arch) for n in ("unshare", "clone", "clone3", "personality")}
-    denied = {syscall_number(n, arch) for n in denied_on(arch)} | special
-    for nr in range(0, 470):
+    special = set(on_arch(BY_ARGUMENT, arch).values()) | set(on_arch(MUST_ENOSYS, arch).values())
+    denied = set(on_arch(MUST_EPERM, arch).values()) | special
+    for nr in range(0, 480):
         if nr not in denied and nr != syscall_number("socket", arch):
             assert decide(arch, nr, 0xFFFFFFFF, 0x10000000) == RET_ALLOW, nr
     assert decide(arch, LANDLOCK_CREATE_RULESET, 0, 0, 1) == RET_ALLOW
@@ -358,8 +389,10 @@ def test_x32_numbers_are_refused_on_x86_64() -> None:
 
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHES)
-def test_clone3_is_enosys(arch: str) -> None:
-    assert decide(arch, "clone3", 0, 88) == RET_ENOSYS
+def test_absent_syscalls_decide_enosys(arch: str) -> None:
+    for name, nr in on_arch(MUST_ENOSYS, arch).items():
+        assert decide(arch, nr, 0, 88) == RET_ENOSYS, name
+        assert decide(arch, nr, 0xFFFFFFFF, 0xFFFFFFFF) == RET_ENOSYS, name
 
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHES)
@@ -448,13 +481,69 @@ def install_filter(prog: bytes) -> None:
         raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
 
 
-def sc(name_or_nr: str | int, *args: int) -> int:
-    """Make a raw syscall; return its result, or ``-errno``."""
-    nr = syscall_number(name_or_nr) if isinstance(name_or_nr, str) else name_or_nr
+def host_nr(name: str) -> int:
+    """The host's number of a syscall the tables above list."""
+    for table in (MUST_EPERM, MUST_ENOSYS, BY_ARGUMENT, OTHER_CALLS):
+        if name in table:
+            nr = table[name][ARCH_COLUMN[HOST_ARCH]]
+            assert nr is not None, f"no {name} on {HOST_ARCH}"
+            return nr
+    raise KeyError(name)
+
+
+def sc(name_or_nr: str | int, *args: int | bytes) -> int:
+    """Make a raw syscall; return its result, or ``-errno``. Bytes are passed as pointers."""
+    nr = host_nr(name_or_nr) if isinstance(name_or_nr, str) else name_or_nr
     lib = libc()
     ctypes.set_errno(0)
-    result: int = lib.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
+    argv = [ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a) for a in args]
+    result: int = lib.syscall(ctypes.c_long(nr), *argv)
     return -ctypes.get_errno() if result == -1 else result
+
+
+def closed(fd: int) -> int:
+    """0 for a descriptor (closed at once), else the ``-errno`` it stands for."""
+    if fd >= 0:
+        os.close(fd)
+        return 0
+    return fd
+
+
+AT_FDCWD = -100
+
+
+def pidfd_getfd_from_child() -> int:
+    """Take a descriptor out of a child (``pidfd_getfd``): 0 when that worked."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        pidfd = sc("pidfd_open", pid, 0)
+        if pidfd < 0:
+            return 1000 + pidfd  # not the call under test: fails the comparison loudly
+        try:
+            return closed(sc("pidfd_getfd", pidfd, write_end, 0))
+        finally:
+            os.close(pidfd)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def mnt_id_req(mnt_id: int, param: int = 0) -> bytes:
+    """``struct mnt_id_req`` (version 0: size, spare, mnt_id, param)."""
+    return struct.pack("<IIQQ", 24, 0, mnt_id, param)
+
+
+def listmount_root() -> int:
+    buf = ctypes.create_string_buffer(8 * 64)
+    lsmt_root = 0xFFFFFFFFFFFFFFFF
+    count = sc("listmount", mnt_id_req(lsmt_root), ctypes.addressof(buf), 64, 0)
+    return min(count, 0)  # 0 when the kernel listed mounts
 
 
 def in_child(fn: Callable[[], Any], *, filtered: bool = True) -> tuple[Any, int]:
@@ -533,6 +622,19 @@ DENIAL_CASES: dict[str, tuple[Callable[[], int], int]] = {
         -errno.EPERM,
     ),
     "clone3": (lambda: sc("clone3", 0, 0), -errno.ENOSYS),
+    # Calls that work without the filter, even for an unprivileged process.
+    "pidfd_getfd": (pidfd_getfd_from_child, -errno.EPERM),
+    "open_tree": (lambda: closed(sc("open_tree", AT_FDCWD, b"/", 0)), -errno.EPERM),
+    "open_tree_attr": (
+        lambda: closed(sc("open_tree_attr", AT_FDCWD, b"/", 0, 0, 0)),
+        -errno.EPERM,
+    ),
+    "name_to_handle_at": (
+        lambda: sc("name_to_handle_at", AT_FDCWD, b"/", 0, 0, 0),  # EFAULT unfiltered
+        -errno.EPERM,
+    ),
+    "listmount": (listmount_root, -errno.ENOSYS),
+    "statmount": (lambda: sc("statmount", mnt_id_req(1, 1), 0, 0, 0), -errno.ENOSYS),
     "mount": (lambda: sc("mount", 0, 0, 0, 0, 0), -errno.EPERM),
     "ptrace_traceme": (ptrace_traceme, -errno.EPERM),
     "keyctl": (lambda: sc("keyctl", 0, -3, 0), -errno.EPERM),  # KEYCTL_GET_KEYRING_ID
@@ -576,15 +678,17 @@ def test_denial_cases_differ_without_filter(case: str) -> None:
 
 @on_linux_host
 def test_every_denied_syscall_is_refused_when_installed() -> None:
-    names = denied_on(HOST_ARCH)
+    eperm = on_arch(MUST_EPERM, HOST_ARCH)
+    enosys = on_arch(MUST_ENOSYS, HOST_ARCH)
 
     def attempt() -> dict[str, int]:
         os.setsid()  # no controlling terminal: vhangup() would be harmless even if allowed
         # All-ones arguments: invalid for every listed call, should the filter let one pass.
-        return {name: sc(name, *([-1] * 6)) for name in names}
+        return {name: sc(nr, *([-1] * 6)) for name, nr in {**eperm, **enosys}.items()}
 
     results = filtered(attempt)
-    assert results == dict.fromkeys(names, -errno.EPERM)
+    expected = {**dict.fromkeys(eperm, -errno.EPERM), **dict.fromkeys(enosys, -errno.ENOSYS)}
+    assert results == expected
 
 
 @on_linux_host

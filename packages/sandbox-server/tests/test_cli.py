@@ -69,6 +69,7 @@ def test_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--no-auth", "--backend", "docker"], "unknown sandbox backend"),
         (["--no-auth", "--addr", "nowhere"], "--addr must be HOST:PORT"),
         (["--no-auth", "--work-dir", "rel"], "--work-dir must be an absolute path"),
+        (["--no-auth", "--work-dir", "/tmp/"], "--work-dir '/tmp' is a system directory"),
         (["--no-auth", "--max-put-bytes-mb", "-1"], "must be >= 0"),
         (["--token", "short"], "at least 16 characters"),
         (["--no-auth", "--token", "x" * 20], "not allowed with argument"),

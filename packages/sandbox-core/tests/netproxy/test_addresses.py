@@ -6,7 +6,7 @@ import ipaddress
 import socket
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from union.sandbox.core.netproxy.addresses import parse_host, special_ranges
@@ -132,21 +132,52 @@ def test_parse_host_only_raises_value_error(text: str) -> None:
         assert all(c.isalnum() or c in "-_." for c in result)
 
 
-@given(st.text(alphabet="0123456789abcdefxX.", min_size=1, max_size=24))
-def test_numeric_hosts_follow_inet_aton(text: str) -> None:
-    """A host the C resolver would read as an address is read as that same address."""
+def inet_aton_reading(text: str) -> ipaddress.IPv4Address | None:
+    """What the C resolver makes of ``text`` as an IPv4 literal (``None``: not one).
+
+    A resolver drops exactly one trailing dot (the root label of a fully qualified name) before
+    reading the rest; ``'0..'`` keeps an empty label and is no address (nor a valid name).
+    """
+    name = text.lower()
+    if name.endswith("."):
+        name = name[:-1]
     try:
-        expected: object = ipaddress.IPv4Address(socket.inet_aton(text.lower().rstrip(".")))
+        return ipaddress.IPv4Address(socket.inet_aton(name))
     except OSError:
-        expected = None
+        return None
+
+
+# The '0..' family: more than one trailing dot leaves an empty label. An oracle that stripped
+# every trailing dot read them as addresses, and failed whenever Hypothesis drew one.
+@given(st.text(alphabet="0123456789abcdefxX.", min_size=1, max_size=24))
+@example("0..")
+@example("0...")
+@example("1..")
+@example("0x7f..")
+@example("127.0.0.1..")
+@example("127.1..")
+@example("..")
+@example("0.")
+@example("127.0.0.1.")
+def test_numeric_hosts_follow_inet_aton(text: str) -> None:
+    """A host the C resolver would read as an address is read as that same address, and
+    nothing it would not read as one becomes an address."""
+    expected = inet_aton_reading(text)
     try:
         got: object = parse_host(text)
     except ValueError:
         got = None
     if isinstance(got, str):
-        return  # a name (its last label is not numeric): the resolver would look it up
-    if expected is not None and text.count(".") <= 4:
-        assert got == expected
+        assert expected is None, text  # a name only when the resolver would look it up
+        return
+    assert got == expected, text
+
+
+@pytest.mark.parametrize("text", ["0..", "0...", "1..", "0x7f..", "127.0.0.1..", "127.1.."])
+def test_more_than_one_trailing_dot_is_no_address(text: str) -> None:
+    assert inet_aton_reading(text) is None
+    with pytest.raises(ValueError, match="not a valid hostname"):
+        parse_host(text)
 
 
 @pytest.mark.parametrize(

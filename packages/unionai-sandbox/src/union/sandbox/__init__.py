@@ -66,6 +66,8 @@ _LAZY: dict[str, tuple[str, str, str]] = {
     "DEFAULT_ENV_BWRAP": ("union.sandbox.flyte", "DEFAULT_SANDBOX_ENV_BWRAP", "deploy"),
     "base_sandbox_image": ("union.sandbox.flyte", "base_sandbox_image", "flyte"),
     "base_image": ("union.sandbox.flyte", "base_sandbox_image", "flyte"),
+    "SandboxLaunchError": ("union.sandbox.flyte", "SandboxLaunchError", "flyte"),
+    "SandboxRunEnded": ("union.sandbox.flyte", "SandboxRunEnded", "flyte"),
 }
 
 
@@ -92,13 +94,14 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'union.sandbox' has no attribute {name!r}")
     module_name, attribute, extra = _LAZY[name]
     try:
+        # The flyte layer loads its modules (and flyte itself) on attribute access.
         module = importlib.import_module(module_name)
+        return getattr(module, attribute) if attribute else module
     except ImportError as exc:
         raise ImportError(
             f"sb.{name} needs an optional part of unionai-sandbox that is not installed: "
             f"pip install 'unionai-sandbox[{extra}]' ({exc})"
         ) from exc
-    return getattr(module, attribute) if attribute else module
 
 
 __all__ = [
@@ -123,7 +126,9 @@ __all__ = [
     "SandboxCommandError",
     "SandboxEnvironment",
     "SandboxExecutionError",
+    "SandboxLaunchError",
     "SandboxProcess",
+    "SandboxRunEnded",
     "SandboxSession",
     "Session",
     "SessionPolicyMismatch",

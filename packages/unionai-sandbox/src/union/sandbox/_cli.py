@@ -3,6 +3,8 @@ check what this host supports, or serve sessions over HTTP.
 
     unionai-sandbox run [options] -- CMD [ARGS...]
     unionai-sandbox shell [options]
+    unionai-sandbox run|shell --endpoint URL [options]   (a running sandbox-server)
+    unionai-sandbox run|shell --flyte [--env NAME] [options]   (a sandbox as a Flyte run)
     unionai-sandbox doctor [--json]
     unionai-sandbox serve [sandbox-server options]
 """
@@ -21,15 +23,28 @@ import anyio
 
 from union.sandbox.core import __version__
 from union.sandbox.core.constants import DEFAULT_RUN_TIMEOUT_S, PIPE
-from union.sandbox.core.errors import BackendUnavailableError, ExecutionError
-from union.sandbox.core.resources import Resources
+from union.sandbox.core.errors import (
+    BackendUnavailableError,
+    ExecutionError,
+    SessionPolicyMismatch,
+    SessionTemplateMismatch,
+)
+
+from ._cli_sessions import (
+    UsageError,
+    flyte_environment,
+    open_session,
+    start_on_device,
+    validate_target,
+)
 
 if TYPE_CHECKING:
     from union.sandbox.core.on_device import OnDeviceSession
 
-# Each command imports what it needs when it runs (the on-device engine for run and shell,
-# the doctor's probes for doctor, the server for serve): a one-shot process pays for its
-# own command only (``python -X importtime -m union.sandbox._cli ...``).
+# Each command imports what it needs when it runs (the on-device engine for a local run or
+# shell, the client for --endpoint, the doctor's probes for doctor, the server for serve):
+# a one-shot process pays for its own command only (``python -X importtime -m
+# union.sandbox._cli ...``; tools/bench/bench_cli.py).
 
 __all__ = ["main"]
 
@@ -38,8 +53,9 @@ def _session_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sandbox")
     group.add_argument(
         "--backend",
-        default="bubblewrap",
-        help="isolation backend: bubblewrap (default), userns or none",
+        default=None,
+        help="isolation backend: bubblewrap (default), userns or none; with --endpoint, the "
+        "backend the server must run; with --flyte, the sandbox mode (userns or bubblewrap)",
     )
     group.add_argument(
         "--network",
@@ -96,39 +112,37 @@ def _session_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="environment variable for the command; repeat",
+        help="environment variable for the command; repeat. With --flyte, a bare NAME picks "
+        "the sandbox environment to launch (NAME.sandbox_server)",
     )
-
-
-def _build_session(args: argparse.Namespace) -> OnDeviceSession:
-    from union.sandbox.core.on_device import OnDeviceSession
-
-    mode = "allowlist" if args.allow and args.network == "blocked" else args.network
-    resources = None
-    if args.memory or args.cpu or args.pids is not None:
-        resources = Resources(cpu=args.cpu, memory=args.memory, pids=args.pids)
-    return OnDeviceSession(
-        backend=args.backend,
-        network_mode=mode,
-        network_allowlist=args.allow or None,
-        network_denylist=args.deny or None,
-        read_only_paths=args.ro,
-        read_write_paths=args.rw,
-        host_work_dir=os.path.abspath(args.work_dir) if args.work_dir else None,
-        timeout_s=args.timeout,
-        resources=resources,
+    where = parser.add_argument_group("where the sandbox runs (default: on this machine)")
+    where.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="use the sandbox-server at URL (its bearer token: --token or $UNION_SANDBOX_TOKEN)",
     )
-
-
-class UsageError(ValueError):
-    """Bad command-line input (exit status 2)."""
+    where.add_argument(
+        "--token",
+        help="bearer token for --endpoint (prefer $UNION_SANDBOX_TOKEN: arguments are visible "
+        "to other users)",
+    )
+    where.add_argument(
+        "--flyte",
+        action="store_true",
+        help="launch the sandbox as a Flyte run (sb.session) with the flyte CLI's config; "
+        "without one, Flyte's local mode runs it here. Shows the launch's progress",
+    )
+    where.add_argument("--project", help="Flyte project for --flyte (default: the config's)")
+    where.add_argument("--domain", help="Flyte domain for --flyte (default: the config's)")
 
 
 def _parse_env(items: Sequence[str]) -> dict[str, str]:
     env = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep:
+            continue  # a bare NAME: the sandbox environment of --flyte
+        if not key:
             raise UsageError(f"--env takes KEY=VALUE, got {item!r}")
         env[key] = value
     return env
@@ -144,6 +158,8 @@ def _split_pair(item: str, flag: str) -> tuple[str, str]:
 def _check_arguments(args: argparse.Namespace) -> None:
     """Everything checkable before a session opens, so bad input never runs anything."""
     _parse_env(args.env)
+    validate_target(args)
+    flyte_environment(args)
     if args.command_name == "run":
         if not args.command:
             raise UsageError(
@@ -156,13 +172,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
             _split_pair(item, "--get")
 
 
-def _in_work_dir(session: OnDeviceSession, path: str) -> str:
+def _in_work_dir(session: Any, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(session.work_dir, path)
 
 
-async def _run(args: argparse.Namespace, session: OnDeviceSession) -> int:
+async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None) -> int:
     env = _parse_env(args.env)
-    async with session:
+    async with open_session(args, started) as session:
         for item in args.put:
             local, remote = _split_pair(item, "--put")
             data = await anyio.Path(local).read_bytes()
@@ -179,7 +195,7 @@ async def _run(args: argparse.Namespace, session: OnDeviceSession) -> int:
         if piped and proc.stdin is not None:
             await _pump_stdin(proc.stdin)
         try:
-            code = await proc.wait()
+            code = int(await proc.wait())
         except ExecutionError as exc:
             print(f"unionai-sandbox: {exc}", file=sys.stderr)
             return 125
@@ -222,9 +238,8 @@ async def _pump_stdin(stdin: Any) -> None:
 
 
 async def _shell(args: argparse.Namespace) -> int:
-    session = _build_session(args)
     env = _parse_env(args.env)
-    async with session:
+    async with open_session(args) as session:
         print(
             f"sandbox shell ({session.backend}); work dir {session.work_dir}. Each line runs "
             "in a fresh process of the same session: files in the work dir persist, /tmp "
@@ -382,23 +397,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(str(exc))
     try:
         if args.command_name == "run":
-            # Started before the event loop: the sandbox's supervisor boots in its own
-            # process while the loop's modules load (the loop closes the session).
-            session = _build_session(args).start()
+            # A session on this machine starts before the event loop: the sandbox's
+            # supervisor boots in its own process while the loop's modules load.
+            started = start_on_device(args)
             try:
-                return anyio.run(_run, args, session)
+                return anyio.run(_run, args, started)
             except BaseException:
-                anyio.run(session.close)  # idempotent: for a failure before its own close
+                if started is not None:
+                    anyio.run(started.close)  # idempotent: a failure before its own close
                 raise
         return anyio.run(_shell, args)
     except BackendUnavailableError as exc:
         print(f"unionai-sandbox: {exc}", file=sys.stderr)
         return 125
+    except UsageError as exc:
+        build_parser().error(str(exc))
     except (ValueError, TypeError, PermissionError, FileNotFoundError) as exc:
         print(f"unionai-sandbox: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _sandbox_failure(exc):
+            raise
+        print(f"unionai-sandbox: {exc}", file=sys.stderr)
+        return 125
+
+
+def _sandbox_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the sandbox could not be reached or launched (exit 125): a
+    transport error, a server that is not what was asked for, a launch or run error of the
+    Flyte layer, a launch deadline."""
+    if isinstance(exc, (TimeoutError, SessionTemplateMismatch, SessionPolicyMismatch)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"ConnectError", "SandboxLaunchError", "SandboxRunEnded"})
 
 
 def console_main() -> None:

@@ -14,11 +14,18 @@ What the program does, in order:
    so the list below would not apply to it.
 2. x86_64 only: a syscall number with the x32 bit (``0x40000000``) set fails with ``EPERM``.
 3. Every syscall of :data:`DENIED_SYSCALLS` that exists on the arch fails with ``EPERM``.
-4. Argument-dependent rules (only the low 32 bits of an argument are compared; the kernel
+4. Every syscall of :data:`ABSENT_SYSCALLS` fails with ``ENOSYS``, as on a kernel without
+   it, so that userspace takes the fallback it already has for such kernels:
+
+   * ``clone3``: its flags live in user memory that BPF cannot read. glibc then falls back
+     to ``clone``, whose flags are checked.
+   * ``statmount`` and ``listmount`` (Linux 6.8): the mount tree as structured queries.
+     libmount and friends fall back to ``/proc/self/mountinfo``, which shows the run the
+     same mounts; the new calls add kernel surface and nothing the run needs.
+
+5. Argument-dependent rules (only the low 32 bits of an argument are compared; the kernel
    reads no more than that for these arguments, or rejects the high bits itself):
 
-   * ``clone3`` fails with ``ENOSYS``: its flags live in user memory that BPF cannot read.
-     glibc then falls back to ``clone``, whose flags are checked.
    * ``unshare`` and ``clone`` fail with ``EPERM`` when the flags ask for any new namespace.
    * ``personality`` fails with ``EPERM`` unless the argument is ``PER_LINUX`` (0) or the
      query value ``0xffffffff``.
@@ -28,7 +35,7 @@ What the program does, in order:
      ``EAFNOSUPPORT``. ``SOCK_RAW``/``SOCK_PACKET`` fail with ``EPERM`` in any family but
      ``AF_NETLINK``.
 
-5. Everything else is allowed. Landlock stays allowed on purpose: a nested restriction can
+6. Everything else is allowed. Landlock stays allowed on purpose: a nested restriction can
    only narrow what the run may do.
 
 Only unshare, clone, personality and socket look at arguments; every other syscall is decided
@@ -45,6 +52,7 @@ from collections.abc import Mapping
 from typing import Final, NamedTuple
 
 __all__ = [
+    "ABSENT_SYSCALLS",
     "DENIED_SYSCALLS",
     "SUPPORTED_ARCHES",
     "UnsupportedArchError",
@@ -85,7 +93,7 @@ DENIED_SYSCALLS: Final[tuple[str, ...]] = (
     "chroot",
     "move_mount",
     "open_tree",
-    "open_tree_attr",
+    "open_tree_attr",  # open_tree with mount attributes (Linux 6.15)
     "fsopen",
     "fsconfig",
     "fsmount",
@@ -139,6 +147,10 @@ DENIED_SYSCALLS: Final[tuple[str, ...]] = (
     "sethostname",
     "setdomainname",
 )
+
+#: Syscalls that fail with ``ENOSYS``, as if this kernel did not have them (see the module
+#: docstring, step 4).
+ABSENT_SYSCALLS: Final[tuple[str, ...]] = ("clone3", "statmount", "listmount")
 
 # Syscall numbers, from arch/x86/entry/syscalls/syscall_64.tbl (x86_64) and the generic table
 # include/uapi/asm-generic/unistd.h / scripts/syscall.tbl (aarch64). Only the syscalls this
@@ -206,6 +218,8 @@ _X86_64: Final[Mapping[str, int]] = {
     "pidfd_getfd": 438,
     "mount_setattr": 442,
     "quotactl_fd": 443,
+    "statmount": 457,
+    "listmount": 458,
     "open_tree_attr": 467,
 }
 
@@ -265,6 +279,8 @@ _AARCH64: Final[Mapping[str, int]] = {
     "pidfd_getfd": 438,
     "mount_setattr": 442,
     "quotactl_fd": 443,
+    "statmount": 457,
+    "listmount": 458,
     "open_tree_attr": 467,
 }
 
@@ -455,8 +471,11 @@ def _build(arch: str) -> bytes:
         if name in table:
             _deny_if(asm, table[name], eperm)
 
-    # 4. Argument-dependent rules. Each block starts with A = nr and ends in returns.
-    _deny_if(asm, table["clone3"], _RET_ERRNO | _ENOSYS)
+    # 4. As if absent.
+    for name in ABSENT_SYSCALLS:
+        _deny_if(asm, table[name], _RET_ERRNO | _ENOSYS)
+
+    # 5. Argument-dependent rules. Each block starts with A = nr and ends in returns.
 
     for name, mask in (("unshare", _UNSHARE_NEW_MASK), ("clone", _CLONE_NEW_MASK)):
         after = asm.new_label(f"after_{name}")
@@ -502,7 +521,7 @@ def _build(arch: str) -> bytes:
     asm.ret(eperm)
     asm.label(after_socket)
 
-    # 5. Default.
+    # 6. Default.
     asm.ret(_RET_ALLOW)
     return asm.assemble()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from .errors import CommandError
 from .process import ExecResult, Process
@@ -81,7 +81,9 @@ class SessionBase(abc.ABC):
         """Close the session (idempotent): running processes are killed."""
 
     #: Start ``cmd`` and return its :class:`Process`; each transport documents its keywords.
-    run: Callable[..., Awaitable[Process]]
+    #: A ``ClassVar``: every transport defines it as a method, never as instance data (so a
+    #: pydantic model deriving from this class does not take it for a field).
+    run: ClassVar[Callable[..., Awaitable[Process]]]
 
     async def __aenter__(self: _S) -> _S:
         return await self.open()

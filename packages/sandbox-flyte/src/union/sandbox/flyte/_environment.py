@@ -13,15 +13,18 @@ from __future__ import annotations
 import dataclasses
 import threading
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flyte
 
 from ._ceilings import Ceilings, ceilings_for
 from ._image import cached_base_image
 from ._pod import sandbox_pod_template
-from ._settings import RUNTIMES, SANDBOX_MODES, TASK_FUNCTION
+from ._settings import DEFAULT_CPU, DEFAULT_MEMORY, RUNTIMES, SANDBOX_MODES, TASK_FUNCTION
 from ._task import TaskSpec, server_task
+
+if TYPE_CHECKING:
+    from ._session import SandboxSession
 
 __all__ = ["SandboxEnvironment"]
 
@@ -50,7 +53,7 @@ class SandboxEnvironment(flyte.TaskEnvironment):
     def __post_init__(self) -> None:
         self._validate_sandbox_fields()
         if self.resources is None:
-            self.resources = flyte.Resources(cpu="2", memory="2Gi")
+            self.resources = flyte.Resources(cpu=DEFAULT_CPU, memory=DEFAULT_MEMORY)
         ceilings = ceilings_for(self.resources)  # raises ValueError on unreadable resources
         if ceilings.gpu and self.sandbox_mode != "bwrap":
             warnings.warn(
@@ -173,6 +176,20 @@ class SandboxEnvironment(flyte.TaskEnvironment):
     def ceilings(self) -> Ceilings:
         """The default sandbox ceilings, derived from ``resources``."""
         return ceilings_for(self.resources)
+
+    async def new_session(self, **kwargs: Any) -> SandboxSession:
+        """``await sb.session(environment=self, **kwargs)``: launch a session of this
+        environment. Any ``sb.session()`` argument but ``environment`` and ``sandbox_mode``
+        (this environment decides both)."""
+        for key in ("environment", "sandbox_mode"):
+            if key in kwargs:
+                raise TypeError(
+                    f"new_session() got {key}=, but the environment is this one "
+                    f"({self.name!r}); call sb.session({key}=...) to launch another"
+                )
+        from ._start import session
+
+        return await session(environment=self, **kwargs)
 
     def clone_with(self, name: str, **overrides: Any) -> SandboxEnvironment:  # type: ignore[override]
         """A new SandboxEnvironment named ``name``, with ``overrides`` applied."""

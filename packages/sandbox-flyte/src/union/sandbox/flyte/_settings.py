@@ -18,6 +18,9 @@ SANDBOX_MODES: Final = {"userns": "userns", "bwrap": "bubblewrap"}
 RUNTIMES: Final = ("container", "gvisor")
 
 DEFAULT_ENV_NAME: Final = "union-sandbox"
+#: A SandboxEnvironment's resources when it names none.
+DEFAULT_CPU: Final = "2"
+DEFAULT_MEMORY: Final = "2Gi"
 DEFAULT_ENV_NAME_BWRAP: Final = "union-sandbox-bwrap"
 
 #: What the pod keeps for itself (the task runtime, the server, the supervisor) when the
@@ -37,6 +40,11 @@ TERM_GRACE_S: Final = 10.0
 POD_GRACE_S: Final = 30
 PRIMARY_CONTAINER: Final = "primary"
 PORT_NAME: Final = "http1"
+
+#: ``await sbx``: how long the owner waits for the sandbox's pod to become addressable.
+RESOLVE_DEADLINE_S: Final = 180.0
+#: The first call: how long the health check retries while the server starts.
+HEALTH_DEADLINE_S: Final = 60.0
 
 #: Environment variables the task body reads (set by a launcher or a test, never needed in a
 #: pod): where the server listens and its work dir.

@@ -11,17 +11,15 @@ so needing neither ``kubernetes`` nor the module that defined the environment).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import flyte
-from union.sandbox.core.constants import DEFAULT_TIMEOUT, SERVER_WORK_DIR
+from union.sandbox.core.constants import DEFAULT_TIMEOUT
 
-from ._body import Ending, ServerOptions, serve_sandbox
+from ._serve import SandboxAborted, TaskSpec, serve_task
 from ._settings import (
     ADDR_ENV,
-    DEFAULT_ADDR,
     DEFAULT_FSIZE_CEILING_MB,
     DEFAULT_MAX_RUNTIME_S,
     HARD_CEILING,
@@ -32,48 +30,16 @@ from ._settings import (
 __all__ = ["SandboxAborted", "SandboxTaskResolver", "TaskSpec", "server_task"]
 
 
-class SandboxAborted(RuntimeError):
-    """The pod got SIGTERM (the run was aborted or the pod evicted); the server was stopped."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What the pod needs to rebuild an environment's task: its name, backend and the default
-    ceilings derived from its resources."""
-
-    env_name: str
-    backend: str
-    cpu_ceiling_milli: int
-    mem_ceiling_mb: int
-    gpu_ceiling: int
-
-    def loader_args(self) -> list[str]:
-        return [
-            "env",
-            self.env_name,
-            "backend",
-            self.backend,
-            "cpu",
-            str(self.cpu_ceiling_milli),
-            "mem",
-            str(self.mem_ceiling_mb),
-            "gpu",
-            str(self.gpu_ceiling),
-        ]
-
-    @classmethod
-    def from_loader_args(cls, args: list[str]) -> TaskSpec:
-        pairs = dict(zip(args[::2], args[1::2], strict=False))
-        try:
-            return cls(
-                env_name=pairs["env"],
-                backend=pairs["backend"],
-                cpu_ceiling_milli=int(pairs["cpu"]),
-                mem_ceiling_mb=int(pairs["mem"]),
-                gpu_ceiling=int(pairs["gpu"]),
-            )
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"malformed sandbox task resolver arguments {args!r}") from exc
+def _run_settings() -> dict[str, str]:
+    """Where the server listens and its work dir: from the run's custom context (a launcher
+    or a test's fake cluster running several "pods" in one process sets them per run) or the
+    pod's environment; unset in a real pod (0.0.0.0:8080, /tmp/sandbox-work)."""
+    settings = {k: os.environ[k] for k in (ADDR_ENV, WORK_DIR_ENV) if os.environ.get(k)}
+    ctx = flyte.ctx()
+    if ctx:
+        custom = ctx.custom_context or {}
+        settings.update({k: custom[k] for k in (ADDR_ENV, WORK_DIR_ENV) if custom.get(k)})
+    return settings
 
 
 class SandboxTaskResolver:
@@ -112,28 +78,17 @@ def _task_function(spec: TaskSpec) -> Any:
         """Serve one unionai-sandbox session (sandbox-server) until its soft timeout
         (``timeout_s``) or until the run is aborted. ``token`` is the bearer token clients
         must send (``Authorization: Bearer <token>``)."""
-        options = ServerOptions(
-            backend=spec.backend,
+        return await serve_task(
+            spec,
             token=token,
-            soft_timeout_s=timeout_s,
+            timeout_s=timeout_s,
             network_mode=network_mode,
             max_runtime_s=max_runtime_s,
             cpu_ceiling_milli=cpu_ceiling_milli,
             mem_ceiling_mb=mem_ceiling_mb,
             gpu_ceiling=gpu_ceiling,
             fsize_ceiling_mb=fsize_ceiling_mb,
-            work_dir=os.environ.get(WORK_DIR_ENV) or SERVER_WORK_DIR,
-            addr=os.environ.get(ADDR_ENV) or DEFAULT_ADDR,
-        )
-        served = await serve_sandbox(options)
-        if served.ending is Ending.SIGTERM:
-            raise SandboxAborted(
-                f"sandbox-server stopped after {served.ran_s:.1f} s: the pod got SIGTERM "
-                "(run aborted or pod evicted)"
-            )
-        return (
-            f"soft timeout: served {served.ran_s:.1f} s on {served.addr}, "
-            f"stopped in {served.stop_s:.2f} s"
+            settings=_run_settings(),
         )
 
     assert sandbox_server.__name__ == TASK_FUNCTION

@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from union.sandbox.core.on_device.fs import check_work_dir
+
 __all__ = ["TOKEN_ENV", "ServerConfig", "build_parser", "parse_args"]
 
 #: Environment variable holding the bearer token (preferred over ``--token``, which shows up
@@ -229,6 +231,10 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "sandbox-server") 
         parser.error("the bearer token must be at least 16 characters")
     if not os.path.isabs(args.work_dir):
         parser.error(f"--work-dir must be an absolute path, got {args.work_dir!r}")
+    try:
+        check_work_dir(os.path.normpath(args.work_dir), "--work-dir")
+    except ValueError as exc:
+        parser.error(str(exc))
     extra = tuple(p.strip() for p in args.extra_read_only.split(",") if p.strip())
     for path in extra:
         if not os.path.isabs(path):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
 import os
 import shutil
 import signal
-import stat
 import sys
-import tempfile
 import warnings
-from collections.abc import AsyncIterable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,10 +38,12 @@ from ..session import SessionBase
 from . import backends, cgroups, quotas
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
-from .fs import FsLayout, check_session_path, gpu_devices
+from .files import PutData, open_for_read, put_file, read_all
+from .fs import FsLayout, check_work_dir, gpu_devices
 from .limits import LimitPlan, plan_limits, session_mechanisms, session_pids_budget
 from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
+from .workdir import WorkDir
 
 if TYPE_CHECKING:
     # The egress (and the proxy code behind it) loads with the first proxied run.
@@ -58,7 +58,6 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Above this many characters a script goes to the command through a memfd instead of argv
 # (a single argv string is limited to 128 KiB by the kernel; see request_size.py).
 _ARGV_SCRIPT_LIMIT = 64 * 1024
-PutData = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
 
 class _RunDriver:
@@ -184,8 +183,10 @@ class OnDeviceSession(SessionBase):
         self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
         if not isinstance(default_cwd, str):
             raise TypeError(f"default_cwd must be a str, got {type(default_cwd).__name__}")
-        if host_work_dir is not None and not os.path.isabs(os.fspath(host_work_dir)):
-            raise ValueError(f"host_work_dir must be an absolute path, got {host_work_dir!r}")
+        if host_work_dir is not None:
+            if not os.path.isabs(os.fspath(host_work_dir)):
+                raise ValueError(f"host_work_dir must be an absolute path, got {host_work_dir!r}")
+            check_work_dir(os.fspath(host_work_dir))
         if not isinstance(max_output_bytes, int) or max_output_bytes <= 0:
             raise ValueError(f"max_output_bytes must be a positive int, got {max_output_bytes!r}")
         for name, url in (
@@ -205,9 +206,12 @@ class OnDeviceSession(SessionBase):
         self._host_work_dir = os.path.normpath(os.fspath(host_work_dir)) if host_work_dir else None
         self._read_only_paths = list(read_only_paths or [])
         self._read_write_paths = list(read_write_paths or [])
-        # Validate the path lists now: bad input fails before anything runs.
-        FsLayout.build("/", self._read_only_paths, self._read_write_paths)
-        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        # Validate the path lists now: bad input fails before anything runs. (A temporary
+        # work dir is only named at open(); no grant can be this placeholder.)
+        FsLayout.build(
+            self._host_work_dir or "/<work-dir>", self._read_only_paths, self._read_write_paths
+        )
+        self._work: WorkDir | None = None
         self._layout: FsLayout | None = None
         self._supervisor: Supervisor | None = None
         self._static_failure: BackendUnavailableError | None = None
@@ -284,19 +288,15 @@ class OnDeviceSession(SessionBase):
             root=os.getuid() == 0,
         )
         try:
-            if self._host_work_dir is not None:
-                os.makedirs(self._host_work_dir, exist_ok=True)
-                work_dir = os.path.realpath(self._host_work_dir)
-            else:
-                self._tempdir = tempfile.TemporaryDirectory(prefix="union-sandbox-")
-                work_dir = os.path.realpath(self._tempdir.name)
             owner = self.sandbox_owner
-            if owner is not None:
-                os.chown(work_dir, *owner)
+            # Private (0700) and the sandbox's; from here on reached only through its fd.
+            self._work = WorkDir.open(self._host_work_dir, owner)
             self._layout = FsLayout.build(
-                work_dir, self._read_only_paths, self._read_write_paths, devices=devices
+                self._work.path, self._read_only_paths, self._read_write_paths, devices=devices
             )
-            self._venv = ensure_session_venv(work_dir, self._layout.python, owner)
+            self._venv = ensure_session_venv(
+                self._work.fd, self._work.path, self._layout.python, owner
+            )
             problems = backends.static_problems(self.backend)
             if problems:
                 self._static_failure = BackendUnavailableError(self.backend, problems)
@@ -307,9 +307,10 @@ class OnDeviceSession(SessionBase):
                     spec.first_cgroups = first.cgroup.procs_fds
                 self._supervisor = Supervisor(spec)
         except BaseException:
-            if self._tempdir is not None:
-                self._tempdir.cleanup()
-                self._tempdir = None
+            if self._work is not None:
+                work, self._work = self._work, None
+                with contextlib.suppress(OSError):  # the error that matters is the one above
+                    work.close()
             raise
         self._open = True
         return self
@@ -366,8 +367,10 @@ class OnDeviceSession(SessionBase):
             self._slots.drain()  # their inits died with the supervisor
             if self._cgroup_session is not None:
                 self._cgroup_session.cleanup(final=True)
-            if self._tempdir is not None:
-                await anyio.to_thread.run_sync(self._tempdir.cleanup)
+            if self._work is not None:
+                # Last, once every run is dead: the temporary dir goes whatever they left.
+                work, self._work = self._work, None
+                await anyio.to_thread.run_sync(work.close)
 
     def fs_allowlist(self) -> dict[str, list[str]]:
         """What runs may read (``read_only``) and write (``read_write``) on this host."""
@@ -734,101 +737,29 @@ class OnDeviceSession(SessionBase):
     ) -> int:
         """Write ``data`` to ``path`` (absolute, under the work dir, no symlinks) atomically:
         the file appears whole or not at all. Returns the bytes written."""
-        self._require_layout()
-        target = check_session_path(path, self.work_dir)
-        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-            raise ValueError(f"mode must be a permission int such as 0o644, got {mode!r}")
-        parent_fd = _open_parent(self.work_dir, target)
-        name = os.path.basename(target)
-        tmp_name = f".{name}.union-sandbox-{os.urandom(6).hex()}.tmp"
-        try:
-            _refuse_non_regular(parent_fd, name, target)
-            if not overwrite and _exists(parent_fd, name):
-                raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)", target)
-            fd = os.open(
-                tmp_name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=parent_fd,
-            )
-            try:
-                written = await _write_all(fd, data)
-                os.fchmod(fd, mode & ~0o6000 & 0o7777)
-                owner = self.sandbox_owner
-                if owner is not None:
-                    os.fchown(fd, *owner)
-            except BaseException:
-                os.close(fd)
-                os.unlink(tmp_name, dir_fd=parent_fd)
-                raise
-            os.close(fd)
-            try:
-                if overwrite:
-                    os.rename(tmp_name, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-                else:
-                    os.link(
-                        tmp_name,
-                        name,
-                        src_dir_fd=parent_fd,
-                        dst_dir_fd=parent_fd,
-                        follow_symlinks=False,
-                    )
-            except FileExistsError:
-                raise FileExistsError(
-                    errno.EEXIST, "file exists (overwrite=False)", target
-                ) from None
-            except IsADirectoryError:
-                raise PermissionError(f"not a regular file: {target}") from None
-            finally:
-                try:
-                    os.unlink(tmp_name, dir_fd=parent_fd)
-                except FileNotFoundError:
-                    pass
-            return written
-        finally:
-            os.close(parent_fd)
+        work = self._require_work()
+        return await put_file(
+            work, path, data, mode=mode, overwrite=overwrite, owner=self.sandbox_owner
+        )
 
     async def get_bytes(self, path: str, *, max_bytes: int = 0) -> bytes:
         """Read ``path`` (absolute, under the work dir, a regular file, no symlinks).
         ``max_bytes > 0`` raises ``ValueError`` for a larger file instead of truncating."""
         fd, size, target = self.open_for_read(path, max_bytes=max_bytes)
         try:
-            return await _read_all(fd, size, max_bytes or None, target)
+            return await read_all(fd, size, max_bytes or None, target)
         finally:
             os.close(fd)
 
     def open_for_read(self, path: str, *, max_bytes: int = 0) -> tuple[int, int, str]:
         """Open ``path`` with the ``get_bytes`` rules for a caller that streams it (the
         server): ``(blocking fd, size, normalised path)``; the caller closes the fd."""
-        self._require_layout()
-        if not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
-        target = check_session_path(path, self.work_dir)
-        parent_fd = _open_parent(self.work_dir, target)
-        try:
-            try:
-                fd = os.open(
-                    os.path.basename(target),
-                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                    dir_fd=parent_fd,
-                )
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise PermissionError(f"refusing to read through symlink: {target}") from None
-                raise
-        finally:
-            os.close(parent_fd)
-        try:
-            size = _regular_file_size(fd, target, max_bytes)
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, size, target
+        return open_for_read(self._require_work(), path, max_bytes=max_bytes)
 
-    def _require_layout(self) -> None:
-        if not self._open:
+    def _require_work(self) -> WorkDir:
+        if not self._open or self._work is None:
             raise RuntimeError(_NOT_OPEN)
+        return self._work
 
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
@@ -885,129 +816,6 @@ def _pipe_writer(channel: RunChannel) -> InputStream:
         os.close(fd)
 
     return InputStream(write, close)
-
-
-def _open_parent(work_dir: str, target: str) -> int:
-    """Open the parent directory of ``target`` walking from the work dir with O_NOFOLLOW at
-    every step, so a symlink swapped in by a sandboxed process cannot redirect us."""
-    fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    relative = os.path.relpath(os.path.dirname(target), work_dir)
-    if relative == ".":
-        return fd
-    current = work_dir
-    for part in relative.split("/"):
-        current = os.path.join(current, part)
-        try:
-            next_fd = os.open(
-                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-            )
-        except FileNotFoundError:
-            os.close(fd)
-            raise FileNotFoundError(
-                errno.ENOENT, f"parent directory does not exist: {os.path.dirname(target)}"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                if os.path.islink(current):
-                    raise PermissionError(f"refusing to write through symlink: {current}") from None
-                raise FileNotFoundError(
-                    errno.ENOENT, f"parent directory does not exist: {os.path.dirname(target)}"
-                ) from None
-            raise
-        os.close(fd)
-        fd = next_fd
-    return fd
-
-
-def _regular_file_size(fd: int, target: str, max_bytes: int) -> int:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise PermissionError(f"not a regular file: {target}")
-    if max_bytes and st.st_size > max_bytes:
-        raise ValueError(f"{target} is {st.st_size} bytes, exceeds max_bytes={max_bytes}")
-    return st.st_size
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _refuse_non_regular(dir_fd: int, name: str, target: str) -> None:
-    try:
-        st = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise PermissionError(f"refusing to write through symlink: {target}")
-    if not stat.S_ISREG(st.st_mode):
-        raise PermissionError(f"not a regular file: {target}")
-
-
-_THREAD_THRESHOLD = 1 << 20
-
-
-async def _write_all(fd: int, data: PutData) -> int:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        view = memoryview(data).cast("B")
-        if len(view) >= _THREAD_THRESHOLD:
-            return await anyio.to_thread.run_sync(_write_view, fd, view)
-        return _write_view(fd, view)
-    if not hasattr(data, "__aiter__"):
-        raise TypeError(
-            f"data must be bytes-like or an async iterable of bytes, got {type(data).__name__}"
-        )
-    total = 0
-    async for chunk in data:
-        if not isinstance(chunk, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data chunks must be bytes, got {type(chunk).__name__}")
-        total += _write_view(fd, memoryview(chunk).cast("B"))
-    return total
-
-
-def _write_view(fd: int, view: memoryview) -> int:
-    total = len(view)
-    while view:
-        view = view[os.write(fd, view) :]
-    return total
-
-
-async def _read_all(fd: int, size: int, limit: int | None, target: str) -> bytes:
-    def read() -> bytes:
-        data = os.read(fd, size + 1) if size else b""
-        if len(data) <= size:
-            # The file may still grow: read the rest too (bounded by max_bytes).
-            chunks = [data]
-            total = len(data)
-            while chunk := os.read(fd, 1 << 20):
-                total += len(chunk)
-                if limit is not None and total > limit:
-                    raise ValueError(f"{target} grew past max_bytes={limit} while reading")
-                chunks.append(chunk)
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        rest = os.read(fd, 1 << 20)
-        total = len(data) + len(rest)
-        if limit is not None and total > limit:
-            raise ValueError(f"{target} grew past max_bytes={limit} while reading")
-        return data + rest + _drain(fd, limit, total, target)
-
-    if size >= _THREAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(read)
-    return read()
-
-
-def _drain(fd: int, limit: int | None, total: int, target: str) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        total += len(chunk)
-        if limit is not None and total > limit:
-            raise ValueError(f"{target} grew past max_bytes={limit} while reading")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 del shutil, signal

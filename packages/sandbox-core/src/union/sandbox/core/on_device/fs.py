@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,10 +14,11 @@ __all__ = [
     "DEFAULT_READ_ONLY",
     "DEFAULT_READ_WRITE",
     "FsLayout",
-    "check_session_path",
+    "check_work_dir",
     "default_fs_allowlist",
     "host_python",
     "is_safe_to_mount",
+    "split_session_path",
     "uv_binary",
 ]
 
@@ -68,6 +68,18 @@ def is_safe_to_mount(path: str) -> bool:
     """True unless ``path`` is a broad root (``/``, ``/usr``, ``/home``...) that must never be
     granted implicitly."""
     return os.path.normpath(path) not in _BROAD_ROOTS
+
+
+def check_work_dir(path: str, name: str = "host_work_dir") -> None:
+    """Refuse a work dir that is a system directory (``/``, ``/tmp``, ``/home``...): a
+    session makes its work dir the sandbox's (chowned to the sandbox user when the host is
+    root, writable by every run)."""
+    if not is_safe_to_mount(path):
+        raise ValueError(
+            f"{name} {path!r} is a system directory; a session gives its work dir to the "
+            "sandbox (owned by the sandbox user, writable by every run): use a directory of "
+            "its own, such as /work or /srv/sandbox/<name>"
+        )
 
 
 def host_python() -> tuple[str, list[str]]:
@@ -147,7 +159,7 @@ class FsLayout:
         devices: Iterable[str] = (),
     ) -> FsLayout:
         python, prefixes = host_python()
-        return cls(
+        layout = cls(
             work_dir=os.path.normpath(work_dir),
             python=python,
             python_prefixes=tuple(prefixes),
@@ -156,11 +168,29 @@ class FsLayout:
             extra_read_write=tuple(_absolute_list(read_write_paths, "read_write_paths")),
             devices=tuple(devices),
         )
+        writable = set(layout.read_write)
+        for path in layout.extra_read_only:
+            if path in writable:
+                raise ValueError(
+                    f"{path!r} is granted both read-only and read-write (it is "
+                    + (
+                        "in read_write_paths"
+                        if path in layout.extra_read_write
+                        else "always writable: the work dir or a default read-write path"
+                    )
+                    + "): remove it from read_only_paths, or grant a path beneath it instead"
+                )
+        return layout
 
     @property
     def read_only(self) -> list[str]:
+        """Readable paths. Where a read-only and a read-write grant nest, the deeper one
+        decides: a read-only path beneath a read-write one stays read-only, and the other way
+        round. An automatic grant (the interpreter, uv) that is also granted read-write is
+        read-write."""
         extra = [*self.python_prefixes, *([self.uv] if self.uv else []), *self.extra_read_only]
-        return _dedupe([*DEFAULT_READ_ONLY, *extra])
+        writable = set(self.read_write)
+        return [p for p in _dedupe([*DEFAULT_READ_ONLY, *extra]) if p not in writable]
 
     @property
     def read_write(self) -> list[str]:
@@ -176,9 +206,12 @@ def default_fs_allowlist() -> dict[str, list[str]]:
     return {"read_only": list(DEFAULT_READ_ONLY), "read_write": list(DEFAULT_READ_WRITE)}
 
 
-def check_session_path(path: str, work_dir: str) -> str:
-    """Validate a ``put_bytes``/``get_bytes`` path: absolute, under the work dir, and no
-    symlink in any component below it. Returns the normalised path."""
+def split_session_path(path: str, work_dir: str) -> tuple[str, list[str]]:
+    """Check a ``put_bytes``/``get_bytes`` path by its text: a str, absolute, no NUL, and
+    under the work dir once normalised (``..`` resolved lexically). Returns the normalised
+    path and its components below the work dir. Symlinks are refused by the walk that
+    follows (:meth:`WorkDir.open_parent` and the leaf's ``O_NOFOLLOW``), never by a check
+    of the path ahead of it, which a sandboxed process could race."""
     if not isinstance(path, str):
         raise TypeError(f"path must be a str, got {type(path).__name__}")
     if not os.path.isabs(path):
@@ -187,22 +220,13 @@ def check_session_path(path: str, work_dir: str) -> str:
         raise ValueError("path must not contain NUL bytes")
     norm = os.path.normpath(path)
     root = os.path.normpath(work_dir)
+    # With the separator: a sibling such as /work-evil is not under /work.
     if not norm.startswith(root + "/"):
         raise PermissionError(
             f"path {path!r} is not under the session work dir {root!r}; stage files there "
             "(put_bytes/get_bytes only reach the work dir)"
         )
-    # Refuse symlinks anywhere between the work dir and the leaf (the leaf included).
-    current = root
-    for part in Path(norm).relative_to(root).parts:
-        current = os.path.join(current, part)
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            break
-        if stat.S_ISLNK(st.st_mode):
-            raise PermissionError(f"refusing to write through symlink: {current}")
-    return norm
+    return norm, norm[len(root) + 1 :].split("/")
 
 
 NVIDIA_CONTROL_DEVICES = (

@@ -9,25 +9,36 @@ as any other venv. When the caller itself runs in a venv, a ``.pth`` file bridge
 the sandbox. The caller's environment is never written to.
 
 The work dir belongs to the sandbox, which may have planted anything in it (a pinned
-``host_work_dir`` outlives sessions). So the host never writes into an existing
-``.session-venv``: it builds a new one in a private directory it just created and renames it
-into place, and anything else found under that name is moved aside first.
+``host_work_dir`` outlives sessions), and may still be changing it while this runs (a live
+sandbox of another session or server on the same pinned dir). So the host never writes into
+an existing ``.session-venv``: it builds a new one in a private directory it just created
+and renames it into place, and anything else found under that name is moved aside first.
+And it never works on path names there: the new directory is opened with ``O_NOFOLLOW``
+right after it is made (and must be an empty 0700 directory of this process's uid), and
+everything in it is created, chowned and chmodded relative to descriptors (``mkdirat``,
+``symlinkat``, ``openat(O_EXCL)``, ``fchownat(AT_SYMLINK_NOFOLLOW)``, ``fchown``,
+``fchmod``), so a name swapped for a symlink to a host directory is refused, not followed.
+While it is built the directory is 0700 and, when the host is root, root's: the sandbox
+cannot enter it until it is handed over, whole, by the final ``fchown``/``fchmod``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import site
 import stat
 import sys
-import tempfile
 
 from ..constants import SESSION_VENV_SUBDIR
+from .rmtree import DIR_FLAGS, remove_dir_at
 
 __all__ = ["MARKER", "ensure_session_venv"]
 
 MARKER = ".union-sandbox-session-venv"
 BRIDGE_PTH = "_union_sandbox_image_venv.pth"
+# Tries before giving up on a work dir a live sandbox keeps changing under us.
+_ATTEMPTS = 8
 
 
 def _caller_site_packages() -> list[str]:
@@ -40,90 +51,168 @@ def _usable(work_fd: int) -> bool:
     """An existing venv is reused when it is a real directory (not a link) holding the
     marker as a regular file. Its content is the sandbox's; the host only reads this much."""
     try:
-        st = os.lstat(SESSION_VENV_SUBDIR, dir_fd=work_fd)
-    except FileNotFoundError:
+        venv_fd = os.open(SESSION_VENV_SUBDIR, DIR_FLAGS, dir_fd=work_fd)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
         return False
-    if not stat.S_ISDIR(st.st_mode):
-        return False
-    venv_fd = os.open(
-        SESSION_VENV_SUBDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=work_fd
-    )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
     try:
         marker = os.lstat(MARKER, dir_fd=venv_fd)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return False
     finally:
         os.close(venv_fd)
     return stat.S_ISREG(marker.st_mode)
 
 
-def _write_layout(root: str, python: str) -> None:
-    """The venv's files under ``root``, a directory only this process can write to."""
+class _Builder:
+    """Creates entries under directory descriptors it holds, owned by ``owner``."""
+
+    def __init__(self, owner: tuple[int, int] | None) -> None:
+        self.owner = owner
+
+    def mkdir(self, dir_fd: int, name: str) -> int:
+        """A new directory ``name``; returns a descriptor on it (the caller closes it)."""
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        if self.owner is not None:
+            os.fchown(fd, *self.owner)
+        return fd
+
+    def symlink(self, dir_fd: int, name: str, target: str) -> None:
+        os.symlink(target, name, dir_fd=dir_fd)
+        if self.owner is not None:
+            os.chown(name, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
+
+    def write(self, dir_fd: int, name: str, text: str) -> None:
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=dir_fd,
+        )
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+        finally:
+            os.close(fd)
+
+
+def _write_layout(root_fd: int, python: str, owner: tuple[int, int] | None) -> None:
+    """The venv's files under the directory ``root_fd``, which only this process can
+    enter while they are written."""
+    build = _Builder(owner)
     version = sys.version_info
     pyname = f"python{version.major}.{version.minor}"
-    site_dir = os.path.join(root, "lib", pyname, "site-packages")
-    os.makedirs(site_dir)
-    os.mkdir(os.path.join(root, "bin"))
-    os.symlink("lib", os.path.join(root, "lib64"))
-    for name in ("python", "python3", pyname):
-        os.symlink(python, os.path.join(root, "bin", name))
-    with open(os.path.join(root, "pyvenv.cfg"), "x") as f:
-        f.write(
-            f"home = {os.path.dirname(python)}\n"
-            "include-system-site-packages = true\n"
-            f"version = {version.major}.{version.minor}.{version.micro}\n"
-            "prompt = session-venv\n"
-        )
-    bridge = _caller_site_packages()
-    if bridge:
-        with open(os.path.join(site_dir, BRIDGE_PTH), "x") as f:
-            f.write("".join(f"{p}\n" for p in bridge))
-    with open(os.path.join(root, MARKER), "x") as f:
-        f.write("created by unionai-sandbox\n")
-
-
-def ensure_session_venv(work_dir: str, python: str, owner: tuple[int, int] | None) -> str:
-    """Create the session venv under ``work_dir`` unless a usable one exists; return its
-    path. ``owner`` (uid, gid) is who the sandbox runs as when the host is root, so that the
-    sandbox can install into the venv."""
-    venv = os.path.join(work_dir, SESSION_VENV_SUBDIR)
-    work_fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    lib_fd = build.mkdir(root_fd, "lib")
     try:
-        if _usable(work_fd):
-            return venv
-        # Built in a fresh 0700 directory no sandbox process can enter, then renamed in.
-        staging = tempfile.mkdtemp(prefix=".session-venv-new-", dir=work_dir)
+        py_fd = build.mkdir(lib_fd, pyname)
         try:
-            _write_layout(staging, python)
-            if owner is not None:
-                for root, dirs, files in os.walk(staging):
-                    for name in dirs + files:
-                        os.lchown(os.path.join(root, name), *owner)
-                os.lchown(staging, *owner)
-            os.chmod(staging, 0o755)
-            name = os.path.basename(staging)
+            site_fd = build.mkdir(py_fd, "site-packages")
+        finally:
+            os.close(py_fd)
+    finally:
+        os.close(lib_fd)
+    try:
+        bridge = _caller_site_packages()
+        if bridge:
+            build.write(site_fd, BRIDGE_PTH, "".join(f"{p}\n" for p in bridge))
+    finally:
+        os.close(site_fd)
+    bin_fd = build.mkdir(root_fd, "bin")
+    try:
+        for name in ("python", "python3", pyname):
+            build.symlink(bin_fd, name, python)
+    finally:
+        os.close(bin_fd)
+    build.symlink(root_fd, "lib64", "lib")
+    build.write(
+        root_fd,
+        "pyvenv.cfg",
+        f"home = {os.path.dirname(python)}\n"
+        "include-system-site-packages = true\n"
+        f"version = {version.major}.{version.minor}.{version.micro}\n"
+        "prompt = session-venv\n",
+    )
+    build.write(root_fd, MARKER, "created by unionai-sandbox\n")
+
+
+def ensure_session_venv(
+    work_fd: int, work_dir: str, python: str, owner: tuple[int, int] | None
+) -> str:
+    """Create the session venv in the work dir (open as ``work_fd``, at ``work_dir``)
+    unless a usable one exists; return its path. ``owner`` (uid, gid) is who the sandbox
+    runs as when the host is root, so that the sandbox can install into the venv."""
+    venv = os.path.join(work_dir, SESSION_VENV_SUBDIR)
+    if _usable(work_fd):
+        return venv
+    name, staging_fd = _make_staging(work_fd, work_dir)
+    try:
+        _write_layout(staging_fd, python, owner)
+        # Handed over whole: until now the sandbox could not enter it.
+        if owner is not None:
+            os.fchown(staging_fd, *owner)
+        os.fchmod(staging_fd, 0o755)
+        _move_into_place(work_fd, name)
+    except BaseException:
+        remove_dir_at(work_fd, name, staging_fd)
+        raise
+    finally:
+        os.close(staging_fd)
+    return venv
+
+
+def _make_staging(work_fd: int, work_dir: str) -> tuple[str, int]:
+    """A new private directory in the work dir: ``(name, descriptor)``. A live sandbox on
+    the same work dir may rename it away and put a link or a directory of its own in its
+    place before it is opened: that one is not used, a fresh name is tried."""
+    for _ in range(_ATTEMPTS):
+        name = f".session-venv-new-{os.urandom(8).hex()}"
+        os.mkdir(name, 0o700, dir_fd=work_fd)
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=work_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                continue
+            raise
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700 and not os.listdir(fd):
+            return name, fd
+        os.close(fd)
+    raise RuntimeError(
+        f"could not build the session venv in {work_dir}: the directories created there "
+        f"were replaced {_ATTEMPTS} times in a row (is a live sandbox of another session on "
+        "this host_work_dir interfering?); give each session its own host_work_dir"
+    )
+
+
+def _move_into_place(work_fd: int, name: str) -> None:
+    """Rename ``name`` to ``.session-venv``, moving aside (never following, never writing
+    into) whatever holds that name: a link, a file, a venv without its marker."""
+    for _ in range(_ATTEMPTS):
+        try:
+            os.lstat(SESSION_VENV_SUBDIR, dir_fd=work_fd)
+        except FileNotFoundError:
+            pass
+        else:
+            aside = f".session-venv-stale-{os.urandom(4).hex()}"
             try:
-                os.lstat(SESSION_VENV_SUBDIR, dir_fd=work_fd)
-                # Whatever holds the name (a link, a file, a venv without its marker) is
-                # moved aside, never followed or written into.
-                aside = f".session-venv-stale-{os.urandom(4).hex()}"
                 os.rename(SESSION_VENV_SUBDIR, aside, src_dir_fd=work_fd, dst_dir_fd=work_fd)
             except FileNotFoundError:
                 pass
+        try:
             os.rename(name, SESSION_VENV_SUBDIR, src_dir_fd=work_fd, dst_dir_fd=work_fd)
-        except BaseException:
-            _remove_tree(staging)
-            raise
-        return venv
-    finally:
-        os.close(work_fd)
-
-
-def _remove_tree(path: str) -> None:
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            if not os.path.islink(os.path.join(root, name)):
-                os.rmdir(os.path.join(root, name))
-    os.rmdir(path)
+            return
+        except OSError as exc:
+            # Something took the name again meanwhile (a live sandbox): move it aside too.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+    raise RuntimeError(
+        f"could not put the session venv in place: {SESSION_VENV_SUBDIR} kept being "
+        "recreated (is a live sandbox of another session on this host_work_dir interfering?)"
+    )
