@@ -10,8 +10,12 @@ knobs, the init's attributes, the scratch mounts, IPC, loopback traffic) and com
 the next run observes (:data:`~union.sandbox.core.testing_fresh.OBSERVE`) with what a run saw
 before it.
 
+Each probe runs in a ``blocked`` and an ``allowlist`` session (an ``allowlist`` init keeps its
+proxy listeners from run to run); one more probe checks that a later run on a reused
+``allowlist`` init gets only its own rules and decisions.
+
 Over the remote transport the later run is another client's, on the same server: the
-server's idle inits are shared by its clients. On ``none`` the probes are not run (they would
+server's idle inits (and their proxy listeners) are shared by its clients. On ``none`` the probes are not run (they would
 renice and prlimit the host's own pid 1 and tamper with the host's ``/tmp``).
 
 The outcome does not depend on the event loop: asyncio only.
