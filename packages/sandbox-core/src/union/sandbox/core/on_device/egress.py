@@ -170,7 +170,10 @@ class SessionEgress:
             return None
         held = host.disarm(egress)
         if held:
-            await host.wait_closed(egress)
+            # Shielded (and bounded by the host's join timeout): the slot's bookkeeping after
+            # this must not be cut short by a cancelled waiter.
+            with anyio.CancelScope(shield=True):
+                await host.wait_closed(egress)
         if keep and not held and group is not None:
             return group
         if group is not None:
