@@ -15,8 +15,9 @@ proxy listeners from run to run); one more probe checks that a later run on a re
 ``allowlist`` init gets only its own rules and decisions.
 
 Over the remote transport the later run is another client's, on the same server: the
-server's idle inits (and their proxy listeners) are shared by its clients. On ``none`` the probes are not run (they would
-renice and prlimit the host's own pid 1 and tamper with the host's ``/tmp``).
+server's idle inits (and their proxy listeners) are shared by its clients. On ``none`` the
+probes are not run (they would renice and prlimit the host's own pid 1 and tamper with the
+host's ``/tmp``).
 
 The outcome does not depend on the event loop: asyncio only.
 """
