@@ -11,8 +11,9 @@ Figures (target from issue 16 in brackets):
 - the MCP round trip alone: ``reset_session`` with no session open (no run at all).
 
 The server is the real ``unionai-sandbox mcp`` subprocess; the client runs in this process.
-The samples of the baseline and of each transport are taken in turn, call by call, so a
-change of the machine's load hits all of them alike; the load average is reported. Not a
+The samples of the baseline and of each transport are taken in turn, a block of
+``runs / 10`` at a time, ten rounds, so that a change of the machine's load hits all of
+them alike; the load average is reported. Not a
 test: nothing here asserts a time.
 """
 
@@ -76,16 +77,25 @@ async def http_client(backend: str) -> AsyncIterator[Client]:
                 await server.wait()
 
 
+#: Rounds of sampling: each round takes a block of samples of every variant in turn.
+ROUNDS = 10
+
+
 async def sample(calls: dict[str, Call], runs: int) -> dict[str, Any]:
     for call in calls.values():  # warm-up: the session opens, the code paths are hot
         for _ in range(20):
             await call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(runs):
+    block = max(runs // ROUNDS, 1)
+    for _ in range(ROUNDS):
         for name, call in calls.items():
-            start = time.perf_counter()
-            await call()
-            samples[name].append(time.perf_counter() - start)
+            # A block at a time, not call by call: a run leaves its session's supervisor
+            # some work (the next init), which would otherwise land on the next variant.
+            await anyio.sleep(0.05)
+            for _ in range(block):
+                start = time.perf_counter()
+                await call()
+                samples[name].append(time.perf_counter() - start)
     return {name: percentiles(values) for name, values in samples.items()}
 
 
