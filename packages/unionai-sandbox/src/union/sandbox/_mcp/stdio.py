@@ -125,6 +125,10 @@ class _Writer:
             except BlockingIOError:
                 await anyio.wait_writable(self._fd)
                 continue
+            except BrokenPipeError:
+                # The client is gone: the SDK's writer ends quietly on this, and the server
+                # ends with the client's end of stdin.
+                raise anyio.ClosedResourceError from None
             data = data[written:]
 
     async def flush(self) -> None:

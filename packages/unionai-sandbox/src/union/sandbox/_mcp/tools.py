@@ -192,7 +192,10 @@ class Toolbox:
             except (binascii.Error, ValueError) as exc:
                 raise BadArgument(f"content is not valid base64: {exc}") from None
         else:
-            data = content.encode("utf-8", "surrogatepass")
+            try:
+                data = content.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadArgument(f"content is not valid text ({exc.reason}): use base64") from None
         if len(data) > WRITE_MAX:
             raise BadArgument(f"content is over {WRITE_MAX:,} bytes: write it in parts")
         session = await slot.get()
