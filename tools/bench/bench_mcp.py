@@ -8,7 +8,10 @@ Figures (target from issue 16 in brackets):
 - in-process ``run("true")`` + ``communicate()``, p50/p90 (the baseline);
 - ``run_shell {"command": "true"}`` through the MCP client SDK, stdio and streamable HTTP,
   p50/p90, and what MCP adds at p50 over the baseline [<= 2 ms];
-- the MCP round trip alone: ``reset_session`` with no session open (no run at all).
+- the MCP round trip alone: ``reset_session`` with no session open (no run at all);
+- CPU per call of the client (this process) and of the server process, for each variant
+  (one pass of ``runs`` calls each): figures that a busy machine moves far less than
+  latencies.
 
 The server is the real ``unionai-sandbox mcp`` subprocess; the client runs in this process.
 The samples of the baseline and of each transport are taken in turn, a block of
@@ -40,6 +43,32 @@ from mcp.client.streamable_http import streamable_http_client
 from union.sandbox.core.on_device import session as on_device_session
 
 Call = Callable[[], Awaitable[Any]]
+#: A variant: its call, and the pid of the process that serves it (``None``: in-process).
+Variant = tuple[Call, "int | None"]
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stdio_server_pid() -> int:
+    """The ``unionai-sandbox mcp`` (stdio) child of this process."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if parent == os.getpid() and b"mcp" in argv and b"--http" not in argv:
+            return int(entry)
+    raise RuntimeError("the stdio server is not a child of this process")
 
 
 def _server_argv(backend: str, *extra: str) -> list[str]:
@@ -47,14 +76,14 @@ def _server_argv(backend: str, *extra: str) -> list[str]:
 
 
 @asynccontextmanager
-async def stdio_client(backend: str) -> AsyncIterator[Client]:
+async def stdio_client(backend: str) -> AsyncIterator[tuple[Client, int]]:
     params = StdioServerParameters(command=sys.executable, args=_server_argv(backend)[1:])
     async with Client(params) as client:
-        yield client
+        yield client, _stdio_server_pid()
 
 
 @asynccontextmanager
-async def http_client(backend: str) -> AsyncIterator[Client]:
+async def http_client(backend: str) -> AsyncIterator[tuple[Client, int]]:
     token = secrets.token_urlsafe(24)
     async with await anyio.open_process(
         _server_argv(backend, "--http", "127.0.0.1:0"),
@@ -70,7 +99,7 @@ async def http_client(backend: str) -> AsyncIterator[Client]:
             assert found, said
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
             async with http, Client(streamable_http_client(found.group(1), http_client=http)) as c:
-                yield c
+                yield c, server.pid
         finally:
             server.terminate()
             with anyio.fail_after(30):
@@ -81,7 +110,8 @@ async def http_client(backend: str) -> AsyncIterator[Client]:
 ROUNDS = 10
 
 
-async def sample(calls: dict[str, Call], runs: int) -> dict[str, Any]:
+async def sample(variants: dict[str, Variant], runs: int) -> dict[str, Any]:
+    calls = {name: call for name, (call, _) in variants.items()}
     for call in calls.values():  # warm-up: the session opens, the code paths are hot
         for _ in range(20):
             await call()
@@ -96,15 +126,24 @@ async def sample(calls: dict[str, Call], runs: int) -> dict[str, Any]:
                 start = time.perf_counter()
                 await call()
                 samples[name].append(time.perf_counter() - start)
-    return {name: percentiles(values) for name, values in samples.items()}
+    figures: dict[str, Any] = {name: percentiles(values) for name, values in samples.items()}
+    for name, (call, pid) in variants.items():
+        client, server = time.process_time(), _cpu_s(pid) if pid else 0.0
+        for _ in range(runs):
+            await call()
+        figures[name]["cpu_ms_per_call"] = {
+            "client": round((time.process_time() - client) / runs * 1e3, 3),
+            "server": round((_cpu_s(pid) - server) / runs * 1e3, 3) if pid else None,
+        }
+    return figures
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     async with (
         on_device_session(backend=args.backend) as sbx,
-        stdio_client(args.backend) as stdio,
-        http_client(args.backend) as http,
+        stdio_client(args.backend) as (stdio, stdio_pid),
+        http_client(args.backend) as (http, http_pid),
     ):
 
         async def in_process() -> None:
@@ -120,9 +159,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         figures = await sample(
             {
-                "in_process_run_true": in_process,
-                "mcp_stdio_run_shell_true": tool(stdio, "run_shell", {"command": "true"}),
-                "mcp_http_run_shell_true": tool(http, "run_shell", {"command": "true"}),
+                "in_process_run_true": (in_process, None),
+                "mcp_stdio_run_shell_true": (
+                    tool(stdio, "run_shell", {"command": "true"}),
+                    stdio_pid,
+                ),
+                "mcp_http_run_shell_true": (
+                    tool(http, "run_shell", {"command": "true"}),
+                    http_pid,
+                ),
             },
             args.runs,
         )
@@ -132,8 +177,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         figures.update(
             await sample(
                 {
-                    "mcp_stdio_no_run": tool(stdio, "reset_session", {}),
-                    "mcp_http_no_run": tool(http, "reset_session", {}),
+                    "mcp_stdio_no_run": (tool(stdio, "reset_session", {}), stdio_pid),
+                    "mcp_http_no_run": (tool(http, "reset_session", {}), http_pid),
                 },
                 args.runs,
             )
@@ -153,7 +198,12 @@ def report(figures: dict[str, Any]) -> None:
     print(f"backend {figures['backend']}, loop {figures['loop']}")
     for name, value in figures.items():
         if isinstance(value, dict) and "p50_ms" in value:
-            print(f"  {name:<28} p50 {value['p50_ms']:7.3f} ms  p90 {value['p90_ms']:7.3f} ms")
+            cpu = value["cpu_ms_per_call"]
+            server = f", server {cpu['server']:.2f}" if cpu["server"] is not None else ""
+            print(
+                f"  {name:<28} p50 {value['p50_ms']:7.3f} ms  p90 {value['p90_ms']:7.3f} ms"
+                f"  CPU/call: client {cpu['client']:.2f}{server} ms"
+            )
     for transport in ("stdio", "http"):
         print(f"  MCP {transport} adds at p50: {figures[f'mcp_{transport}_adds_p50_ms']:.3f} ms "
               "[target <= 2 ms]")  # fmt: skip
