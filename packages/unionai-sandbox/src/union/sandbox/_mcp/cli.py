@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -130,6 +131,8 @@ def configure(args: argparse.Namespace) -> Config:
     flyte_environment(args)
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.event_loop == "trio" and importlib.util.find_spec("trio") is None:
+        raise UsageError("--event-loop trio needs trio: pip install trio")
     if args.max_output < 2:
         raise UsageError(f"--max-output must be at least 2 bytes, got {args.max_output}")
     mode, allow, deny = _network(args)
