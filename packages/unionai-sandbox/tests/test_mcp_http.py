@@ -193,3 +193,42 @@ def test_no_auth_on_loopback_keeps_dns_rebinding_protection(tmp_path: Path) -> N
             assert page.status_code == 403, page.status_code
     finally:
         assert running.stop() == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_stopping_the_server_ends_running_commands(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """SIGTERM while a call runs: the command's tree is killed, the sessions are closed,
+    and the server exits 0 without a traceback."""
+    from union.sandbox.core.testing import host_pids_with
+
+    token = secrets.token_urlsafe(24)
+    running = start_server(tmp_path, "--backend", "userns", "--http", "127.0.0.1:0", token=token)
+    needle = f"mcp-stop-{secrets.token_hex(6)}"
+    ended: list[str] = []
+    try:
+        async with connect(running, token) as client, anyio.create_task_group() as tg:
+
+            async def long_call() -> None:
+                command = f"python3 -c 'import time; time.sleep(300)' {needle}"
+                result = await client.call_tool("run_shell", {"command": command})
+                ended.append(result.structured_content["termination"])
+
+            tg.start_soon(long_call)
+            with anyio.fail_after(30):
+                while not host_pids_with(needle):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            running.proc.send_signal(signal.SIGTERM)
+            exit_code = await anyio.to_thread.run_sync(running.proc.wait, 30)
+            tg.cancel_scope.cancel()
+    except BaseException as exc:  # the client's own teardown against a stopped server
+        if not any(isinstance(e, (OSError, MCPError)) or "connect" in repr(e).lower()
+                   for e in _leaves(exc)):  # fmt: skip
+            raise
+    assert running.proc.wait(30) == 0
+    assert exit_code == 0
+    assert not host_pids_with(needle)
+    # The sessions close as the signal arrives, so the call is answered before the end.
+    assert ended == ["killed"]
+    assert "Traceback" not in running.log.read_text(), running.log.read_text()

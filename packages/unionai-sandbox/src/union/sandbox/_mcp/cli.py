@@ -339,6 +339,7 @@ def _run_http(server: Any, toolbox: Any, config: Config, max_sessions: int) -> i
                 token=config.token,
                 max_sessions=max_sessions,
                 idle_timeout_s=_IDLE_TIMEOUT_S,
+                on_stop=registry.close_all,
             )
         finally:
             await registry.close_all()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -116,8 +117,11 @@ async def serve_http(
     token: str | None,
     max_sessions: int,
     idle_timeout_s: float,
+    on_stop: Callable[[], Awaitable[None]],
 ) -> None:
-    """Serve ``server`` on ``sock`` until SIGINT / SIGTERM."""
+    """Serve ``server`` on ``sock`` until SIGINT / SIGTERM; ``on_stop`` runs as soon as the
+    signal arrives (it closes the sandboxes, so that the calls they hold end and answer
+    before uvicorn's graceful shutdown gives up on them)."""
     import uvicorn
 
     host = sock.getsockname()[0]
@@ -131,7 +135,9 @@ async def serve_http(
     )
     if token is not None:
         app = BearerAuth(app, token)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    # Once the sandboxes are closed every tool call has its answer; what is left open is
+    # the clients' standalone event streams, which never end by themselves.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
 
     class Uvicorn(uvicorn.Server):
         # Signals are ours (below): uvicorn's own handling re-raises the signal once it has
@@ -141,16 +147,42 @@ async def serve_http(
             yield
 
     served = Uvicorn(config)
+    quiet = _QuietStop()
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, served, on_stop, quiet)
+            await served.serve(sockets=[sock])
+            tg.cancel_scope.cancel()
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+
+
+class _QuietStop(logging.Filter):
+    """Drops uvicorn's errors about the event streams it cancels once a stop was asked
+    for: they are expected then, and a traceback would read like a crash."""
+
+    stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.stopping and record.levelno >= logging.ERROR)
+
+
+async def _stop_on_signals(
+    served: Any, on_stop: Callable[[], Awaitable[None]], quiet: _QuietStop
+) -> None:
+    """First SIGINT / SIGTERM / SIGHUP: close the sandboxes (their calls get answered),
+    then let uvicorn shut down; a second SIGINT: now, whatever is still closing."""
+
+    async def stop() -> None:
+        quiet.stopping = True
+        await on_stop()
+        served.should_exit = True
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, served)
-        await served.serve(sockets=[sock])
-        tg.cancel_scope.cancel()
-
-
-async def _stop_on_signals(served: Any) -> None:
-    """First SIGINT / SIGTERM / SIGHUP: shut down gracefully; a second SIGINT: now."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signo in signals:
-            if served.should_exit and signo == signal.SIGINT:
-                served.force_exit = True
-            served.should_exit = True
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signo in signals:
+                if not quiet.stopping:
+                    tg.start_soon(stop)
+                elif signo == signal.SIGINT:
+                    served.should_exit = served.force_exit = True
