@@ -28,7 +28,9 @@ Remote targets
       the same backend (``Target.peer_factory``, fixture ``open_peer_sandbox``);
     - ``host_work_dir=`` (a pinned dir) is a server started on that ``--work-dir`` for the
       session, so "the next open of a pinned dir" is a server restarted on it; likewise
-      ``session_pids=`` is a server started with ``--session-pids``;
+      ``session_pids=`` is a server started with ``--session-pids``, and
+      ``read_only_paths=`` one started with ``--extra-read-only`` (``read_write_paths=``
+      has no remote form: such probes run on-device only);
     - the host process at stake is the server too: it runs with :data:`SERVER_CANARY` in its
       environment, and its pid is among those a run must neither see nor signal
       (``probe.host_pids``); the output flood also bounds the server's RSS;
@@ -45,7 +47,9 @@ Remote targets
     bomb, ``/tmp`` fill, work-dir fill, output flood), the file API whose host side is the
     server (symlinks, hard link, symlink race, poisoned session venv), and termination over
     the wire (exit, timeout, kill/close/cancel, close with 50 processes, cgroups), per-user
-    kernel quotas and the session's pids budget (the server's session). Left out:
+    kernel quotas and the session's pids budget (the server's session), read-only grants
+    (``--extra-read-only`` under ``/tmp``, ``/dev/shm``, ``/var/tmp``, the work dir,
+    ``/proc/sys``; device ioctls) and signals (the ``Signal`` RPC, a stopped init). Left out:
     probes that exercise only the kernel-facing engine, which the server shares with the
     on-device targets (other kernel probes, other users' homes, ``/root``, stat, SysV IPC,
     unix sockets, UDP, the default-limits fork bomb, the file_size probes, kill of the
@@ -273,6 +277,11 @@ async def _remote(backend: str, role: str, **kwargs: Any) -> AsyncIterator[Any]:
     # Session-wide settings are the server's flags: a session with one is a server of its
     # own, started with the flag (and stopped with the session).
     flags = [f"--session-pids={kwargs.pop('session_pids')}"] if "session_pids" in kwargs else []
+    read_only = list(kwargs.pop("read_only_paths", None) or ())
+    if read_only:
+        flags += ["--extra-read-only", ",".join(read_only)]
+    if "read_write_paths" in kwargs:
+        raise TypeError("a sandbox-server takes no read-write grants: probe them on-device")
     dedicated = pinned is not None or bool(flags)
     if dedicated:
         # A pinned host dir is the on-device form of a server's --work-dir: a session on it
@@ -598,6 +607,15 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_session_pids_budget": None,
     # init reuse: the server's idle inits are shared by its clients
     "test_tampering_reaches_a_later_run": None,
+    # read-only grants: the server's --extra-read-only (and --work-dir)
+    "test_read_only_grant_stays_read_only": frozenset(
+        {"tmp", "dev-shm", "var-tmp", "under-work-dir"}
+    ),
+    "test_read_only_grant_beneath_proc": None,
+    "test_device_ioctl_beneath_read_only_grant": None,
+    # signals: the Signal RPC, and the deadline a stopped init must not stretch
+    "test_caller_signals_reach_the_command": None,
+    "test_run_stops_its_own_init": None,
 }
 #: Over the remote transport only these run under trio as well as asyncio: their outcome
 #: depends on the client's event loop (kill, close and cancellation of a stream).
@@ -617,8 +635,9 @@ def _remote_selected(item: pytest.Item) -> bool:
     if callspec.params.get("anyio_backend") == "trio" and name not in REMOTE_BOTH_LOOPS:
         return False
     wanted = REMOTE_PROBES[name]
-    hostile = callspec.params.get("hostile")
-    return wanted is None or getattr(hostile, "id", None) in wanted
+    # The probe's own parameters (a Hostile, a Grant...) by their ``id``.
+    ids = {getattr(value, "id", None) for value in callspec.params.values()}
+    return wanted is None or bool(ids & wanted)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

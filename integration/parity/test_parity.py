@@ -277,6 +277,49 @@ async def test_send_signal(sbx: Session) -> None:
         assert await proc.stdout.read() == b"term\n"
 
 
+async def test_job_control_and_alarm_signals_reach_the_command(sbx: Session) -> None:
+    """Every signal goes to the command's process group: stops and SIGALRM too (never to
+    the sandbox's own init, whose timer a SIGALRM would have faked)."""
+    proc = await sbx.run(
+        'for s in TSTP TTIN TTOU ALRM; do trap "echo $s" $s; done; echo ready; '
+        "while :; do sleep 0.05; done",
+        timeout_s=30,
+    )
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"ready\n"
+        for signo in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM):
+            await proc.send_signal(signo)
+            assert await proc.stdout.readline() == signo.name[3:].encode() + b"\n"
+        await proc.send_signal(signal.SIGUSR2)
+        assert await proc.wait() == 128 + signal.SIGUSR2
+
+
+async def test_sigstop_does_not_stretch_the_timeout(sbx: Session) -> None:
+    proc = await sbx.run("echo ready; sleep 30", timeout_s=1)
+    assert proc.stdout is not None
+    with anyio.fail_after(20):
+        assert await proc.stdout.readline() == b"ready\n"
+        await proc.send_signal(signal.SIGSTOP)
+        assert await proc.wait() == 137
+    assert proc.termination is not None
+    assert proc.termination.kind is TerminationKind.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("signo", "error"), [(0, ValueError), (65, ValueError), (-9, ValueError), (True, TypeError)]
+)
+async def test_send_signal_refuses_what_it_cannot_deliver(
+    sbx: Session, signo: Any, error: type[Exception]
+) -> None:
+    proc = await sbx.run("echo ready; sleep 30")
+    with anyio.fail_after(30):
+        with pytest.raises(error, match="signal"):
+            await proc.send_signal(signo)
+        await proc.terminate()
+        assert await proc.wait() == 143
+
+
 async def test_cancelling_a_wait_kills_the_tree(sbx: Session, unique_sleep: str) -> None:
     proc = await sbx.run(f"sleep {unique_sleep}")
     await _until(lambda: bool(host_pids_with(unique_sleep)))

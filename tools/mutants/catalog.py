@@ -49,6 +49,17 @@ KERNEL_PROBES = "integration/conformance/test_kernel_surface.py::test_kernel_sur
 AUTH_TESTS = "packages/sandbox-server/tests/test_auth.py"
 
 
+def _on_device(node: str) -> tuple[str, ...]:
+    """The conformance node id ``node`` (``{backend}`` in it) on both isolating on-device
+    backends."""
+    return tuple(node.format(backend=backend) for backend in ("bubblewrap", "userns"))
+
+
+GRANTS = "integration/conformance/test_grants.py"
+SIGNALS = "integration/conformance/test_signals.py"
+BACKENDS = f"{CORE}/on_device/backends.py"
+
+
 def _probes(*ids: str) -> tuple[str, ...]:
     """The kernel-surface probes ``ids`` on both isolating on-device backends, as node ids
     (a ``-k`` would filter every other path of the selection too)."""
@@ -76,14 +87,12 @@ MUTANTS: tuple[Mutant, ...] = (
         SUPERVISOR,
         '    if kind != "rw":\n        access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR\n',
         '    if kind == "never":\n        access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR\n',
-        (
-            f"{CORE_TESTS}/test_isolation.py",
-            "integration/conformance/test_host_boundary.py",
-            "-k",
-            "not remote",
+        # Read-only grants are read-only mounts too, so writes cannot show this bug any
+        # more: Landlock's own read-only rights (no device ioctl) do.
+        _on_device(
+            f"{GRANTS}::test_device_ioctl_beneath_read_only_grant[asyncio-on-device-{{backend}}]"
         ),
-        "write into a read-only grant the sandbox uid may write by file mode (userns)",
-        pending="engineer grants: read-only grants tested with a dir writable by file mode",
+        "device ioctls (and, without the read-only mounts, writes) beneath a read-only grant",
     ),
     Mutant(
         "securebits-not-locked",
@@ -241,6 +250,69 @@ MUTANTS: tuple[Mutant, ...] = (
         "    if False:\n        apply_landlock()\n",
         (f"{CORE_TESTS}/test_isolation.py", "-k", "userns and (read or write or invisible)"),
         "userns: every host file the sandbox uid may open by mode",
+    ),
+    # ---- read-only grants (mounts) ---------------------------------------------------------
+    Mutant(
+        "grants-read-only-mount-skipped",
+        "grants",
+        SUPERVISOR,
+        "    if read_only:\n        make_read_only(path)\n",
+        "    if False:\n        make_read_only(path)\n",
+        _on_device(
+            f"{GRANTS}::test_read_only_grant_stays_read_only[asyncio-on-device-{{backend}}-tmp]"
+        ),
+        "userns: write beneath a read-only grant under /tmp, /dev/shm, the work dir, a rw grant",
+    ),
+    Mutant(
+        "grants-bwrap-binds-in-list-order",
+        "grants",
+        BACKENDS,
+        "    binds.sort(key=lambda bind: _depth(bind[1]))\n",
+        "    pass\n",
+        _on_device(
+            f"{GRANTS}::test_read_only_grant_stays_read_only[asyncio-on-device-{{backend}}-"
+            "under-work-dir]"
+        ),
+        "bubblewrap: the work dir's bind covers a read-only grant inside it (writable)",
+    ),
+    # ---- signals and deadlines -------------------------------------------------------------
+    Mutant(
+        "signals-sent-to-init-itself",
+        "signals",
+        SUPERVISOR,
+        '        signal_run(pid, msg["id"], int(msg.get("signal", 0)))\n',
+        '        os.kill(pid, int(msg.get("signal", 0)))\n',
+        _on_device(
+            f"{SIGNALS}::test_caller_signals_reach_the_command[on-device-{{backend}}-asyncio]"
+        ),
+        "SIGSTOP stops init (and the run's clock), SIGALRM fakes a timeout, stops never arrive",
+    ),
+    Mutant(
+        "deadline-backstop-off",
+        "signals",
+        SUPERVISOR,
+        "BACKSTOP_S = 2.0\n",
+        "BACKSTOP_S = 1e6\n",
+        (f"{CORE_TESTS}/test_timeouts_signals.py", "-k", "stopped_from_outside and asyncio"),
+        "a run whose init is stopped or stuck outlives timeout_s (and --max-runtime-s)",
+    ),
+    Mutant(
+        "init-takes-any-sigalrm",
+        "signals",
+        SUPERVISOR,
+        "    if TIMER_ARMED and signal.getitimer(signal.ITIMER_REAL)[0] == 0:\n",
+        "    if True:\n",
+        (f"{CORE_TESTS}/test_timeouts_signals.py", "-k", "sigalrm and asyncio"),
+        "a run's own SIGALRM to its init ends it as a (fake) timeout",
+    ),
+    Mutant(
+        "send-signal-unchecked",
+        "signals",
+        PROCESS,
+        "        signo = validate_signal(signo)\n",
+        "        pass\n",
+        (f"{CORE_TESTS}/test_timeouts_signals.py", "-k", "refuses and asyncio"),
+        "signal 0 or an out-of-range number silently does nothing (or errors deep down)",
     ),
     # ---- capabilities ----------------------------------------------------------------------
     Mutant(

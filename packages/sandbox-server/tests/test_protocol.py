@@ -430,10 +430,15 @@ def test_stdin_signal_kill_rpcs_for_unknown_ids(http: httpx.Client) -> None:
         response = http.post(url(method), content=message.encode(), headers=PROTO)
         assert response.status_code == 404
         assert response.json()["code"] == "not_found"
-    response = http.post(
-        url("Signal"), content=pb.SignalRequest(execution_id="x", signal=0).encode(), headers=PROTO
-    )
-    assert response.status_code == 400
+    for signo in (0, -1, 65, 1000):  # checked before the id: nothing it could deliver
+        response = http.post(
+            url("Signal"),
+            content=pb.SignalRequest(execution_id="x", signal=signo).encode(),
+            headers=PROTO,
+        )
+        assert response.status_code == 400
+        assert response.json()["code"] == "invalid_argument"
+        assert "signal" in response.json()["message"]
 
 
 def test_put_and_get_unary_and_streamed(http: httpx.Client, server: RunningServer) -> None:

@@ -7,6 +7,7 @@ argument never leaves a half-started process behind.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Iterable, Mapping
 from typing import Literal, get_args
 
@@ -20,6 +21,7 @@ __all__ = [
     "validate_env",
     "validate_network",
     "validate_script_type",
+    "validate_signal",
     "validate_timeout",
 ]
 
@@ -117,6 +119,21 @@ def validate_timeout(timeout_s: float | None, default: float) -> float:
     if not 0 < timeout_s < float("inf"):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     return float(timeout_s)
+
+
+def validate_signal(signo: int) -> int:
+    """A signal number ``send_signal`` can deliver to a command's process group: 1 to
+    ``signal.NSIG - 1`` (real-time signals included)."""
+    if isinstance(signo, bool) or not isinstance(signo, int):
+        raise TypeError(f"signal must be an int such as signal.SIGTERM, got {signo!r}")
+    if signo == 0:
+        raise ValueError(
+            "signal 0 delivers nothing (it only probes for a process): read the process's "
+            "returncode to see whether it still runs"
+        )
+    if not 0 < signo < signal.NSIG:
+        raise ValueError(f"signal must be between 1 and {signal.NSIG - 1}, got {signo}")
+    return int(signo)
 
 
 def validate_env(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import anyio
 
 from .errors import ExecutionError
+from .policy import validate_signal
 
 __all__ = [
     "ExecResult",
@@ -400,9 +401,12 @@ class Process:
     # -- control -------------------------------------------------------------------------
 
     async def send_signal(self, signo: int) -> None:
-        """Send ``signo`` to the process group of the command. No-op once it ended."""
+        """Send ``signo`` (any of 1 to ``signal.NSIG - 1``) to the process group of the
+        command; ``SIGKILL`` kills the whole tree. No-op once it ended. The sandbox's own
+        processes never receive it: a ``SIGSTOP`` stops the command, not its deadline."""
+        signo = validate_signal(signo)
         if self.termination is None:
-            await self._driver.send_signal(int(signo))
+            await self._driver.send_signal(signo)
 
     async def terminate(self) -> None:
         """Send SIGTERM."""

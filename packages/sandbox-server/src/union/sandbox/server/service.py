@@ -14,7 +14,6 @@ import hashlib
 import math
 import os
 import secrets
-import signal as _signal
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -23,6 +22,7 @@ import anyio
 from union.sandbox.core import errors as core_errors
 from union.sandbox.core.constants import PIPE
 from union.sandbox.core.on_device import OnDeviceSession
+from union.sandbox.core.policy import validate_signal
 from union.sandbox.core.process import OutputStream, Process
 from union.sandbox.core.process import TerminationKind as CoreKind
 from union.sandbox.core.resources import ResourceLimits
@@ -474,8 +474,10 @@ class SandboxService:
         return pb.WriteStdinResponse(bytes_written=len(req.data))
 
     async def signal(self, req: pb.SignalRequest, ctx: CallContext) -> pb.SignalResponse:
-        if not 0 < req.signal < _signal.NSIG:
-            raise _invalid(f"signal must be between 1 and {_signal.NSIG - 1}, got {req.signal}")
+        try:
+            validate_signal(req.signal)
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
         run = self._run(req.execution_id)
         ctx.fields["execution_id"] = run.id
         await run.proc.send_signal(req.signal)

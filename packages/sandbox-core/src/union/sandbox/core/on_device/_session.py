@@ -193,8 +193,11 @@ class OnDeviceSession(SessionBase):
         self._host_work_dir = os.path.normpath(os.fspath(host_work_dir)) if host_work_dir else None
         self._read_only_paths = list(read_only_paths or [])
         self._read_write_paths = list(read_write_paths or [])
-        # Validate the path lists now: bad input fails before anything runs.
-        FsLayout.build("/", self._read_only_paths, self._read_write_paths)
+        # Validate the path lists now: bad input fails before anything runs. (A temporary
+        # work dir is only named at open(); no grant can be this placeholder.)
+        FsLayout.build(
+            self._host_work_dir or "/<work-dir>", self._read_only_paths, self._read_write_paths
+        )
         self._work: WorkDir | None = None
         self._layout: FsLayout | None = None
         self._supervisor: Supervisor | None = None

@@ -12,7 +12,10 @@ Each run is a raw ``clone()`` into fresh pid, mount, IPC (and, unless the postur
 capability, sets no_new_privs, enters the Landlock domain and the seccomp filter, then
 ``posix_spawn``s the command (pid 2, its own session) and waits. When the command exits, init
 kills and reaps whatever it left behind, reports the status on the run's status pipe and
-exits. A timeout is the same. Everything a run needs that does not change between runs
+exits. A timeout is the same; should init fail to end a run by its deadline (stopped,
+stuck), the supervisor kills it and reports the timeout itself. A signal for the command
+travels as a request on init's socket (init passes it to the command's process group),
+never as itself to init. Everything a run needs that does not change between runs
 (Landlock rule handles, the seccomp program, the capability bounding set) is prepared once
 here, so the per-run work is a handful of syscalls.
 
@@ -68,6 +71,9 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP = 0x02000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 1, 2, 4, 8, 1024
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 1, 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_SET_SECUREBITS, PR_SET_KEEPCAPS = 28, 8
@@ -105,10 +111,14 @@ WAKE_FDS: list[int] = []
 INITS: dict[int, dict[str, Any]] = {}
 INIT_SERIALS: dict[int, int] = {}  # pid -> serial
 INIT_BY_FD: dict[int, int] = {}  # socket fd -> serial
+INIT_SOCK: socket.socket | None = None  # in a run's init: its socket to the supervisor
 IDLE: dict[int, float] = {}  # serial -> when it went idle (oldest first)
 # Idle inits beyond this many exit once idle this long (a burst's surplus goes; the host's
 # slot then gets a fresh init when next used).
 KEEP_IDLE, IDLE_GRACE_S = 8, 1.0
+# A run's init ends it at its timeout; past this much more the supervisor does (init may be
+# stopped or stuck), so that a deadline holds whatever happens to init.
+BACKSTOP_S = 2.0
 LAST_SERIAL = 0
 POLLER: Any = None
 # In a run's init: its serial (what the host names to reuse it), and what its scratch mounts
@@ -294,7 +304,9 @@ def hold(paths: list[str]) -> list[tuple[str, int]]:
 
 
 def bind_back(path: str, fd: int, read_only: bool) -> None:
-    """Bind the object behind ``fd`` at ``path``, creating a mount point of the right type."""
+    """Bind the object behind ``fd`` at ``path``, creating a mount point of the right type.
+    A bind keeps the flags of the mounts it copies: a path bound read-only in the session
+    stays read-only wherever a run binds it again."""
     if os.path.isdir(f"/proc/self/fd/{fd}"):
         os.makedirs(path, exist_ok=True)
     else:
@@ -303,8 +315,43 @@ def bind_back(path: str, fd: int, read_only: bool) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
     mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
     if read_only:
-        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        make_read_only(path)
     os.close(fd)
+
+
+def make_read_only(path: str) -> None:
+    """Make the mount at ``path`` and every mount beneath it read-only (and nosuid)."""
+    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    done = LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, attr, len(attr))
+    if done == 0:
+        return
+    if ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM):
+        check(done, f"mount_setattr(read-only) on {path}")
+    # No mount_setattr (kernel < 5.12, or a filter refusing it): this mount alone, keeping
+    # the flags it has (a remount may not clear flags a less privileged namespace locked).
+    flags = os.statvfs(path).f_flag
+    kept = flags & (MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    kept |= MS_RELATIME if flags & os.ST_RELATIME else 0
+    mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
+
+
+def bind_grants(plan: list[list[str]]) -> None:
+    """userns: enforce read-only grants at the mount layer, once per session. Landlock
+    rights add up along a path, so a read-only grant beneath a writable one (a read-write
+    grant, the work dir, or the fresh /tmp a run binds it back under) would be writable by
+    Landlock alone. ``plan`` (shallowest first) binds each read-only grant read-only and
+    each read-write grant beneath one writable again, from handles taken before any of them
+    is covered."""
+    held: list[tuple[str, int, str]] = []
+    for path, kind in plan:
+        try:
+            held.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC), kind))
+        except FileNotFoundError:
+            continue  # a granted path that does not exist grants nothing
+        except OSError as exc:
+            raise SetupError(f"cannot keep granted path {path!r}: {exc.strerror}") from None
+    for path, fd, kind in held:
+        bind_back(path, fd, read_only=kind == "ro")
 
 
 def mask_dirs_as_root(masks: list[str], rebinds: list[str]) -> None:
@@ -553,24 +600,55 @@ class Timeout(Exception):
     pass
 
 
-class KillRequested(Exception):
-    pass
-
-
-#: Sent by the supervisor to a run's init to kill the run where SIGKILL to init is not enough
-#: (backend none: the command is not in a pid namespace that dies with init).
-KILL_RUN = signal.SIGRTMIN + 1
-
-
-def on_kill_request(signo: int, frame: object) -> None:
-    raise KillRequested
+#: Sent by the supervisor to a run's init: signals for the run's command wait on init's
+#: socket (``RUN_REQUEST``). The signal itself carries nothing, so a run that sends it to
+#: its init achieves nothing; and no signal meant for the command reaches init as itself
+#: (a SIGSTOP would stop the run's clock, a SIGALRM fake its timeout, a SIGSEGV kill init).
+RUN_REQUEST = signal.SIGRTMIN + 2
+RUN_REQUEST_RECORD = struct.Struct("<cqi")  # b"S", run id, signal number
+CURRENT_RUN = 0  # in a run's init: the id of the run it serves now (0: between runs)
+REQUEST_WAITING = False  # RUN_REQUEST came between runs: look when the next one starts
+PENDING_SIGNALS: list[int] = []  # signals that came before the command existed
+TIMER_ARMED = False  # init's own ITIMER_REAL runs (its SIGALRM is the timeout)
 
 
 def on_alarm(signo: int, frame: object) -> None:
-    raise Timeout
+    # Only our own timer, once expired, ends the run: not a SIGALRM the run sent us.
+    if TIMER_ARMED and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+        raise Timeout
+
+
+def on_run_request(signo: int, frame: object) -> None:
+    """The supervisor left signals for this run's command on our socket: deliver them (or
+    keep them until the command exists). Only the supervisor writes to that socket.
+    Between runs it is not read here: the next run's request may be on it."""
+    global REQUEST_WAITING
+    if not CURRENT_RUN:
+        REQUEST_WAITING = True
+        return
+    while INIT_SOCK is not None:
+        try:
+            record = INIT_SOCK.recv(64, socket.MSG_DONTWAIT)
+        except OSError:  # all read (or the supervisor is gone: PDEATHSIG follows)
+            break
+        if len(record) != RUN_REQUEST_RECORD.size:
+            continue
+        kind, run_id, signo = RUN_REQUEST_RECORD.unpack(record)
+        if kind == b"S" and run_id == CURRENT_RUN:
+            PENDING_SIGNALS.append(signo)
+    deliver_pending()
+
+
+def deliver_pending() -> None:
+    if CHILD:
+        while PENDING_SIGNALS:
+            forward_signal(PENDING_SIGNALS.pop(0), None)
 
 
 def forward_signal(signo: int, frame: object) -> None:
+    """Pass ``signo`` to the command's process group (to the command alone if it has left
+    its group). Also the handler of the usual job signals: the run itself, or with backend
+    none any process of the user, may send those to init."""
     if CHILD:
         try:
             os.kill(-CHILD, signo)
@@ -609,6 +687,10 @@ def prepare_init(net: str, tmp_size: int) -> str:
     request (and its status pipe) arrives."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # RUN_REQUEST may come as soon as the supervisor has sent a request, before we are
+    # ready for it: a clone starts with it blocked (held pending) until here.
+    signal.signal(RUN_REQUEST, on_run_request)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (RUN_REQUEST,))
     # A clone holds copies of the supervisor's descriptors: other runs' status pipes above
     # all, which must close when *those* runs end. Keep only our own.
     for fd in supervisor_fds():
@@ -806,7 +888,6 @@ def conclude(
     CHILD = 0
     serial = 0
     if sock is not None and req.get("recycle") and left_clean(req):
-        signal.signal(KILL_RUN, signal.SIG_IGN)  # a late kill for the finished run: moot
         try:
             sock.send(b"I")
             serial = MY_SERIAL
@@ -822,19 +903,24 @@ def init_loop(
 ) -> None:
     """A run's pid 1: serve this run and, while each leaves things clean, the next ones the
     supervisor hands over on ``sock``. Never returns."""
-    while run_once(sock, req, fds, setup_error):
-        assert sock is not None
-        try:
-            data, raw_fds, _flags, _addr = recv_request(sock)
-        except OSError:
-            os._exit(0)
-        if not data:
-            os._exit(0)  # retired by the supervisor
-        req = marshal.loads(data)
-        named = name_fds(req, raw_fds)
-        if named is None:
-            os._exit(0)
-        fds, setup_error = named, ""
+    global INIT_SOCK
+    INIT_SOCK = sock
+    try:
+        while run_once(sock, req, fds, setup_error):
+            assert sock is not None
+            data, raw_fds = next_request(sock)
+            if not data:
+                os._exit(0)  # retired by the supervisor
+            req = marshal.loads(data)
+            named = name_fds(req, raw_fds)
+            if named is None:
+                os._exit(0)
+            fds, setup_error = named, ""
+    except BaseException:
+        # This process is a copy of the supervisor: an exception must never unwind into
+        # the supervisor's loop here (and serve the session's control socket). The
+        # supervisor reports the init's death; a lost socket is its retirement.
+        os._exit(1)
     os._exit(0)
 
 
@@ -842,13 +928,18 @@ def run_once(
     sock: socket.socket | None, req: dict[str, Any], fds: dict[str, Any], setup_error: str
 ) -> bool:
     """One run, from its request to its report; returns whether the init may serve another."""
-    global CHILD, HANDLERS_SET
+    global CHILD, CURRENT_RUN, HANDLERS_SET, REQUEST_WAITING, TIMER_ARMED
     status_fd = fds["status"]
     started = time.monotonic()
     if setup_error:
         report(status_fd, REC_ERROR, setup_error.encode())
         return False
     try:
+        CURRENT_RUN = req["id"]
+        PENDING_SIGNALS.clear()
+        if REQUEST_WAITING:  # it came before we read this run's request
+            REQUEST_WAITING = False
+            on_run_request(RUN_REQUEST, None)
         # Join the run's cgroups (memory, pids, cpu) before the command exists. (Writing to
         # a cgroup.procs file the host opened needs no privilege: we move ourselves.) A
         # reused init is in them already, and a move is costly (cgroup v1 takes a global
@@ -877,7 +968,6 @@ def run_once(
                 signal.signal(signo, forward_signal)
             signal.signal(signal.SIGALRM, on_alarm)
             HANDLERS_SET = True
-        signal.signal(KILL_RUN, on_kill_request)
         file_actions = [
             (os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
             (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
@@ -889,7 +979,7 @@ def run_once(
         started = time.monotonic()
         # A signal to forward that arrived before CHILD is known would be lost: hold them
         # until it is; the command itself starts with nothing blocked.
-        held = (*FORWARDED_SIGNALS, KILL_RUN)
+        held = (*FORWARDED_SIGNALS, RUN_REQUEST)
         signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             CHILD = os.posix_spawn(
@@ -914,26 +1004,29 @@ def run_once(
             raise SetupError(f"cannot execute {argv[0]!r}: {exc.strerror}") from None
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        deliver_pending()
         for name in ("stdin", "stdout", "stderr", "script_fd"):
             if name in fds:
                 os.close(fds[name])
+        TIMER_ARMED = True
         signal.setitimer(signal.ITIMER_REAL, req["timeout"])
         while True:
             pid, status = os.waitpid(-1, 0)
             if pid == CHILD:
                 break
+        TIMER_ARMED = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         runtime_ns = int((time.monotonic() - started) * 1e9)
         end_everything(CHILD)
+        CURRENT_RUN = 0  # the next request may arrive once conclude() said "idle"
         return conclude(sock, req, status_fd, REC_EXIT + struct.pack("<iq", status, runtime_ns))
     except Timeout:
+        TIMER_ARMED = False
+        signal.setitimer(signal.ITIMER_REAL, 0)  # (spent, unless a stray SIGALRM raced it)
         runtime_ns = int((time.monotonic() - started) * 1e9)
         end_everything(CHILD)
+        CURRENT_RUN = 0
         return conclude(sock, req, status_fd, REC_TIMEOUT + struct.pack("<q", runtime_ns))
-    except KillRequested:
-        # Backend none: no pid namespace, so init itself takes the command's group down;
-        # the supervisor's "reaped" record then says the host asked for it.
-        end_everything(CHILD)
     except SetupError as exc:
         report(status_fd, REC_ERROR, str(exc).encode())
     except BaseException as exc:  # report anything, never hang the caller
@@ -972,18 +1065,18 @@ def open_proxy_listeners(
 def warm_init(sock: socket.socket, net: str) -> None:
     """A pre-forked init: prepared ahead of time, it waits for the next run's request (and
     its descriptors) on its own socket. Never returns."""
-    error = prepare_init(net, CONFIG["tmp_size"])
     try:
-        data, fds, _flags, _addr = recv_request(sock)
-    except OSError:
-        os._exit(0)
-    if not data:
-        os._exit(0)
-    req = marshal.loads(data)
-    named = name_fds(req, fds)
-    if named is None:
-        os._exit(0)
-    init_loop(sock, req, named, error)
+        error = prepare_init(net, CONFIG["tmp_size"])
+        data, fds = next_request(sock)
+        if not data:
+            os._exit(0)
+        req = marshal.loads(data)
+        named = name_fds(req, fds)
+        if named is None:
+            os._exit(0)
+        init_loop(sock, req, named, error)
+    except BaseException:  # never back into the supervisor's code, whatever happened
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------
@@ -1005,6 +1098,17 @@ def recv_request(sock: socket.socket) -> tuple[bytes, list[int], int, Any]:
             whole = len(payload) - len(payload) % _FD_SIZE
             fds += memoryview(payload)[:whole].cast("i")
     return data, fds, flags, addr
+
+
+def next_request(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """An idle init's next run request and its descriptors (empty: the supervisor retired
+    it). Signals for a run that ended meanwhile may come first: dropped."""
+    while True:
+        data, fds, _flags, _addr = recv_request(sock)
+        if len(data) != RUN_REQUEST_RECORD.size or data[:1] != b"S":
+            return data, fds
+        for fd in fds:
+            os.close(fd)
 
 
 def send_fds(sock: socket.socket, buffers: list[bytes], fds: list[int]) -> None:
@@ -1169,7 +1273,14 @@ def start_run(req: dict[str, Any], fds: list[int], data: bytes) -> None:
         err = ctypes.get_errno()
         report(named["status"], REC_ERROR, f"clone(new namespaces): {os.strerror(err)}".encode())
     else:
-        RUNS[pid] = {"id": req["id"], "status_fd": os.dup(named["status"]), "net": net}
+        now = time.monotonic()
+        RUNS[pid] = {
+            "id": req["id"],
+            "status_fd": os.dup(named["status"]),
+            "net": net,
+            "started": now,
+            "deadline": now + float(req["timeout"]) + BACKSTOP_S,
+        }
     for fd in fds:
         os.close(fd)
     if CONFIG.get("warm") == "dispatch":
@@ -1197,18 +1308,86 @@ def handle(msg: dict[str, Any], fds: list[int], data: bytes) -> None:
     pid = find_run(msg.get("id", -1))
     if pid is None:
         return
-    signo = int(kill_signal()) if op == "kill" else int(msg.get("signal", 0))
-    if signo:
+    if op == "kill":
+        kill_run(pid)
+    elif op == "signal":
+        signal_run(pid, msg["id"], int(msg.get("signal", 0)))
+
+
+def signal_run(pid: int, run_id: int, signo: int) -> None:
+    """Have the run's init pass ``signo`` to the command's process group: the request waits
+    on init's socket, and RUN_REQUEST tells init to look. Never blocks: if init does not
+    read (a flood of requests), the surplus is dropped."""
+    info = INITS.get(INIT_SERIALS.get(pid, 0))
+    if info is None or not 0 < signo < signal.NSIG:
+        return
+    try:
+        info["sock"].send(RUN_REQUEST_RECORD.pack(b"S", run_id, signo), socket.MSG_DONTWAIT)
+        os.kill(pid, RUN_REQUEST)
+    except OSError:
+        pass
+
+
+def kill_run(pid: int) -> None:
+    """Kill a run's whole tree now. SIGKILL to its init takes the pid namespace down with
+    it. Backend none has none: the command's process group (init's children's groups) goes
+    first, from here, so that a stopped or dead init cannot keep it alive."""
+    if CONFIG["mode"] == "none":
         try:
-            os.kill(pid, signo)
+            os.kill(pid, signal.SIGSTOP)  # spawns nothing more while we look
         except ProcessLookupError:
-            pass
+            return
+        for child in children_of(pid):
+            try:
+                os.kill(-child, signal.SIGKILL)
+            except ProcessLookupError:  # not (yet) a group leader
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
-def kill_signal() -> int:
-    """How the supervisor kills a run's init: SIGKILL takes a pid namespace down with it; with
-    backend none, init must do the killing itself."""
-    return int(KILL_RUN) if CONFIG["mode"] == "none" else int(signal.SIGKILL)
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:  # no CONFIG_PROC_CHILDREN: look for them
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(name))
+    return found
+
+
+def enforce_deadlines() -> float | None:
+    """The backstop of timeout_s: kill a run its init did not end by its deadline (init
+    stopped, or stuck), and report it as a timeout once reaped. Returns the seconds until
+    the next deadline (None: no run)."""
+    if not RUNS:
+        return None
+    now = time.monotonic()
+    nearest = None
+    for pid, run in RUNS.items():  # (kill_run does not change RUNS: reaping does)
+        if run.get("overdue"):
+            continue
+        left = run["deadline"] - now
+        if left <= 0:
+            run["overdue"] = True
+            kill_run(pid)
+        elif nearest is None or left < nearest:
+            nearest = left
+    # (Capped: poll() takes a C int of milliseconds, and timeout_s may be years.)
+    return None if nearest is None else min(nearest, 86400.0)
 
 
 def reaped(pid: int, status: int) -> None:
@@ -1223,7 +1402,11 @@ def reaped(pid: int, status: int) -> None:
         PENDING_PREFORK.add(run["net"])
     if run is not None:
         # Only meaningful when init died before reporting (killed, or crashed).
-        report(run["status_fd"], REC_REAPED, struct.pack("<i", status))
+        if run.get("overdue"):
+            runtime_ns = int((time.monotonic() - run["started"]) * 1e9)
+            report(run["status_fd"], REC_TIMEOUT, struct.pack("<qq", runtime_ns, 0))
+        else:
+            report(run["status_fd"], REC_REAPED, struct.pack("<i", status))
         os.close(run["status_fd"])
 
 
@@ -1263,6 +1446,9 @@ def serve(control: socket.socket) -> None:
     poller.register(wake_r, select.POLLIN)
     while True:
         due = retire_surplus_idle()
+        deadline = enforce_deadlines()
+        if deadline is not None and (due is None or deadline < due):
+            due = deadline
         if PENDING_PREFORK:
             timeout_ms: int | None = 0
         elif due is not None:
@@ -1313,17 +1499,7 @@ def shutdown() -> None:
         except ProcessLookupError:
             pass
     for pid in list(RUNS):
-        try:
-            os.kill(pid, kill_signal())
-        except ProcessLookupError:
-            pass
-    if CONFIG.get("mode") == "none":
-        wait_for(dying, time.monotonic() + 1)
-        for pid in list(RUNS):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_run(pid)
     # Reap the inits (runs, prepared and idle ones), so that the host finds their cgroups
     # empty once we are gone. Not any other child: with backend none, a daemon that left
     # its run's process group is reparented to us and may never exit.
@@ -1359,12 +1535,17 @@ def read_config(fds: list[int]) -> dict[str, Any]:
 def main() -> None:
     global CONTROL_FD, CONFIG
     CONTROL_FD = int(sys.argv[1])
+    # The supervisor never takes RUN_REQUEST; its clones (runs' inits) start with it held.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (RUN_REQUEST,))
     os.set_inheritable(CONTROL_FD, False)
     control = socket.socket(fileno=CONTROL_FD)
     _data, fds, _flags, _addr = recv_request(control)
     try:
         CONFIG = read_config(fds)
         facts = setup_session(CONFIG)
+        # In the session's own mount namespace now (userns): read-only grants become
+        # read-only mounts, which every run's namespace copies.
+        bind_grants(CONFIG.get("session_binds", []))
     except Exception as exc:  # the host shows this to the user
         detail = str(exc) if isinstance(exc, SetupError) else repr(exc)
         control.send(b"error " + detail.encode())

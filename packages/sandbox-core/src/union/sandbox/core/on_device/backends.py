@@ -73,6 +73,12 @@ def _ro_bind_args(path: str) -> list[str]:
     return ["--ro-bind", path, path]
 
 
+def _bind_args(kind: str, path: str) -> list[str]:
+    if kind == "ro":
+        return _ro_bind_args(path)
+    return ["--dev-bind" if kind == "dev" else "--bind", path, path]
+
+
 def _missing_parents(targets: list[str]) -> list[str]:
     """Ancestors of the mount points that no mount provides, shallowest first."""
 
@@ -126,19 +132,69 @@ def supervisor_argv_prefix(backend: str, layout: FsLayout) -> list[str]:
             binds.append(("rw", path))
     for path in layout.devices:
         binds.append(("dev", path))
+    # bwrap mounts in argument order and a later bind covers an earlier one beneath it:
+    # shallowest first, so that the deeper grant decides (a read-only path inside the work
+    # dir or a read-write grant stays read-only).
+    binds.sort(key=lambda bind: _depth(bind[1]))
+    # A grant of "/" itself comes first: the sandbox's own /proc, /dev and /tmp go on top.
+    while binds and binds[0][1] == "/":
+        args += _bind_args(*binds.pop(0))
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
     # bwrap creates missing parents of a mount point as 0700 root-owned directories, which
     # the sandbox user could not traverse (a Python under /root/.pyenv): make them 0755.
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm"]
     # The scratch tmpfs mounts are empty: parents of binds inside them must be made too.
     for parent in _missing_parents([path for _, path in binds]):
         args += ["--perms", "0755", "--dir", parent]
     for kind, path in binds:
-        if kind == "ro":
-            args += _ro_bind_args(path)
-        else:
-            args += ["--dev-bind" if kind == "dev" else "--bind", path, path]
-    args.append("--")
+        args += _bind_args(kind, path)
+    # The root tmpfs holding the mount points belongs to the sandbox uid: read-only, so
+    # that nothing but a granted path is writable, whatever Landlock says.
+    args += ["--remount-ro", "/", "--"]
     return args
+
+
+def _depth(path: str) -> int:
+    return path.rstrip("/").count("/")
+
+
+def _beneath(path: str, root: str) -> bool:
+    return path != root and path.startswith(root.rstrip("/") + "/")
+
+
+#: Read-only grants the userns supervisor does not bind read-only: ``/`` (a bind cannot
+#: cover the root), the scratch mounts (fresh and writable each run), and the kernel's own
+#: filesystems (nothing in them is writable by the sandbox uid; device nodes ignore a
+#: read-only mount anyway). Each run mounts its own ``/proc``, whose ``/proc/sys`` it
+#: seals read-only; nothing else in it is writable but a process's own files.
+_NOT_BOUND_READ_ONLY = frozenset({"/", "/tmp", "/dev/shm", "/dev", "/sys"})
+
+
+def session_binds(layout: FsLayout) -> list[list[str]]:
+    """userns: the grants the supervisor binds in the session's mount namespace, shallowest
+    first, as ``[path, "ro" | "rw"]``: each read-only grant becomes a read-only mount (Landlock
+    alone cannot refuse a write beneath a writable grant: its rights add up along a path),
+    and each read-write grant beneath one is bound back writable. Runs inherit these
+    mounts, and so do the paths bound back under their fresh ``/tmp`` and ``/dev/shm``."""
+    wanted = [
+        (os.path.realpath(path), "ro")
+        for path in layout.read_only
+        if path not in _NOT_BOUND_READ_ONLY and not _under(path, "/proc")
+    ]
+    wanted += [(os.path.realpath(path), "rw") for path in layout.read_write]
+    plan: list[tuple[str, str]] = []
+    for path, kind in sorted(set(wanted), key=lambda entry: (_depth(entry[0]), entry)):
+        if path in _NOT_BOUND_READ_ONLY or _under(path, "/proc"):
+            continue
+        # What the path inherits from the deepest planned grant above it (the host's own
+        # mounts when none): bind it only where that is not what it is granted.
+        above = [kind_above for root, kind_above in plan if _beneath(path, root)]
+        if kind != (above[-1] if above else "rw") and all(p != path for p, _ in plan):
+            plan.append((path, kind))
+    return [[path, kind] for path, kind in plan]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or _beneath(path, root)
 
 
 def _traversable_by(path: str, uid: int) -> bool:
@@ -193,6 +249,7 @@ def supervisor_config(backend: str, layout: FsLayout, default_net: str) -> dict[
         ],
         "rebind": [p for p in granted if any(p.startswith(m + "/") for m in masks)],
         "scratch_rebinds": [p for p in granted if any(p.startswith(s + "/") for s in scratch)],
+        "session_binds": session_binds(layout) if backend == "userns" else [],
         "landlock": isolate,
         "landlock_rules": rules if isolate else [],
         "seccomp": seccomp_filter_hex() if isolate else "",

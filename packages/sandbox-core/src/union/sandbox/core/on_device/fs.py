@@ -156,7 +156,7 @@ class FsLayout:
         devices: Iterable[str] = (),
     ) -> FsLayout:
         python, prefixes = host_python()
-        return cls(
+        layout = cls(
             work_dir=os.path.normpath(work_dir),
             python=python,
             python_prefixes=tuple(prefixes),
@@ -165,11 +165,29 @@ class FsLayout:
             extra_read_write=tuple(_absolute_list(read_write_paths, "read_write_paths")),
             devices=tuple(devices),
         )
+        writable = set(layout.read_write)
+        for path in layout.extra_read_only:
+            if path in writable:
+                raise ValueError(
+                    f"{path!r} is granted both read-only and read-write (it is "
+                    + (
+                        "in read_write_paths"
+                        if path in layout.extra_read_write
+                        else "always writable: the work dir or a default read-write path"
+                    )
+                    + "): remove it from read_only_paths, or grant a path beneath it instead"
+                )
+        return layout
 
     @property
     def read_only(self) -> list[str]:
+        """Readable paths. Where a read-only and a read-write grant nest, the deeper one
+        decides: a read-only path beneath a read-write one stays read-only, and the other way
+        round. An automatic grant (the interpreter, uv) that is also granted read-write is
+        read-write."""
         extra = [*self.python_prefixes, *([self.uv] if self.uv else []), *self.extra_read_only]
-        return _dedupe([*DEFAULT_READ_ONLY, *extra])
+        writable = set(self.read_write)
+        return [p for p in _dedupe([*DEFAULT_READ_ONLY, *extra]) if p not in writable]
 
     @property
     def read_write(self) -> list[str]:
