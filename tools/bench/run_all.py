@@ -16,6 +16,8 @@ Benchmarks (each a script in this folder, runnable on its own):
   (issue 6).
 - ``bench_flyte.py``: local-mode ``sb.session()`` to the first run vs the server's start
   alone; ``run("true")`` through the fake cluster's dataproxy vs straight (issue 14).
+- ``bench_mcp.py``: a ``run_shell true`` tool call through ``unionai-sandbox mcp`` (stdio and
+  streamable HTTP) vs ``run("true")`` in-process (issue 16).
 
 Run it on an idle machine: every figure here is wall-clock time.
 """
@@ -194,6 +196,30 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("run_true_via_dataproxy", "run(true) p50 via the fake dataproxy"),
         ):
             rows.append((label, f"{flyte[key]['p50_ms']:.2f} ms", ""))
+    mcp = results.get("bench_mcp")
+    if mcp:
+        rows.append(
+            (
+                "in-process run(true) p50 (baseline)",
+                f"{mcp['in_process_run_true']['p50_ms']:.2f} ms",
+                "",
+            )
+        )
+        for transport in ("stdio", "http"):
+            rows.append(
+                (
+                    f"MCP {transport}: run_shell true p50",
+                    f"{mcp[f'mcp_{transport}_run_shell_true']['p50_ms']:.2f} ms",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    f"MCP {transport}: adds at p50",
+                    f"{mcp[f'mcp_{transport}_adds_p50_ms']:.2f} ms",
+                    "<= 2 ms",
+                )
+            )
     rows += speed_rows(results)
     return rows
 
@@ -248,6 +274,7 @@ def main() -> None:
         ("bench_netproxy.py", ["--rounds", "2"] if args.quick else []),
         ("bench_remote.py", runs),
         ("bench_flyte.py", ["--runs", "100", "--sessions", "3"] if args.quick else []),
+        ("bench_mcp.py", ["--runs", "100"] if args.quick else []),
         # Last: its bombs and 10 GiB flood leave the kernel busy for a while (dying memory
         # cgroups, reclaim), which slowed whatever ran after them by up to a third.
         ("bench_limits.py", ["--quick"] if args.quick else []),

@@ -7,6 +7,7 @@ check what this host supports, or serve sessions over HTTP.
     unionai-sandbox run|shell --flyte [--env NAME] [options]   (a sandbox as a Flyte run)
     unionai-sandbox doctor [--json]
     unionai-sandbox serve [sandbox-server options]
+    unionai-sandbox mcp [options]   (a Model Context Protocol server; the [mcp] extra)
 """
 
 from __future__ import annotations
@@ -321,6 +322,13 @@ def _serve(argv: list[str]) -> int:
     return int(result or 0)
 
 
+def _mcp(argv: list[str]) -> int:
+    # Imported here only: no other command loads the MCP server (or, through it, the SDK).
+    from ._mcp.cli import main as mcp_main
+
+    return mcp_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unionai-sandbox",
@@ -379,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         description="Same as `sandbox-server`; see `unionai-sandbox serve --help`.",
     )
+    commands.add_parser(
+        "mcp",
+        help="a Model Context Protocol server over a sandbox session (for agent hosts)",
+        add_help=False,
+        description="See `unionai-sandbox mcp --help`.",
+    )
     return parser
 
 
@@ -386,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    if argv[:1] == ["mcp"]:
+        return _mcp(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command_name == "doctor":
         return _doctor(args)
