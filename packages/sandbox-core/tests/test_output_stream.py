@@ -44,6 +44,30 @@ async def test_what_is_kept_after_an_overflow_is_a_prefix() -> None:
     assert await stream.read(2) == b""  # the rest is dropped, not served after a gap
 
 
+async def test_captured_output_follows_what_a_reader_left_in_order() -> None:
+    """A reader takes part of a chunk, ``wait()`` captures the rest of the stream: reads
+    afterwards give the reader's remainder first, then the captured output, and the cap
+    counts both."""
+    stream = scripted([b"0000", b"1111", b"2222"], limit=6)
+    assert await stream.read(2) == b"00"
+    await stream._drain()  # what wait() does while nobody reads
+    assert stream.truncated  # 2 + 4 fit, the third chunk does not
+    assert await stream.read(3) == b"001"
+    assert await stream.read() == b"111"
+    assert stream.at_eof()
+
+
+async def test_captured_output_is_read_as_bytes_whole_or_in_pieces() -> None:
+    whole = scripted([b"ab", b"cd\nef", b"\n"], limit=1 << 20)
+    await whole._drain()
+    data = await whole.read()
+    assert type(data) is bytes and data == b"abcd\nef\n"
+    pieces = scripted([b"ab", b"cd\nef", b"\n"], limit=1 << 20)
+    await pieces._drain()
+    assert [line async for line in pieces] == [b"abcd\n", b"ef\n"]
+    assert await pieces.read() == b""
+
+
 # -- on-device: nothing kept after a drop --------------------------------------------------
 #
 # A real run writes numbered lines in bursts for about two seconds. The caller reads all of

@@ -197,6 +197,41 @@ async def test_a_reused_init_is_indistinguishable_from_a_fresh_one(sbx) -> None:
     assert differences(fresh, after) == []
 
 
+#: A run that talks through its proxies (a CONNECT to a port nothing listens on: refused
+#: by the policy, recorded), leaving loopback traffic behind in the init's namespace.
+PROXY_TRAFFIC = _py(
+    "from urllib.parse import urlsplit\n"
+    "proxy = urlsplit(os.environ['HTTP_PROXY'])\n"
+    "s = socket.create_connection((proxy.hostname, proxy.port))\n"
+    "s.sendall(b'CONNECT 10.9.9.9:443 HTTP/1.1\\r\\n\\r\\n')\n"
+    "print(s.recv(12).decode())"
+)
+
+
+async def test_a_reused_allowlist_init_is_indistinguishable_from_a_fresh_one(
+    backend: str,
+) -> None:
+    """The differential test for proxied runs: an ``allowlist`` run on a reused init (whose
+    proxy listeners the host re-armed) observes what the first run on a fresh init did,
+    and a run after one that used its proxies (loopback traffic) gets a fresh init."""
+    async with sb.on_device.session(
+        backend=backend, network_mode="allowlist", network_allowlist=["127.0.0.1/32"]
+    ) as sbx:
+        fresh = observed((await sbx.exec(OBSERVE, script_type="python", check=True)).stdout)
+        assert fresh["pid"] == 2
+        again = observed((await sbx.exec(OBSERVE, script_type="python", check=True)).stdout)
+        assert again["pid"] > 2
+        assert differences(fresh, again) == []
+        assert " 0A " in fresh["net"]["tcp"]  # the proxy listeners are there (LISTEN)
+        used = await sbx.run(PROXY_TRAFFIC)
+        out, _err = await used.communicate_text()
+        assert out.startswith("HTTP/1.1 403"), out
+        assert [d.host for d in used.network_decisions] == ["10.9.9.9"]
+        after = observed((await sbx.exec(OBSERVE, script_type="python", check=True)).stdout)
+        assert after["pid"] == 2
+        assert differences(fresh, after) == []
+
+
 UNPRIVILEGED_SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings, anyio
@@ -465,3 +500,19 @@ async def test_release_idle_does_not_wait_on_a_cgroup_a_daemon_keeps() -> None:
         for pid in host_pids_with(tag):
             os.kill(pid, 9)
         await sbx.close()
+
+
+async def test_a_first_run_with_other_limits_is_held_by_its_own_cgroups(backend: str) -> None:
+    """The init prepared when the session opens joins the cgroups of a first run with the
+    session's own settings ahead of it; a first run with other limits takes that init into
+    its own cgroups, whose limits hold it, and the session's default run is unaffected."""
+    async with sb.on_device.session(backend=backend) as sbx:
+        forks = await sbx.run(
+            "for i in $(seq 40); do sleep 5 & done; wait",
+            resources=Resources(pids=16),
+            timeout_s=20,
+        )
+        await forks.wait()
+        assert forks.termination.kind == sb.TerminationKind.PIDS_LIMIT
+        ok = await sbx.exec("for i in $(seq 40); do sleep 0.1 & done; wait; echo $$")
+        assert ok.returncode == 0, ok.stderr

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from union.sandbox.core import _seccomp
 from union.sandbox.core._seccomp import (
     ABSENT_SYSCALLS,
     DENIED_SYSCALLS,
@@ -294,7 +295,7 @@ def test_unsupported_arch(arch: str) -> None:
 
 
 def test_unsupported_host_arch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(platform, "machine", lambda: "s390x")
+    monkeypatch.setattr(_seccomp, "host_machine", lambda: "s390x")
     with pytest.raises(UnsupportedArchError, match="s390x"):
         build_deny_filter()
 

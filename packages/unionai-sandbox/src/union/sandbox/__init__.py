@@ -16,7 +16,7 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from union.sandbox.core import Resources as _PlainResources
 from union.sandbox.core import __version__
@@ -44,10 +44,11 @@ from union.sandbox.core.process import (
 )
 from union.sandbox.core.session import Session
 
-from . import constants, errors, on_device
+from . import constants, errors
 
-#: ``sb.local`` was the name of ``sb.on_device`` before 0.0.1b8.
-local = on_device
+if TYPE_CHECKING:
+    from . import on_device
+    from . import on_device as local  # ``sb.local``: ``sb.on_device`` before 0.0.1b8
 SandboxProcess = Process
 SandboxExecutionError = ExecutionError
 SandboxCommandError = CommandError
@@ -76,6 +77,12 @@ def version() -> str:
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("on_device", "local"):
+        # Loaded on first use: the on-device engine is not what a remote client or the
+        # CLI's other commands need.
+        module = importlib.import_module("union.sandbox.on_device")
+        globals().update(on_device=module, local=module)
+        return module
     if name == "Resources":
         try:
             import flyte

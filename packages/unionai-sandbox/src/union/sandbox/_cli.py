@@ -7,18 +7,18 @@ check what this host supports, or serve sessions over HTTP.
     unionai-sandbox run|shell --flyte [--env NAME] [options]   (a sandbox as a Flyte run)
     unionai-sandbox doctor [--json]
     unionai-sandbox serve [sandbox-server options]
+    unionai-sandbox mcp [options]   (a Model Context Protocol server; the [mcp] extra)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -30,9 +30,22 @@ from union.sandbox.core.errors import (
     SessionPolicyMismatch,
     SessionTemplateMismatch,
 )
-from union.sandbox.core.on_device.doctor import doctor_report, format_doctor
 
-from ._cli_sessions import UsageError, flyte_environment, open_session, validate_target
+from ._cli_sessions import (
+    UsageError,
+    flyte_environment,
+    open_session,
+    start_on_device,
+    validate_target,
+)
+
+if TYPE_CHECKING:
+    from union.sandbox.core.on_device import OnDeviceSession
+
+# Each command imports what it needs when it runs (the on-device engine for a local run or
+# shell, the client for --endpoint, the doctor's probes for doctor, the server for serve):
+# a one-shot process pays for its own command only (``python -X importtime -m
+# union.sandbox._cli ...``; tools/bench/bench_cli.py).
 
 __all__ = ["main"]
 
@@ -164,9 +177,9 @@ def _in_work_dir(session: Any, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(session.work_dir, path)
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None) -> int:
     env = _parse_env(args.env)
-    async with open_session(args) as session:
+    async with open_session(args, started) as session:
         for item in args.put:
             local, remote = _split_pair(item, "--put")
             data = await anyio.Path(local).read_bytes()
@@ -196,6 +209,8 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"unionai-sandbox: --get {item}: {exc}", file=sys.stderr)
                 return code or 125
         if args.json:
+            import json
+
             assert proc.termination is not None
             report = {
                 "returncode": code,
@@ -284,8 +299,12 @@ def _words(line: str) -> list[str]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from union.sandbox.core.on_device.doctor import doctor_report, format_doctor
+
     report = doctor_report()
     if args.json:
+        import json
+
         print(json.dumps(report, indent=2))
     else:
         print(format_doctor(report))
@@ -301,6 +320,13 @@ def _serve(argv: list[str]) -> int:
         ) from exc
     result: Any = serve_main(argv)
     return int(result or 0)
+
+
+def _mcp(argv: list[str]) -> int:
+    # Imported here only: no other command loads the MCP server (or, through it, the SDK).
+    from ._mcp.cli import main as mcp_main
+
+    return mcp_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         description="Same as `sandbox-server`; see `unionai-sandbox serve --help`.",
     )
+    commands.add_parser(
+        "mcp",
+        help="a Model Context Protocol server over a sandbox session (for agent hosts)",
+        add_help=False,
+        description="See `unionai-sandbox mcp --help`.",
+    )
     return parser
 
 
@@ -368,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    if argv[:1] == ["mcp"]:
+        return _mcp(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command_name == "doctor":
         return _doctor(args)
@@ -379,7 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(str(exc))
     try:
         if args.command_name == "run":
-            return anyio.run(_run, args)
+            # A session on this machine starts before the event loop: the sandbox's
+            # supervisor boots in its own process while the loop's modules load.
+            started = start_on_device(args)
+            try:
+                return anyio.run(_run, args, started)
+            except BaseException:
+                if started is not None:
+                    anyio.run(started.close)  # idempotent: a failure before its own close
+                raise
         return anyio.run(_shell, args)
     except BackendUnavailableError as exc:
         print(f"unionai-sandbox: {exc}", file=sys.stderr)
@@ -408,5 +450,19 @@ def _sandbox_failure(exc: BaseException) -> bool:
     return bool(names & {"ConnectError", "SandboxLaunchError", "SandboxRunEnded"})
 
 
+def console_main() -> None:
+    """The ``unionai-sandbox`` console script: :func:`main`, then exit without tearing the
+    interpreter down. Everything the command opened is closed by then (the session's
+    ``async with`` ended it); what is left is freeing every module and object one by one,
+    about a tenth of a one-shot run's time for nothing."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a reader that went away, or a closed stream: nothing more to say
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -20,14 +20,23 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from union.sandbox.core.on_device import OnDeviceSession
 from union.sandbox.core.resources import Resources
 
-__all__ = ["TOKEN_ENV", "UsageError", "flyte_environment", "open_session", "validate_target"]
+if TYPE_CHECKING:
+    from union.sandbox.core.on_device import OnDeviceSession
+
+__all__ = [
+    "TOKEN_ENV",
+    "UsageError",
+    "flyte_environment",
+    "open_session",
+    "start_on_device",
+    "validate_target",
+]
 
 TOKEN_ENV = "UNION_SANDBOX_TOKEN"
 _DEFAULT_BACKEND = "bubblewrap"
@@ -90,6 +99,9 @@ def _resources(args: argparse.Namespace) -> Resources | None:
 
 
 def _on_device(args: argparse.Namespace) -> OnDeviceSession:
+    # Imported here: a session elsewhere (--endpoint, --flyte) needs no on-device engine.
+    from union.sandbox.core.on_device import OnDeviceSession
+
     mode, allow, deny = _network(args)
     return OnDeviceSession(
         backend=args.backend or _DEFAULT_BACKEND,
@@ -108,10 +120,21 @@ def _say(text: str) -> None:
     print(f"unionai-sandbox: {text}", file=sys.stderr, flush=True)
 
 
+def start_on_device(args: argparse.Namespace) -> OnDeviceSession | None:
+    """For a sandbox on this machine, its session, started now (``OnDeviceSession.start()``,
+    callable before an event loop exists, so its supervisor boots while the loop's modules
+    load); ``None`` for a sandbox elsewhere. Hand it to :func:`open_session`."""
+    if args.flyte or args.endpoint:
+        return None
+    return _on_device(args).start()
+
+
 @asynccontextmanager
-async def open_session(args: argparse.Namespace) -> AsyncIterator[Any]:
+async def open_session(
+    args: argparse.Namespace, started: OnDeviceSession | None = None
+) -> AsyncIterator[Any]:
     """The session for ``args``, open for the block, closed (and, for ``--flyte``, its run
-    aborted) after it."""
+    aborted) after it. ``started``: the on-device session :func:`start_on_device` made."""
     if args.flyte:
         async with _flyte_session(args) as session:
             yield session
@@ -132,7 +155,7 @@ async def open_session(args: argparse.Namespace) -> AsyncIterator[Any]:
         async with remote:
             yield remote
         return
-    async with _on_device(args) as local:
+    async with started or _on_device(args) as local:
         yield local
 
 

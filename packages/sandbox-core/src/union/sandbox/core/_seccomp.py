@@ -46,7 +46,7 @@ allowed calls skip the filter entirely.
 from __future__ import annotations
 
 import functools
-import platform
+import os
 import struct
 from collections.abc import Mapping
 from typing import Final, NamedTuple
@@ -60,7 +60,14 @@ __all__ = [
     "syscall_number",
 ]
 
-#: Architectures the filter can be built for (``platform.machine()`` spelling).
+
+def host_machine() -> str:
+    """This machine's architecture (``uname -m``); ``platform.machine()`` without importing
+    ``platform`` into every session."""
+    return os.uname().machine
+
+
+#: Architectures the filter can be built for (``os.uname().machine`` spelling).
 SUPPORTED_ARCHES: Final = ("x86_64", "aarch64")
 
 _ARCH_ALIASES: Final = {
@@ -354,7 +361,7 @@ class UnsupportedArchError(RuntimeError):
 
 
 def _resolve_arch(arch: str | None) -> str:
-    name = platform.machine() if arch is None else arch
+    name = host_machine() if arch is None else arch
     resolved = _ARCH_ALIASES.get(name.lower())
     if resolved is None:
         raise UnsupportedArchError(name)
@@ -522,7 +529,7 @@ def _build(arch: str) -> bytes:
 def build_deny_filter(arch: str | None = None) -> bytes:
     """Return the deny-list seccomp program for ``arch`` as a ``struct sock_filter`` array.
 
-    ``arch`` is ``"x86_64"`` or ``"aarch64"`` (default: ``platform.machine()``); the program
+    ``arch`` is ``"x86_64"`` or ``"aarch64"`` (default: ``os.uname().machine``); the program
     kills any call made through another ABI, so it must match the process that installs it.
     Raises :class:`UnsupportedArchError` for any other arch.
     """

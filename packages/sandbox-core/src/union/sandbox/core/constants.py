@@ -52,10 +52,11 @@ DEFAULT_TIMEOUT: Final = datetime.timedelta(hours=1)
 DEFAULT_RUN_TIMEOUT_S: Final = 60.0
 
 #: Bytes of one captured stream kept in memory before the rest is dropped (and
-#: ``stdout_truncated`` / ``stderr_truncated`` set). The published value is 256 MiB per stream;
-#: ours is 64 MiB so that a flood on both streams stays well under 300 MB of caller memory.
-#: Sessions take ``max_output_bytes=`` to change it.
-MAX_CAPTURED_BYTES: Final = 64 * 1024 * 1024
+#: ``stdout_truncated`` / ``stderr_truncated`` set): 256 MiB per stream, as published. The
+#: capture writes it once and ``communicate()`` hands that buffer over without a copy, so a
+#: flood on both streams peaks near 540 MB of caller memory (``tools/bench/bench_limits.py``).
+#: Sessions take ``max_output_bytes=`` to change it (``docs/limits.md``).
+MAX_CAPTURED_BYTES: Final = 256 * 1024 * 1024
 
 #: Work dir of a remote ``sandbox-server`` launched by the Flyte layer.
 SERVER_WORK_DIR: Final = "/tmp/sandbox-work"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import enum
+import io
 import signal as _signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -135,12 +136,20 @@ class OutputStream:
     the rest is dropped and :attr:`truncated` set, so a flood cannot exhaust the caller.
     Once something was dropped, everything after it is too: reads give a prefix of the
     output, never output with a gap in it.
+
+    Captured output is written once, into a :class:`io.BytesIO` whose buffer becomes the
+    ``bytes`` that ``read()`` returns (no second copy, no second allocation of that size):
+    what a capture costs beyond reading is one pass over memory the caller keeps anyway.
     """
 
     def __init__(self, pull: Pull, *, limit: int) -> None:
         self._pull = pull
         self._limit = limit
+        # Unread data, in order: what a reader pulled and did not take yet (the rest of a
+        # chunk, a partial line), then output captured while nobody read.
         self._buf = bytearray()
+        self._kept: io.BytesIO | None = None
+        self._kept_size = 0
         self._eof = False
         # Fast acquire: an uncontended read takes the lock without a trip through the event
         # loop (a waiter still gets it handed over on release).
@@ -149,7 +158,7 @@ class OutputStream:
 
     def at_eof(self) -> bool:
         """True when the stream ended and everything buffered was read."""
-        return self._eof and not self._buf
+        return self._eof and not self._buf and not self._kept_size
 
     async def _fill(self, *, capped: bool = True) -> bool:
         """Pull one chunk into the buffer (``capped``: as captured output, up to the cap);
@@ -169,13 +178,15 @@ class OutputStream:
     def _capture(self, chunk: bytes) -> None:
         if self.truncated:
             return  # after a dropped piece nothing is kept: what is kept is a prefix
-        room = self._limit - len(self._buf)
-        if room >= len(chunk):
-            self._buf += chunk
-        else:
-            if room > 0:
-                self._buf += chunk[:room]
+        room = self._limit - len(self._buf) - self._kept_size
+        if room < len(chunk):
             self.truncated = True
+            if room <= 0:
+                return
+            chunk = memoryview(chunk)[:room]  # type: ignore[assignment]
+        if self._kept is None:
+            self._kept = io.BytesIO()
+        self._kept_size += self._kept.write(chunk)
 
     def _capture_if_idle(self, chunk: bytes) -> bool:
         """Buffer a chunk the driver already pulled, as :meth:`_fill` would; refused
@@ -185,6 +196,23 @@ class OutputStream:
         self._capture(chunk)
         return True
 
+    def _unkeep(self) -> None:
+        """Move captured output behind a reader's remainder, for a reader that takes it
+        piece by piece (rare: a read after ``wait()``)."""
+        if self._kept is not None:
+            with self._kept.getbuffer() as view:
+                self._buf += view
+            self._kept, self._kept_size = None, 0
+
+    def _take_all(self) -> bytes:
+        """Everything unread, as one ``bytes``; captured output without a copy."""
+        kept, self._kept, self._kept_size = self._kept, None, 0
+        data = kept.getvalue() if kept is not None else b""
+        if self._buf:
+            data = bytes(self._buf) + data
+            self._buf.clear()
+        return data
+
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all of the stream, up to the cap, when ``n < 0``); ``b""`` at
         end of stream."""
@@ -192,9 +220,8 @@ class OutputStream:
             if n < 0:
                 while await self._fill():
                     pass
-                data = bytes(self._buf)
-                self._buf.clear()
-                return data
+                return self._take_all()
+            self._unkeep()
             if not self._buf:
                 if self._eof:
                     return b""
@@ -220,6 +247,7 @@ class OutputStream:
         """One line including its ``\\n`` (the last line may lack it); ``b""`` at the end.
         A line longer than the cap comes out in pieces of about the cap."""
         async with self._lock:
+            self._unkeep()
             start = 0
             while True:
                 index = self._buf.find(b"\n", start)
@@ -480,7 +508,16 @@ class Process:
 
     async def communicate(self) -> tuple[bytes, bytes]:
         """Wait for the end and return ``(stdout, stderr)`` (``b""`` for a stream not
-        captured). Raises :class:`ExecutionError` only on abnormal termination."""
+        captured). Raises :class:`ExecutionError` only on abnormal termination.
+
+        Each stream keeps at most the session's ``max_output_bytes``
+        (:data:`~union.sandbox.core.constants.MAX_CAPTURED_BYTES`, 256 MiB, by default):
+        past it the rest is read and dropped (the command never blocks on it),
+        :attr:`stdout_truncated` / :attr:`stderr_truncated` are set, and what is returned
+        is the first ``max_output_bytes`` bytes, never output with a gap. The result is the
+        capture buffer itself (no copy): a flood on both streams holds about twice the cap
+        of the caller's memory until the result is dropped. Read the streams live to avoid
+        holding it (reading is never truncated)."""
         await self._finish()
         out = await self.stdout.read() if self.stdout is not None else b""
         err = await self.stderr.read() if self.stderr is not None else b""

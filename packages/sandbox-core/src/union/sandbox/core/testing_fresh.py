@@ -13,6 +13,8 @@ next one (sysctls, its init's rlimits, nice, affinity, I/O priority and scheduli
 prints ``TAMPERED <json>``, what each attempt returned ("ok" or the errno name).
 
 Left out of the comparison, as they legitimately differ between two fresh inits: process ids,
+the local ports of sockets (a proxied run's listeners get kernel-chosen ports; an init that
+serves another proxied run keeps its listeners, and their ports),
 init's CPU, fault and context-switch counters, mount ids and device numbers, the autogroup's
 number, absolute times (the scratch directories' times are compared relative to their birth,
 in whole seconds), and a few system-wide sysctls that move on their own (:data:`VOLATILE`).
@@ -431,10 +433,26 @@ def tampered(stdout: str) -> dict[str, str]:
     return _parse("TAMPERED", stdout)
 
 
+def _sockets(table: str) -> str:
+    """A ``/proc/net/tcp``-style table without what differs between two fresh inits of
+    a proxied run: the local port the kernel picked for each proxy listener, and inodes
+    and kernel addresses. (A socket more or less, its state and queues still show.)"""
+    lines = table.splitlines()
+    out = lines[:1]
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > 11:
+            fields[1] = fields[1].rsplit(":", 1)[0] + ":*"
+            fields[9] = fields[11] = "*"
+        out.append(" ".join(fields))
+    return "\n".join(out)
+
+
 def differences(fresh: dict[str, Any], seen: dict[str, Any]) -> list[str]:
     """Where ``seen`` differs from ``fresh``, one ``key: fresh -> seen`` line each (the
-    process id is not compared)."""
+    process id is not compared, nor the ports of the sockets, which the kernel picks)."""
     out: list[str] = []
+    fresh, seen = _normalised(fresh), _normalised(seen)
 
     def walk(path: str, a: Any, b: Any) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -449,3 +467,11 @@ def differences(fresh: dict[str, Any], seen: dict[str, Any]) -> list[str]:
         {k: v for k, v in seen.items() if k != "pid"},
     )
     return out
+
+
+def _normalised(observation: dict[str, Any]) -> dict[str, Any]:
+    net = observation.get("net")
+    if not isinstance(net, dict):
+        return observation
+    tables = {k: _sockets(v) for k, v in net.items() if k in ("tcp", "tcp6", "udp", "udp6")}
+    return {**observation, "net": {**net, **tables}}

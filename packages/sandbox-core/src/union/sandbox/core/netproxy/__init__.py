@@ -19,14 +19,34 @@ Modules, one job each: :mod:`.addresses` (canonical hosts, special ranges), :mod
 
 from __future__ import annotations
 
-from .host import ProxyHost
-from .listeners import ProxyKind, make_listeners, proxy_env
-from .log import DecisionLog, NetworkDecision
-from .rules import Decision, Resolver, RuleSet
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .host import ListenerGroup, ProxyHost
+    from .listeners import ProxyKind, make_listeners, proxy_env
+    from .log import DecisionLog, NetworkDecision
+    from .rules import Decision, Resolver, RuleSet
+
+# Loaded on first use: the proxy host pulls in a thread portal, logging and sockets, which a
+# session whose runs have no proxies (and a process that only reads a decision) never needs.
+_HOME = {
+    "Decision": "rules",
+    "DecisionLog": "log",
+    "ListenerGroup": "host",
+    "NetworkDecision": "log",
+    "ProxyHost": "host",
+    "ProxyKind": "listeners",
+    "Resolver": "rules",
+    "RuleSet": "rules",
+    "make_listeners": "listeners",
+    "proxy_env": "listeners",
+}
 
 __all__ = [
     "Decision",
     "DecisionLog",
+    "ListenerGroup",
     "NetworkDecision",
     "ProxyHost",
     "ProxyKind",
@@ -35,3 +55,12 @@ __all__ = [
     "make_listeners",
     "proxy_env",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

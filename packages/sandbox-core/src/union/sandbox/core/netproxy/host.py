@@ -13,7 +13,14 @@ capacity and the process's descriptor budget, or refused and recorded; relay pum
 lookups run on the session's own threads (:mod:`.workers`), which exit as soon as they are
 idle, so nothing a run started outlives its connections for more than a moment.
 
-The thread starts on the first :meth:`ProxyHost.serve` and ends with :meth:`ProxyHost.close`.
+A run's listeners may outlive the run: an init that serves one run after another keeps its
+listeners (a :class:`ListenerGroup`), and the host arms them for each run in turn. Arming and
+disarming take a lock the accept loops also take to accept and bind a connection, so every
+connection is the run's that was armed when it was accepted (its rules, credentials, log and
+share), and none is bound to a run once it is disarmed.
+
+The thread starts on the first :meth:`ProxyHost.serve` (or ``adopt``) and ends with
+:meth:`ProxyHost.close`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -44,7 +52,7 @@ from .rules import RuleSet
 from .socks5 import handle_socks5
 from .workers import Soon, WorkerPool
 
-__all__ = ["ProxyHost", "make_listeners", "proxy_env"]
+__all__ = ["ListenerGroup", "ProxyHost", "make_listeners", "proxy_env"]
 
 logger = logging.getLogger("union.sandbox.netproxy")
 
@@ -66,32 +74,55 @@ def _check_kinds(listeners: Sequence[tuple[str, socket.socket]]) -> None:
             raise ValueError(f"unknown proxy kind {kind!r}: expected 'http' or 'socks5'")
 
 
-class _Run:
-    """A served run: its listeners, context and cancel scope."""
+class ListenerGroup:
+    """Listening sockets served for one run after another: the proxies of an init that
+    serves several runs (:meth:`ProxyHost.adopt`). Opaque to callers but for :attr:`ports`.
 
-    def __init__(
-        self,
-        key: object,
-        listeners: list[tuple[ProxyKind, socket.socket]],
-        ctx: ProxyContext,
-    ) -> None:
-        self.key = key
+    At most one run is armed on it at a time (``current``); a connection is bound to the
+    run armed when it is accepted, under the host's bind lock, and one accepted while no run
+    is armed is closed unread.
+    """
+
+    def __init__(self, listeners: list[tuple[ProxyKind, socket.socket]]) -> None:
         self.listeners = listeners
+        self.ports = {kind: int(sock.getsockname()[1]) for kind, sock in listeners}
+        self.current: _Run | None = None  # under ProxyHost._bind_lock
+        self.released = False  # under ProxyHost._bind_lock
+        # Loop side:
+        self.scope: anyio.CancelScope | None = None
+        self.done: anyio.Event | None = None
+
+
+class _Run:
+    """A run armed on a listener group: its context (rules, log, credentials), and the
+    connections it holds (each handler's cancel scope, loop side)."""
+
+    def __init__(self, key: object, ctx: ProxyContext, group: ListenerGroup) -> None:
+        self.key = key
         self.ctx = ctx
-        self.scope = anyio.CancelScope()
-        self.finished = anyio.Event()
+        self.group = group
+        # Loop side:
+        self.stopped = False
+        self.scopes: set[anyio.CancelScope] = set()
+        self.idle: anyio.Event | None = None
 
 
 class ProxyHost:
     """All proxies of one session, served from a dedicated thread with its own event loop.
 
-    ``serve``, ``stop`` and ``close`` are thread-safe and return quickly; ``stop`` and
-    ``close`` wait (at most ``join_timeout`` seconds) until the connections they end are
-    closed. Connections (handshaking or relaying) cost the caller descriptors and threads,
-    so ``max_connections`` bounds the session's (default: 512, or what half of the
-    process's ``RLIMIT_NOFILE`` holds) and ``max_connections_per_run`` a run's share
-    (default: a quarter of that, at most 128); over either, a new connection is closed and
-    recorded in its run's decisions. Idle threads exit within ``idle_thread_s``.
+    A run's listeners are either its own (:meth:`serve`, closed by :meth:`stop`) or kept
+    for the runs after it (:meth:`adopt` them for a first run, :meth:`arm` them for each
+    later one, :meth:`disarm` at each run's end, :meth:`release` them at last): the
+    listeners of an init that serves run after run. Either way a connection belongs to the
+    run armed when it was accepted: that run's rules, credentials, decision log and share.
+
+    Every method is thread-safe and returns quickly; ``stop`` (``wait=True``),
+    :meth:`wait_stopped` and ``close`` wait (at most ``join_timeout`` seconds) until the
+    connections they end are closed. Connections (handshaking or relaying) cost the caller
+    descriptors and threads, so ``max_connections`` bounds the session's (default: 512, or
+    what half of the process's ``RLIMIT_NOFILE`` holds) and ``max_connections_per_run`` a
+    run's share (default: a quarter of that, at most 128); over either, a new connection is
+    closed and recorded in its run's decisions. Idle threads exit within ``idle_thread_s``.
     """
 
     def __init__(
@@ -118,8 +149,15 @@ class ProxyHost:
         self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
         self._closed = False
-        # Loop-thread state, created by _main:
+        # Which run each group serves, and the runs by key: changed from any thread, read
+        # by the accept loops. A connection is accepted and bound to its run under this
+        # lock, so once disarm() returns, no connection is ever bound to that run again.
+        self._bind_lock = threading.Lock()
         self._runs: dict[object, _Run] = {}
+        self._groups: set[ListenerGroup] = set()
+        self._own_groups: dict[object, ListenerGroup] = {}  # serve(): closed by stop()
+        self._draining: dict[object, _Run] = {}  # disarmed, connections still open
+        # Loop-thread state, created by _main:
         self._tg: TaskGroup | None = None
         self._stopping: anyio.Event | None = None
         self._workers: WorkerPool | None = None
@@ -137,41 +175,198 @@ class ProxyHost:
         wait: bool = True,
         credentials: tuple[str, str] | None = None,
     ) -> None:
-        """Start accepting on ``listeners`` for ``run_key``; takes ownership of the sockets.
-        ``credentials`` (user, password): required of every client (see ``ProxyContext``).
+        """Start accepting on ``listeners`` for ``run_key`` alone; takes ownership of the
+        sockets. ``credentials`` (user, password): required of every client (see
+        ``ProxyContext``).
 
         The sockets must already be listening. They are closed by :meth:`stop`,
         :meth:`close`, or right here if serving fails (unknown kind, duplicate key, closed
-        host). ``wait=False`` hands the work to the proxy thread without waiting for it
-        (connections queue in the listeners' backlog meanwhile); a failure is then logged.
+        host). Connections queue in the listeners' backlog until the proxy thread accepts
+        them, so ``wait`` changes nothing (kept for callers that pass it).
         """
+        del wait
+        group = self.adopt(run_key, listeners, rules, decisions, credentials=credentials)
+        with self._bind_lock:
+            self._own_groups[run_key] = group
+
+    def adopt(
+        self,
+        run_key: object,
+        listeners: Sequence[tuple[ProxyKind, socket.socket]],
+        rules: RuleSet,
+        decisions: DecisionLog,
+        *,
+        credentials: tuple[str, str] | None = None,
+    ) -> ListenerGroup:
+        """Start accepting on ``listeners`` for ``run_key``, and keep them for later runs
+        (:meth:`arm`) until :meth:`release`. Takes ownership of the sockets (closed here if
+        this fails: unknown kind, duplicate key, closed host)."""
         owned = list(listeners)
         try:
             _check_kinds(owned)
-            if wait:
-                self._call(self._add_run, run_key, owned, rules, decisions, credentials)
-            else:
-                self._start().start_task_soon(
-                    self._add_run_logged, run_key, owned, rules, decisions, credentials
-                )
+            portal = self._start()
+            group = ListenerGroup(owned)
+            for _kind, sock in owned:
+                sock.setblocking(False)
+            # Armed before the accept loops exist: a connection already queued is this run's.
+            self._arm(group, run_key, rules, decisions, credentials)
+            with self._bind_lock:
+                self._groups.add(group)
+            try:
+                portal.start_task_soon(self._serve_group, group)
+            except BaseException:
+                self.disarm(run_key)
+                with self._bind_lock:
+                    self._groups.discard(group)
+                raise
         except BaseException:
             for _kind, sock in owned:
                 sock.close()
             raise
+        return group
+
+    def arm(
+        self,
+        group: ListenerGroup,
+        run_key: object,
+        rules: RuleSet,
+        decisions: DecisionLog,
+        *,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        """Serve ``group``'s listeners for ``run_key`` from now on: its rules, decision log,
+        credentials and share. Immediate (no call into the proxy thread), so a caller that
+        arms before letting the run start knows every connection of the run is the run's.
+        The group must be disarmed (no run armed) and not released."""
+        self._start()
+        self._arm(group, run_key, rules, decisions, credentials)
+
+    def _arm(
+        self,
+        group: ListenerGroup,
+        run_key: object,
+        rules: RuleSet,
+        decisions: DecisionLog,
+        credentials: tuple[str, str] | None,
+    ) -> None:
+        ctx = ProxyContext(
+            rules=rules,
+            decisions=decisions,
+            handshake_timeout=self._handshake_timeout,
+            connect_timeout=self._connect_timeout,
+            workers=self._workers,
+            growth=self._growth,
+            relay_method=self._relay_method,
+            credentials=credentials,
+        )
+        with self._bind_lock:
+            if self._closed:
+                raise RuntimeError("this ProxyHost is closed")
+            if run_key in self._runs:
+                raise ValueError(f"run {run_key!r} is already being served")
+            if group.released:
+                raise ValueError("these listeners were released")
+            if group.current is not None:
+                raise ValueError(f"these listeners already serve run {group.current.key!r}")
+            run = _Run(run_key, ctx, group)
+            group.current = run
+            self._runs[run_key] = run
+
+    def disarm(self, run_key: object) -> int:
+        """Stop serving ``run_key``: its listeners accept for no run until armed again, and
+        its connections are closed (without waiting: see :meth:`join`). Returns how many
+        connections it still held when disarmed (0: nothing of the run is open, and no
+        connection is ever bound to it again). Unknown keys are a no-op (0)."""
+        with self._bind_lock:
+            run = self._runs.pop(run_key, None)
+            if run is None:
+                return 0
+            if run.group.current is run:
+                run.group.current = None
+            held = self._connections.held(run)
+            if held:
+                self._draining[run_key] = run
+            portal = self._portal
+        if held and portal is not None:
+            with contextlib.suppress(RuntimeError):  # the host closed meanwhile
+                portal.start_task_soon(self._stop_run, run)
+        return held
+
+    def join(self, run_key: object) -> None:
+        """Wait (at most ``join_timeout``) until the connections of the disarmed run
+        ``run_key`` are closed. Blocking: async code awaits :meth:`wait_closed`."""
+        with self._bind_lock:
+            run = self._draining.get(run_key)
+        if run is not None:
+            self._wait(run, None)
+
+    async def wait_closed(self, run_key: object) -> None:
+        """:meth:`join` for async code, on any event loop, without a thread: the proxy
+        thread writes to a pipe this waits on."""
+        with self._bind_lock:
+            run = self._draining.get(run_key)
+            portal = self._portal
+        if run is None or portal is None:
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+        def done(_future: object) -> None:  # on the proxy thread (or here, if done)
+            try:
+                os.write(write_end, b"x")
+            except OSError:
+                pass  # the waiter is gone
+            finally:
+                os.close(write_end)
+
+        try:
+            try:
+                future = portal.start_task_soon(self._await_stopped, run, None)
+            except RuntimeError:  # the host closed meanwhile: so did the connections
+                os.close(write_end)
+                return
+            future.add_done_callback(done)
+            await anyio.wait_readable(read_end)
+        finally:
+            os.close(read_end)
+
+    def release(self, group: ListenerGroup) -> None:
+        """Close ``group``'s listeners (disarming the run armed on it, whose connections
+        are closed too). Idempotent; does not wait."""
+        with self._bind_lock:
+            if group.released:
+                return
+            group.released = True
+            current = group.current
+            portal = self._portal
+        if current is not None:
+            self.disarm(current.key)
+        if portal is not None:
+            with contextlib.suppress(RuntimeError):  # closed: the shutdown closed them
+                portal.start_task_soon(self._release_group, group)
 
     def stop(self, run_key: object, *, wait: bool = True) -> None:
-        """Stop serving ``run_key``: close its listeners and its live connections. Unknown
-        keys (and a host that never started or is closed) are a no-op. ``wait=False``
-        returns at once; the proxy thread tears the run down on its own."""
+        """Stop serving ``run_key``: close its live connections, and its listeners if it
+        had them from :meth:`serve`. Unknown keys (and a host that never started or is
+        closed) are a no-op. ``wait=False`` returns at once; the proxy thread tears the
+        run down on its own."""
+        with self._bind_lock:
+            run = self._runs.get(run_key)
+            group = self._own_groups.pop(run_key, None)
+        self.disarm(run_key)
+        if group is not None:
+            self.release(group)
+        if wait and (run is not None or group is not None):
+            self._wait(run, group)
+
+    def _wait(self, run: _Run | None, group: ListenerGroup | None) -> None:
         with self._lock:
             portal = self._portal
-        if portal is None:
+        if portal is None or (
+            self._thread is not None and threading.current_thread() is self._thread
+        ):
             return
         with contextlib.suppress(RuntimeError):  # the host closed meanwhile
-            if wait:
-                portal.call(self._stop_run, run_key)
-            else:
-                portal.start_task_soon(self._stop_run, run_key)
+            portal.call(self._await_stopped, run, group)
 
     def close(self) -> None:
         """Stop every run and end the thread (joined for at most ``join_timeout``).
@@ -181,7 +376,8 @@ class ProxyHost:
                 return
             if self._thread is not None and threading.current_thread() is self._thread:
                 raise RuntimeError("ProxyHost.close() cannot be called from the proxy thread")
-            self._closed = True
+            with self._bind_lock:
+                self._closed = True
             portal, thread = self._portal, self._thread
             self._portal = None
         if portal is None or thread is None:
@@ -224,15 +420,6 @@ class ProxyHost:
         """True while the proxy thread is alive."""
         with self._lock:
             return self._thread is not None and self._thread.is_alive()
-
-    def _call(self, func: Callable[..., _T], *args: object) -> _T:
-        portal = self._start()
-        try:
-            return portal.call(func, *args)
-        except RuntimeError as exc:
-            if self._closed:
-                raise RuntimeError("this ProxyHost is closed") from exc
-            raise
 
     def _start(self) -> BlockingPortal:
         with self._lock:
@@ -288,88 +475,85 @@ class ProxyHost:
             await self._stopping.wait()
             tg.cancel_scope.cancel()
 
-    def _add_run(
-        self,
-        key: object,
-        listeners: list[tuple[ProxyKind, socket.socket]],
-        rules: RuleSet,
-        decisions: DecisionLog,
-        credentials: tuple[str, str] | None = None,
-    ) -> None:
-        if key in self._runs:
-            raise ValueError(f"run {key!r} is already being served")
-        assert self._tg is not None
-        for _kind, sock in listeners:
-            sock.setblocking(False)
-        ctx = ProxyContext(
-            rules=rules,
-            decisions=decisions,
-            handshake_timeout=self._handshake_timeout,
-            connect_timeout=self._connect_timeout,
-            workers=self._workers,
-            growth=self._growth,
-            relay_method=self._relay_method,
-            credentials=credentials,
-        )
-        run = _Run(key, listeners, ctx)
-        self._runs[key] = run
-        self._tg.start_soon(self._run_main, run)
-
-    async def _add_run_logged(
-        self,
-        key: object,
-        listeners: list[tuple[ProxyKind, socket.socket]],
-        rules: RuleSet,
-        decisions: DecisionLog,
-        credentials: tuple[str, str] | None = None,
-    ) -> None:
+    async def _serve_group(self, group: ListenerGroup) -> None:
+        """Accept on ``group``'s listeners until it is released."""
+        if group.done is None:
+            group.done = anyio.Event()
         try:
-            self._add_run(key, listeners, rules, decisions, credentials)
-        except Exception:
-            for _kind, sock in listeners:
+            with anyio.CancelScope() as group.scope:
+                if group.released:
+                    return
+                async with anyio.create_task_group() as tg:
+                    for kind, sock in group.listeners:
+                        tg.start_soon(self._accept_loop, group, kind, sock)
+        finally:
+            for _kind, sock in group.listeners:
                 sock.close()
-            logger.exception("netproxy could not serve run %r; its proxies refuse everything", key)
+            with self._bind_lock:
+                self._groups.discard(group)
+            group.done.set()
 
-    async def _stop_run(self, key: object) -> None:
-        run = self._runs.pop(key, None)
-        if run is None:
-            return
-        run.scope.cancel()
+    async def _release_group(self, group: ListenerGroup) -> None:
+        if group.scope is not None:
+            group.scope.cancel()
+
+    async def _stop_run(self, run: _Run) -> None:
+        """Close every connection of a disarmed run."""
+        run.stopped = True
+        for scope in run.scopes:
+            scope.cancel()
+
+    async def _await_stopped(self, run: _Run | None, group: ListenerGroup | None) -> None:
+        """Wait until ``run`` holds no connection and ``group`` is closed (each if given),
+        and until every stop in flight has run (it may still be queued behind this)."""
         with anyio.move_on_after(self._join_timeout):
-            await run.finished.wait()
+            if run is not None:
+                await self._stop_run(run)  # idempotent; also if its own stop is queued
+                while self._connections.held(run):
+                    if run.idle is None:
+                        run.idle = anyio.Event()
+                    await run.idle.wait()
+            if group is not None:
+                if group.done is None:
+                    group.done = anyio.Event()
+                await self._release_group(group)
+                await group.done.wait()
 
     async def _shutdown(self) -> None:
-        runs = list(self._runs.values())
-        self._runs.clear()
+        with self._bind_lock:
+            runs = [*self._runs.values(), *self._draining.values()]
+            groups = list(self._groups)
+            self._runs.clear()
+            for group in groups:
+                group.released = True
+                group.current = None
         for run in runs:
-            run.scope.cancel()
+            await self._stop_run(run)
+        for group in groups:
+            await self._release_group(group)
         with anyio.move_on_after(self._join_timeout):
             for run in runs:
-                await run.finished.wait()
+                while self._connections.held(run):
+                    if run.idle is None:
+                        run.idle = anyio.Event()
+                    await run.idle.wait()
+            for group in groups:
+                if group.done is not None:
+                    await group.done.wait()
         assert self._stopping is not None
         self._stopping.set()
 
-    async def _run_main(self, run: _Run) -> None:
-        try:
-            with run.scope:
-                async with anyio.create_task_group() as tg:
-                    for kind, sock in run.listeners:
-                        tg.start_soon(self._accept_loop, run, tg, kind, sock)
-        finally:
-            for _kind, sock in run.listeners:
-                sock.close()
-            if self._runs.get(run.key) is run:
-                del self._runs[run.key]
-            run.finished.set()
-
     async def _accept_loop(
-        self, run: _Run, tg: TaskGroup, kind: ProxyKind, listener: socket.socket
+        self, group: ListenerGroup, kind: ProxyKind, listener: socket.socket
     ) -> None:
         handler = _HANDLERS[kind]
         while True:
             await anyio.wait_readable(listener)
             try:
-                conn, _peer = listener.accept()
+                with self._bind_lock:
+                    conn, _peer = listener.accept()
+                    run = group.current
+                    refusal = self._admit(run) if run is not None else None
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue
             except OSError as exc:
@@ -377,9 +561,11 @@ class ProxyHost:
                     logger.warning("netproxy: accept failed (%s); retrying", exc)
                     await anyio.sleep(0.1)
                     continue
-                logger.warning("netproxy: %s listener of run %r failed: %s", kind, run.key, exc)
+                logger.warning("netproxy: %s listener failed: %s", kind, exc)
                 return
-            refusal = self._admit(run)
+            if run is None:
+                conn.close()  # between runs: nobody's connection (see ListenerGroup)
+                continue
             if refusal is not None:
                 # Recorded before the close (whoever sees it closed finds the record), and
                 # only where every client is the run's (no credentials to check).
@@ -394,10 +580,12 @@ class ProxyHost:
                     )
                 conn.close()
                 continue
-            tg.start_soon(self._connection, run, handler, conn)
+            assert self._tg is not None
+            self._tg.start_soon(self._connection, run, handler, conn)
 
     def _admit(self, run: _Run) -> str | None:
-        """Count a new connection of ``run``; or, counting nothing, why it is refused."""
+        """Count a new connection of ``run``; or, counting nothing, why it is refused.
+        Called under the bind lock."""
         refusal = self._connections.take(run)
         if refusal is not None:
             return refusal
@@ -411,14 +599,28 @@ class ProxyHost:
 
     async def _connection(self, run: _Run, handler: _Handler, conn: socket.socket) -> None:
         try:
-            with lookups_run_by(functools.partial(self._lookup, run)):
-                await handler(conn, run.ctx)
+            with anyio.CancelScope() as scope:
+                if run.stopped:  # disarmed before this task ran: close unread
+                    scope.cancel()
+                run.scopes.add(scope)
+                try:
+                    with lookups_run_by(functools.partial(self._lookup, run)):
+                        await handler(conn, run.ctx)
+                finally:
+                    run.scopes.discard(scope)
         except Exception:
             logger.exception("netproxy: connection handler failed (connection closed)")
         finally:
             conn.close()
             PROCESS_DESCRIPTORS.give_back(FDS_PER_CONNECTION)
             self._connections.give_back(run)
+            if not self._connections.held(run):
+                with self._bind_lock:
+                    if self._draining.get(run.key) is run:
+                        del self._draining[run.key]
+                if run.idle is not None:
+                    run.idle.set()
+                    run.idle = None
 
     async def _lookup(self, run: _Run, call: Callable[[], _T]) -> _T:
         """A blocking lookup of ``run`` on the session's threads, within the run's share of

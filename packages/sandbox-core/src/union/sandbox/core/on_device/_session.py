@@ -8,16 +8,14 @@ import os
 import shutil
 import signal
 import sys
-import uuid
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..constants import DEFAULT_RUN_TIMEOUT_S, DEVNULL, INHERIT, MAX_CAPTURED_BYTES, PIPE
 from ..errors import BackendUnavailableError
-from ..netproxy import RuleSet
 from ..policy import (
     NetworkPolicy,
     resolve_run_network,
@@ -39,7 +37,6 @@ from ..resources import to_limits
 from ..session import SessionBase
 from . import backends, cgroups, quotas
 from .cgroups import CgroupRun, CgroupSession, CgroupSupport
-from .egress import RunEgress, SessionEgress
 from .engine import RunChannel, Supervisor, SupervisorSpec, pipe_pull
 from .files import PutData, open_for_read, put_file, read_all
 from .fs import FsLayout, check_work_dir, gpu_devices
@@ -47,6 +44,10 @@ from .limits import LimitPlan, plan_limits, session_mechanisms, session_pids_bud
 from .slots import RunSlot, SlotPool
 from .venv import ensure_session_venv
 from .workdir import WorkDir
+
+if TYPE_CHECKING:
+    # The egress (and the proxy code behind it) loads with the first proxied run.
+    from .egress import RunEgress, SessionEgress
 
 __all__ = ["OnDeviceSession"]
 
@@ -112,10 +113,19 @@ class _RunDriver:
         # Reusable only if the run is known to be over, everything in its cgroups reaped,
         # and their counters read (so the next run's count from there).
         reusable = channel.ended_clean and (self._slot.cgroup is None or self._observed)
-        self._slot.init_serial = channel.idle_init if reusable else 0
-        await self._session._release_slot(self._slot, reusable)
+        serial = channel.idle_init if reusable else 0
         if self._egress is not None:
-            await self._session._egress.detach(self._egress, channel)
+            # Before the slot can go to another run: this run's proxies stop (its
+            # connections closed), and its init's listeners stay only with its init.
+            session = self._session
+            kept = await session._egress.detach(self._egress, keep=bool(serial))
+            self._slot.proxy = kept
+            if serial and kept is None:
+                if session._supervisor is not None:
+                    await session._supervisor.retire(serial)
+                serial = 0
+        self._slot.init_serial = serial
+        await self._session._release_slot(self._slot, reusable)
 
 
 class OnDeviceSession(SessionBase):
@@ -165,8 +175,11 @@ class OnDeviceSession(SessionBase):
             )
         self.best_effort_limits = bool(best_effort_limits)
         self.network = validate_network(network_mode, network_allowlist, network_denylist)
-        # Rule syntax is checked now, not at the first run that needs the proxies.
-        RuleSet.parse(self.network.allowlist, self.network.denylist)
+        if self.network.allowlist or self.network.denylist:
+            # Rule syntax is checked now, not at the first run that needs the proxies.
+            from ..netproxy.rules import RuleSet
+
+            RuleSet.parse(self.network.allowlist, self.network.denylist)
         self.timeout_s = validate_timeout(timeout_s, DEFAULT_RUN_TIMEOUT_S)
         if not isinstance(default_cwd, str):
             raise TypeError(f"default_cwd must be a str, got {type(default_cwd).__name__}")
@@ -188,7 +201,7 @@ class OnDeviceSession(SessionBase):
         self.network_socks_url = network_socks_url
         self.resources = resources
         self.default_cwd = default_cwd
-        self.client_id = client_id or str(uuid.uuid4())
+        self.client_id = client_id or _random_uuid()
         self.max_output_bytes = max_output_bytes
         self._host_work_dir = os.path.normpath(os.fspath(host_work_dir)) if host_work_dir else None
         self._read_only_paths = list(read_only_paths or [])
@@ -212,10 +225,19 @@ class OnDeviceSession(SessionBase):
         self._venv: str | None = None
         self._live: set[RunChannel] = set()
         self._run_counter = 0
-        self._egress = SessionEgress()
+        self._egress_of_session: SessionEgress | None = None
         self._warned_byo_proxy = False
         self._open = False
         self._closed = False
+
+    @property
+    def _egress(self) -> SessionEgress:
+        """The session's proxies, made (and their code imported) for its first proxied run."""
+        if self._egress_of_session is None:
+            from .egress import SessionEgress
+
+            self._egress_of_session = SessionEgress()
+        return self._egress_of_session
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -236,6 +258,13 @@ class OnDeviceSession(SessionBase):
     async def open(self) -> OnDeviceSession:
         """Create the work dir and the venv and start the supervisor. Idempotent. A backend
         that cannot run here is reported by the first ``run()``, naming the fix."""
+        return self.start()
+
+    def start(self) -> OnDeviceSession:
+        """:meth:`open`, callable outside an event loop: nothing in it waits (the supervisor
+        sets itself up in its own process, and the first ``run()`` waits for that). A caller
+        that starts the session before its event loop exists lets the supervisor boot while
+        the loop's modules load (the CLI does). Idempotent; close the session as usual."""
         if self._open:
             return self
         if self._closed:
@@ -245,11 +274,11 @@ class OnDeviceSession(SessionBase):
                 "sandbox backend 'none' applies NO isolation (only a process group, rlimits "
                 "and a timeout); never use it for untrusted code",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of open()
             )
         # What can fail for bad input or host support fails first, before anything exists.
         support = cgroups.detect()
-        plan_limits(self.limits, support, best_effort=self.best_effort_limits)
+        plan = plan_limits(self.limits, support, best_effort=self.best_effort_limits)
         devices = gpu_devices(self.limits.gpu)
         self._cgroup_support = support
         self._session_mechanisms = session_mechanisms(
@@ -272,7 +301,11 @@ class OnDeviceSession(SessionBase):
             if problems:
                 self._static_failure = BackendUnavailableError(self.backend, problems)
             else:
-                self._supervisor = Supervisor(self._supervisor_spec(self._layout, self._work))
+                spec = self._supervisor_spec(self._layout, self._work)
+                first = self._first_slot(plan, spec.config["default_net"])
+                if first is not None and first.cgroup is not None:
+                    spec.first_cgroups = first.cgroup.procs_fds
+                self._supervisor = Supervisor(spec)
         except BaseException:
             if self._work is not None:
                 work, self._work = self._work, None
@@ -281,6 +314,21 @@ class OnDeviceSession(SessionBase):
             raise
         self._open = True
         return self
+
+    def _first_slot(self, plan: LimitPlan, default_net: str) -> RunSlot | None:
+        """The slot a first run with the session's own settings takes, made now (its cgroups
+        too), so that the init the supervisor prepares at startup joins those cgroups ahead
+        of the run, off its critical path. ``None`` where that init could not serve it."""
+        net, proxied, _byo = self._posture(self.network)
+        if not plan.use_cgroup or self.backend == "none" or net != default_net:
+            return None
+        try:
+            cgroup = self._cgroup_for_run(plan)
+        except OSError:
+            return None  # the first run makes (and reports) its own
+        slot = RunSlot(self._slot_key(net, proxied, plan), cgroup)
+        self._slots.put(slot)
+        return slot
 
     def _supervisor_spec(self, layout: FsLayout, work: WorkDir) -> SupervisorSpec:
         backend = self.backend
@@ -322,7 +370,8 @@ class OnDeviceSession(SessionBase):
                 channel._kill_kind = channel._kill_kind or TerminationKind.KILLED
             if self._supervisor is not None:
                 await self._supervisor.aclose()
-            await self._egress.aclose()
+            if self._egress_of_session is not None:
+                await self._egress_of_session.aclose()
             self._slots.drain()  # their inits died with the supervisor
             if self._cgroup_session is not None:
                 self._cgroup_session.cleanup(final=True)
@@ -424,8 +473,7 @@ class OnDeviceSession(SessionBase):
             stdin_mode, stdin_data = PIPE, bytes(stdin)
         else:
             raise ValueError(f"stdin must be None, DEVNULL, PIPE or bytes, got {stdin!r}")
-        byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
-        proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
+        net, proxied, byo_proxy = self._posture(policy)
         run_env = self._env(extra_env, run_cwd, policy)
         if byo_proxy:
             for key, value in self._byo_proxy_env().items():
@@ -458,20 +506,24 @@ class OnDeviceSession(SessionBase):
             "env": run_env,
             "cwd": run_cwd,
             "timeout": timeout,
-            "net": "open" if policy.mode == "open" or byo_proxy else "blocked",
+            "net": net,
             "rlimits": plan.rlimits,
             "tmp_size": plan.tmp_size,
         }
         await supervisor.ready()
-        egress = self._egress.prepare(policy) if proxied else None
-        if egress is not None:
-            request["proxy_env"] = egress.env_template
-        slot = self._slot_for_run(request, plan)
+        slot = self._slot_for_run(net, proxied, plan)
         request["slot"] = slot.init_serial
-        # An init that served a proxied run is not reused: its network namespace holds the
-        # run's proxy listeners until the host stops serving them.
-        request["recycle"] = self._recycle_inits and egress is None
+        # Backend none has no namespaces to keep a run's processes from the next run's
+        # proxies: its inits are not reused for proxied runs.
+        request["recycle"] = self._recycle_inits and not (proxied and self.backend == "none")
+        egress = None
         try:
+            if proxied:
+                # The slot's idle init keeps its proxy listeners: armed for this run now,
+                # before the run can reach them.
+                kept = slot.proxy if slot.init_serial else None
+                egress = self._egress.prepare(policy, kept)
+                request["proxy_env"] = egress.env_template
             channel = await supervisor.start_run(
                 request,
                 stdin=stdin_mode,
@@ -482,15 +534,16 @@ class OnDeviceSession(SessionBase):
                 cgroup_fds=slot.cgroup.procs_fds if slot.cgroup is not None else (),
             )
             if egress is not None:
-                await self._egress.attach(egress, channel)
+                await self._egress.attach(egress)
+                slot.proxy = egress.group
         except BaseException:
             # Discarding retires the slot's idle init: if the request never reached it, it
             # exits; if it did, the supervisor ignores the retire (the init is busy) and the
             # run's end is reported as usual.
             with anyio.CancelScope(shield=True):
-                await self._release_slot(slot, reusable=False)
                 if egress is not None:
-                    await self._egress.detach(egress, None)
+                    await self._egress.detach(egress, keep=False)
+                await self._release_slot(slot, reusable=False)
             raise
         self._live.add(channel)
         forward = []
@@ -561,17 +614,31 @@ class OnDeviceSession(SessionBase):
         assert self._cgroup_support is not None
         return plan_limits(limits, self._cgroup_support, best_effort=self.best_effort_limits)
 
-    def _slot_for_run(self, request: dict[str, Any], plan: LimitPlan) -> RunSlot:
-        """An idle slot of an earlier run with the same settings, or a new one."""
-        key = (
-            request["net"],
-            # Proxied runs never reuse an init: kept apart, they leave the idle inits of the
-            # session's other runs alone.
-            "proxy_env" in request,
+    def _posture(self, policy: NetworkPolicy) -> tuple[str, bool, bool]:
+        """``(net, proxied, byo_proxy)`` of a run with ``policy``: its network namespace
+        ("open": the host's), whether it gets the session's proxies, and whether the
+        caller's own proxy (``network_proxy_url``) stands in for them."""
+        byo_proxy = self.network_proxy_url is not None and policy.mode != "blocked"
+        proxied = (policy.mode == "allowlist" or bool(policy.denylist)) and not byo_proxy
+        net = "open" if policy.mode == "open" or byo_proxy else "blocked"
+        return net, proxied, byo_proxy
+
+    @staticmethod
+    def _slot_key(net: str, proxied: bool, plan: LimitPlan) -> Hashable:
+        """What runs must share to share a slot (its init and cgroups)."""
+        return (
+            net,
+            # Proxied runs' inits have proxy listeners in their network namespace: never
+            # handed to a run without proxies (nor the other way round).
+            proxied,
             plan.tmp_size,
             tuple(sorted(plan.rlimits.items())),
             plan.limits if plan.use_cgroup else None,
         )
+
+    def _slot_for_run(self, net: str, proxied: bool, plan: LimitPlan) -> RunSlot:
+        """An idle slot of an earlier run with the same settings, or a new one."""
+        key = self._slot_key(net, proxied, plan)
         slot = self._slots.take(key)
         if slot is None:
             slot = RunSlot(key, self._cgroup_for_run(plan))
@@ -590,6 +657,9 @@ class OnDeviceSession(SessionBase):
                 if old.init_serial and self._supervisor is not None:
                     await self._supervisor.retire(old.init_serial)
             finally:  # a dead supervisor took the init along: the cgroups still go
+                if old.proxy is not None:
+                    self._egress.release(old.proxy)
+                    old.proxy = None
                 if old.cgroup is not None:
                     old.cgroup.remove()
 
@@ -702,6 +772,16 @@ class OnDeviceSession(SessionBase):
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
         return f"<OnDeviceSession backend={self.backend} {state}>"
+
+
+def _random_uuid() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` spells it, without importing
+    ``uuid`` (and ``platform`` behind it) into every process that opens a session."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _NOT_OPEN = (

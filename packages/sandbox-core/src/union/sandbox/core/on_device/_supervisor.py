@@ -131,7 +131,12 @@ POLLER: Any = None
 # looked like before the first run (a later run reuses the init only if they still do).
 MY_SERIAL = 0
 JOINED_CGROUPS: set[tuple[int, int]] = set()  # cgroup.procs files (dev, inode) we are in
+# The cgroup.procs of the session's first run, sent with the configuration: the init prepared
+# at startup joins them while the host is still busy, so the first run does not wait for
+# the move (a cgroup v1 move waits for an RCU grace period: ~10-30 ms on a loaded VM).
+PREFORK_CGROUPS: list[int] = []
 HANDLERS_SET = False  # the run's signal handlers are installed (in this init)
+PROXY_PORTS: tuple[int, ...] = ()  # this init's proxy listeners (http, socks5), kept
 SCRATCH_DIRS: list[str] = []
 SCRATCH_BASELINE: Any = None
 # What else of the init's namespaces and of init itself a run could change, read at the end of
@@ -1107,19 +1112,8 @@ def run_once(
         if REQUEST_WAITING:  # it came before we read this run's request
             REQUEST_WAITING = False
             on_run_request(RUN_REQUEST, None)
-        # Join the run's cgroups (memory, pids, cpu) before the command exists. (Writing to
-        # a cgroup.procs file the host opened needs no privilege: we move ourselves.) A
-        # reused init is in them already, and a move is costly (cgroup v1 takes a global
-        # lock with an RCU grace period): skip the ones we joined before.
-        for fd in fds.get("cgroups", ()):
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) not in JOINED_CGROUPS:
-                try:
-                    os.write(fd, b"0")
-                except OSError as exc:
-                    raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
-                JOINED_CGROUPS.add((st.st_dev, st.st_ino))
-            os.close(fd)
+        # Join the run's cgroups (memory, pids, cpu) before the command exists.
+        join_cgroups(fds.get("cgroups", ()))
         cwd = req["cwd"]
         try:
             os.chdir(cwd)
@@ -1128,8 +1122,8 @@ def run_once(
         for name, value in req.get("rlimits", {}).items():
             resource.setrlimit(getattr(resource, name), (value, value))
         env = req["env"]
-        if "proxy_chan" in fds:
-            env = open_proxy_listeners(fds.pop("proxy_chan"), env, req["proxy_env"])
+        if "proxy_chan" in fds or PROXY_PORTS:
+            env = open_proxy_listeners(fds.pop("proxy_chan", -1), env, req.get("proxy_env"))
         if not HANDLERS_SET:  # once per init: a reused init keeps them
             for signo in FORWARDED_SIGNALS:
                 signal.signal(signo, forward_signal)
@@ -1201,28 +1195,61 @@ def run_once(
     return False
 
 
+def join_cgroups(fds: list[int]) -> None:
+    """Move this init into the cgroups whose ``cgroup.procs`` are ``fds`` (closed here).
+    (Writing to a cgroup.procs file the host opened needs no privilege: we move ourselves.)
+    A move is costly (cgroup v1 takes a global lock with an RCU grace period): skip the ones
+    this init joined before (a reused init, or the one prepared for the first run)."""
+    try:
+        for fd in fds:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) not in JOINED_CGROUPS:
+                try:
+                    os.write(fd, b"0")
+                except OSError as exc:
+                    raise SetupError(f"joining the run's cgroup: {exc.strerror}") from None
+                JOINED_CGROUPS.add((st.st_dev, st.st_ino))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def open_proxy_listeners(
-    chan_fd: int, env: dict[str, str], template: dict[str, str]
+    chan_fd: int, env: dict[str, str], template: dict[str, str] | None
 ) -> dict[str, str]:
     """Listen for the run's HTTP and SOCKS5 proxies on 127.0.0.1 in the run's own network
     namespace (so only this run can reach them), hand the sockets to the host, which serves
-    them, and point the command at them (variables the caller set win)."""
+    them, and point the command at them (variables the caller set win).
+
+    An init that serves several runs keeps its listeners (the host holds them and arms them
+    for each run's rules, credentials and decision log): a later run is told "K" on its
+    channel instead of new listeners ("L"), and the same ports. A run without proxies is
+    never served by an init that has them."""
+    global PROXY_PORTS
+    if chan_fd < 0 or template is None:
+        if chan_fd >= 0:
+            os.close(chan_fd)
+        raise SetupError("this init holds proxy listeners: it serves proxied runs only")
     chan = socket.socket(fileno=chan_fd)
     listeners = []
     try:
-        for _ in range(2):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listeners.append(sock)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(128)
-        send_fds(chan, [b"L"], [sock.fileno() for sock in listeners])
-        http_port, socks_port = (sock.getsockname()[1] for sock in listeners)
+        if PROXY_PORTS:
+            chan.send(b"K")
+        else:
+            for _ in range(2):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listeners.append(sock)
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(128)
+            send_fds(chan, [b"L"], [sock.fileno() for sock in listeners])
+            PROXY_PORTS = tuple(sock.getsockname()[1] for sock in listeners)
     except OSError as exc:
         raise SetupError(f"starting the run's proxy listeners: {exc.strerror}") from None
     finally:
         for sock in listeners:
-            sock.close()
+            sock.close()  # the host's copies keep them listening
         chan.close()
+    http_port, socks_port = PROXY_PORTS
     merged = dict(env)
     for key, value in template.items():
         merged.setdefault(key, value.format(http=http_port, socks=socks_port))
@@ -1233,6 +1260,11 @@ def warm_init(sock: socket.socket, net: str) -> None:
     """A pre-forked init: prepared ahead of time, it waits for the next run's request (and
     its descriptors) on its own socket. Never returns."""
     try:
+        if PREFORK_CGROUPS:  # the session's first run's cgroups (see PREFORK_CGROUPS)
+            try:
+                join_cgroups(PREFORK_CGROUPS)
+            except SetupError:
+                pass  # the first run joins (and reports the failure) itself
         error = prepare_init(net, CONFIG["tmp_size"])
         data, fds = next_request(sock)
         if not data:
@@ -1689,9 +1721,11 @@ def wait_for(pids: set[int], deadline: float) -> None:
 
 
 def read_config(fds: list[int]) -> dict[str, Any]:
-    """The session configuration, from the memfd the host sent (see engine._send_config)."""
-    if len(fds) != 1:
+    """The session configuration, from the memfd the host sent (see engine._send_config),
+    and the descriptors that came with it: the first run's cgroup.procs."""
+    if not fds:
         raise SetupError("the host sent no session configuration")
+    PREFORK_CGROUPS[:] = fds[1:]
     try:
         config: dict[str, Any] = marshal.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
         return config
@@ -1730,6 +1764,9 @@ def main() -> None:
     control.send(b"ready " + facts.encode())
     if CONFIG.get("warm") in ("dispatch", "reap"):
         prefork(net_key(CONFIG.get("default_net", "blocked")))
+    for fd in PREFORK_CGROUPS:  # only the init prepared now was to join them
+        os.close(fd)
+    PREFORK_CGROUPS.clear()
     serve(control)
 
 

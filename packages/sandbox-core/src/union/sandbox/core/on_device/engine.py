@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import importlib.machinery
 import marshal
 import os
 import signal
@@ -20,7 +21,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,7 +30,7 @@ from ..process import Pull, Termination, TerminationKind
 
 __all__ = ["RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
 
-SUPERVISOR_SOURCE = (Path(__file__).with_name("_supervisor.py")).read_text()
+SUPERVISOR_PATH = os.path.join(os.path.dirname(__file__), "_supervisor.py")
 # The supervisor runs on this very interpreter, so it can take our compiled code object
 # (marshal) instead of compiling its source at every session start (~9 ms here).
 _BOOTSTRAP = (
@@ -46,7 +46,10 @@ _BOOTSTRAP = (
 @functools.lru_cache(maxsize=1)
 def _supervisor_code_fd() -> int:
     """A sealed memfd holding the supervisor's compiled code, made once per process."""
-    code = compile(SUPERVISOR_SOURCE, "<union-sandbox-supervisor>", "exec")
+    # Through the import system's loader, so the compiled code comes from (and goes to) the
+    # bytecode cache like any module's: a one-shot process does not compile it again.
+    loader = importlib.machinery.SourceFileLoader("_union_sandbox_supervisor", SUPERVISOR_PATH)
+    code = loader.get_code("_union_sandbox_supervisor")
     fd = os.memfd_create("union-sandbox-supervisor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.write(fd, marshal.dumps(code))
     seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -75,6 +78,9 @@ class SupervisorSpec:
     complete_config: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
     """``callable(config, pid) -> config``: what depends on the started process's pid (the
     session's accounting uid)."""
+    first_cgroups: Sequence[int] = ()
+    """The ``cgroup.procs`` of the session's first run (the caller keeps and closes them):
+    the init the supervisor prepares at startup joins them ahead of that run."""
 
 
 def pipe_pull(fd: int) -> Pull:
@@ -102,13 +108,14 @@ def _nonblocking_pipe(big: bool = False) -> tuple[int, int]:
     return read_end, write_end
 
 
-def _send_config(sock: socket.socket, config: dict[str, Any]) -> None:
+def _send_config(sock: socket.socket, config: dict[str, Any], fds: Sequence[int] = ()) -> None:
     """Hand the supervisor its session configuration in a memfd: any number of granted
-    paths fits (a message on the control socket is bounded by its send buffer)."""
+    paths fits (a message on the control socket is bounded by its send buffer). ``fds``
+    travel with it (the first run's cgroup.procs: ``SupervisorSpec.first_cgroups``)."""
     fd = os.memfd_create("union-sandbox-config", os.MFD_CLOEXEC)
     try:
         os.write(fd, marshal.dumps(config))
-        socket.send_fds(sock, [b"config"], [fd])
+        socket.send_fds(sock, [b"config"], [fd, *fds])
     finally:
         os.close(fd)
 
@@ -120,7 +127,7 @@ class Supervisor:
         self.spec = spec
         self.facts: dict[str, Any] = {}
         self._ready = False
-        self._ready_lock = anyio.Lock()
+        self._ready_lock: anyio.Lock | None = None  # made on first use: see ready()
         self._failure: RuntimeError | None = None
         self._next_id = 0
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -162,7 +169,7 @@ class Supervisor:
             if spec.complete_config is not None:
                 config = spec.complete_config(config, self._proc.pid)
             try:
-                _send_config(host, config)
+                _send_config(host, config, spec.first_cgroups)
             except OSError:
                 pass  # it died at once; ready() reports why from its stderr
         host.setblocking(False)
@@ -174,6 +181,10 @@ class Supervisor:
             return self.facts
         if self._failure is not None:
             raise self._failure
+        # Made here, not at start: a session started before its event loop (the CLI) has
+        # its supervisor spawned before anyio's synchronisation code is even imported.
+        if self._ready_lock is None:
+            self._ready_lock = anyio.Lock()
         async with self._ready_lock:  # concurrent first runs: one reads the handshake
             if self._ready:
                 return self.facts

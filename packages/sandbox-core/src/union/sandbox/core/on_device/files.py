@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import AsyncIterable
 
@@ -45,7 +44,7 @@ async def put_file(
         raise ValueError(f"mode must be a permission int such as 0o644, got {mode!r}")
     parent_fd = work.open_parent(parts, target, "write")
     name = parts[-1]
-    tmp_name = f".{name}.union-sandbox-{secrets.token_hex(6)}.tmp"
+    tmp_name = f".{name}.union-sandbox-{os.urandom(6).hex()}.tmp"
     try:
         _refuse_non_regular(parent_fd, name, target)
         if not overwrite and _exists(parent_fd, name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -96,9 +97,11 @@ def host_python() -> tuple[str, list[str]]:
     return python, _dedupe(prefixes)
 
 
+@functools.lru_cache(maxsize=1)
 def uv_binary() -> str | None:
     """The ``uv`` executable the sandbox uses for ``uv pip install`` (the one the ``uv``
-    package ships, else one on ``PATH`` that is a real binary, not a shim script)."""
+    package ships, else one on ``PATH`` that is a real binary, not a shim script). Looked
+    up once per process."""
     try:
         from uv import find_uv_bin  # type: ignore[import-not-found,unused-ignore]
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from typing import TypeVar
@@ -215,7 +214,7 @@ class _Remover:
 
     def _move_up(self, frame: _Frame, name: str) -> None:
         """Rename a directory too deep to enter now to the top, under a fresh name."""
-        fresh = f".union-sandbox-rm-{secrets.token_hex(8)}"
+        fresh = f".union-sandbox-rm-{os.urandom(8).hex()}"
         for attempt in range(2):
             try:
                 os.rename(name, fresh, src_dir_fd=frame.fd, dst_dir_fd=self.top_fd)

@@ -10,9 +10,11 @@ posture, scratch size, rlimits, cgroup limits) are the same:
 - the run's init, idle in the supervisor, when the run also left it and its namespaces as a
   fresh init would be (the init checks: the scratch directories down to their attributes
   and times, no System V IPC object ever made, no packet sent, its own rlimits, priorities
-  and affinity; see ``left_clean`` in ``_supervisor.py``) and the host allowed it (runs with
-  per-run proxies never reuse an init: another run must not find their listeners in its
-  network namespace).
+  and affinity; see ``left_clean`` in ``_supervisor.py``) and the host allowed it;
+- for proxied runs (``allowlist``, or ``open`` with a deny-list), the init's proxy listeners,
+  which the host arms for each run's rules, credentials and decision log (``egress.py``).
+  Proxied and plain runs never share an init: a plain run must not find listeners in its
+  network namespace.
 
 A slot is used by one run at a time. Up to ``max_idle`` (64) wait between runs: under
 concurrency a finished slot is wanted again a moment later (over the remote transport, a
@@ -27,8 +29,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from .cgroups import CgroupRun
+
+if TYPE_CHECKING:
+    from ..netproxy import ListenerGroup
 
 __all__ = ["RunSlot", "SlotPool"]
 
@@ -43,6 +49,8 @@ class RunSlot:
     cgroup: CgroupRun | None
     init_serial: int = 0
     """The idle init the supervisor keeps for this slot, by serial (0: none)."""
+    proxy: ListenerGroup | None = None
+    """That init's proxy listeners (proxied runs; ``None`` once the init is gone)."""
     _oom_seen: int = 0
     _pids_seen: int = 0
 

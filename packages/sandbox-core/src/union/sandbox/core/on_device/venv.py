@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import site
 import stat
 import sys
@@ -173,7 +172,7 @@ def _make_staging(work_fd: int, work_dir: str) -> tuple[str, int]:
     the same work dir may rename it away and put a link or a directory of its own in its
     place before it is opened: that one is not used, a fresh name is tried."""
     for _ in range(_ATTEMPTS):
-        name = f".session-venv-new-{secrets.token_hex(8)}"
+        name = f".session-venv-new-{os.urandom(8).hex()}"
         os.mkdir(name, 0o700, dir_fd=work_fd)
         try:
             fd = os.open(name, DIR_FLAGS, dir_fd=work_fd)
@@ -201,7 +200,7 @@ def _move_into_place(work_fd: int, name: str) -> None:
         except FileNotFoundError:
             pass
         else:
-            aside = f".session-venv-stale-{secrets.token_hex(4)}"
+            aside = f".session-venv-stale-{os.urandom(4).hex()}"
             try:
                 os.rename(SESSION_VENV_SUBDIR, aside, src_dir_fd=work_fd, dst_dir_fd=work_fd)
             except FileNotFoundError:

@@ -1,0 +1,78 @@
+"""What a process pays to start: the layers load what they use, when they use it
+(docs/design.md, "What a process imports"), and a session can be started before its event
+loop exists."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from union.sandbox.core.on_device import session
+
+pytestmark = pytest.mark.anyio
+
+#: Modules that a process running only blocked runs must not load: the proxy host (a thread
+#: portal, logging, sockets), the egress, the remote client, and what only ids needed.
+PROXY_ONLY = ("union.sandbox.core.netproxy.host", "union.sandbox.core.on_device.egress")
+NEVER = ("union.sandbox.client", "union.sandbox.server", "uuid", "secrets", "platform")
+
+
+def _modules_after(code: str) -> dict[str, bool]:
+    script = textwrap.dedent(code) + textwrap.dedent(
+        f"""
+        import json, sys
+        print(json.dumps({{m: m in sys.modules for m in {list(PROXY_ONLY + NEVER)!r}
+                          + ["union.sandbox.core.on_device"]}}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded: dict[str, bool] = json.loads(out.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_the_facade_loads_no_engine_and_no_proxy() -> None:
+    loaded = _modules_after("from union import sandbox as sb\nsb.Process, sb.PIPE")
+    assert not loaded["union.sandbox.core.on_device"]
+    assert not any(loaded[m] for m in PROXY_ONLY + NEVER), loaded
+
+
+def test_a_blocked_run_loads_no_proxy_code_and_a_proxied_run_does() -> None:
+    run = """
+        import anyio, warnings
+        warnings.simplefilter("ignore")
+        from union import sandbox as sb
+
+        async def main():
+            async with sb.on_device.session(backend="userns", **{kwargs!r}) as sbx:
+                await sbx.exec("true", check=True)
+
+        anyio.run(main)
+        """
+    blocked = _modules_after(run.format(kwargs={}))
+    assert not any(blocked[m] for m in PROXY_ONLY + NEVER), blocked
+    allowlist = {"network_mode": "allowlist", "network_allowlist": ["pypi.org"]}
+    proxied = _modules_after(run.format(kwargs=allowlist))
+    assert all(proxied[m] for m in PROXY_ONLY), proxied
+
+
+def test_a_session_started_before_its_event_loop_runs_in_it() -> None:
+    """``start()`` opens the session outside any loop (its supervisor boots meanwhile); the
+    loop then uses it, and ``open()`` on it is a no-op."""
+    import anyio
+
+    sbx = session(backend="userns").start()
+    assert sbx.start() is sbx  # idempotent
+
+    async def use() -> str:
+        async with sbx:  # open() again: already open
+            return (await sbx.exec("echo started", check=True)).stdout
+
+    assert anyio.run(use) == "started\n"
+    with pytest.raises(RuntimeError, match="closed"):
+        sbx.start()
