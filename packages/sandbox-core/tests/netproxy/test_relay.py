@@ -160,18 +160,30 @@ async def test_pipe_growth_is_budgeted(wires: tuple[socket.socket, ...], budget:
         pytest.skip("no os.splice on this platform")
     sandbox, client, upstream, server = wires
     data = os.urandom(8 << 20)
+    half = 4 << 20
     growth = PipeGrowth(budget)
     seen: list[int] = []
+    first_half_relayed = threading.Event()
 
     def feed() -> None:
-        server.sendall(data[: 4 << 20])
+        server.sendall(data[:half])
+        # sendall returns once the bytes sit in loopback's socket buffers, possibly before
+        # the relay moved any: look at the budget only once the first half came through,
+        # while the pump still waits for the second.
+        assert first_half_relayed.wait(30), "the relay did not pass the first half on"
         seen.append(growth.available)  # mid-transfer: a grown pipe holds the budget
-        server.sendall(data[4 << 20 :])
+        server.sendall(data[half:])
         server.shutdown(socket.SHUT_WR)
 
     def drain() -> bytes:
         sandbox.shutdown(socket.SHUT_WR)
-        return read_all(sandbox)
+        chunks, got = [], 0
+        while chunk := sandbox.recv(1 << 20):
+            chunks.append(chunk)
+            got += len(chunk)
+            if got >= half:
+                first_half_relayed.set()
+        return b"".join(chunks)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(anyio.to_thread.run_sync, feed)
