@@ -59,7 +59,21 @@ GRANTS = "integration/conformance/test_grants.py"
 METADATA = "integration/conformance/test_metadata.py"
 WORK_DIR_BIND = "integration/conformance/test_work_dir_bind.py"
 SIGNALS = "integration/conformance/test_signals.py"
+FILE_PROBES = "integration/conformance/test_files.py"
+REUSE_PROBES = "integration/conformance/test_reuse.py"
+QUOTA_PROBES = "integration/conformance/test_quotas.py"
+NETWORK_REUSE = "integration/network/test_reuse.py"
 BACKENDS = f"{CORE}/on_device/backends.py"
+FILES = f"{CORE}/on_device/files.py"
+WORKDIR = f"{CORE}/on_device/workdir.py"
+RMTREE = f"{CORE}/on_device/rmtree.py"
+REUSE_TESTS = f"{CORE_TESTS}/test_run_reuse.py"
+CAPACITY_TESTS = f"{CORE_TESTS}/netproxy/test_capacity.py"
+PROXY_HOST = f"{CORE}/netproxy/host.py"
+MCP = "packages/unionai-sandbox/src/union/sandbox/_mcp"
+MCP_UNITS = "packages/unionai-sandbox/tests/test_mcp_units.py"
+FLYTE_BODY = "packages/sandbox-flyte/src/union/sandbox/flyte/_body.py"
+FLYTE_BODY_TESTS = "packages/sandbox-flyte/tests/test_body.py"
 
 
 def _probes(*ids: str) -> tuple[str, ...]:
@@ -118,17 +132,13 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "get-bytes-follows-a-final-symlink",
         "files",
-        SESSION,
+        FILES,
         "os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC",
         "os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC",
-        (
-            f"{CORE_TESTS}/test_files.py",
-            "integration/conformance/test_files.py",
-            "-k",
-            "not remote",
+        _on_device(
+            f"{FILE_PROBES}::test_symlink_race_on_the_final_name[on-device-{{backend}}-asyncio]"
         ),
         "a racer swaps the file name for a symlink to a root-only file and get_bytes reads it",
-        pending="engineer hostpaths: race the final path component",
     ),
     Mutant(
         "auth-skipped-for-client-streams",
@@ -145,16 +155,13 @@ MUTANTS: tuple[Mutant, ...] = (
         FS,
         '    if not norm.startswith(root + "/"):\n',
         "    if not norm.startswith(root):\n",
-        # Remote tests only: the on-device test_files.py already kills it (the server uses
-        # the same check), but no remote test sends such a path, which is what the issue asks.
-        (
-            "packages/sandbox-server/tests",
-            "integration/conformance/test_files.py",
-            "-k",
-            "not test_auth and not on-device",
+        # Remote only: the on-device file tests kill it too (the server uses the same
+        # check), but what issue 17 asked for is a remote test sending such a path.
+        tuple(
+            f"{FILE_PROBES}::test_paths_outside_the_work_dir[remote-{backend}-asyncio]"
+            for backend in ("bubblewrap", "userns")
         ),
         "remote put/get reach <work dir>-sibling/..., outside the work dir",
-        pending="engineer hostpaths: remote GetBytes/PutBytes/streams with a sibling prefix",
     ),
     Mutant(
         "get-bytes-cap-not-applied",
@@ -162,19 +169,17 @@ MUTANTS: tuple[Mutant, ...] = (
         SERVICE,
         "        if cap and (not requested or requested > cap):\n",
         "        if cap and not requested:\n",
-        ("packages/sandbox-server/tests", "-k", "not test_auth"),
+        ("packages/sandbox-server/tests/test_file_rpcs.py",),
         "a client asking max_bytes above --max-get-bytes-mb gets more than the server's cap",
-        pending="engineer hostpaths: max_bytes above --max-get-bytes-mb is still capped",
     ),
     Mutant(
         "reuse-checks-only-sysv-shm",
         "reuse",
         SUPERVISOR,
-        '        for kind in ("shm", "sem", "msg"):\n',
-        '        for kind in ("shm",):\n',
-        (f"{CORE_TESTS}/test_run_reuse.py",),
+        '    for kind in ("shm", "sem", "msg"):\n',
+        '    for kind in ("shm",):\n',
+        (REUSE_TESTS, "-k", "change_to_init and System and not shared and asyncio"),
         "a semaphore or message queue of one run is visible in the next run",
-        pending="engineer reuse: leftovers of every IPC kind end reuse",
     ),
     # ---- the hang case: a mutant that made the suite hang instead of fail ----------------
     Mutant(
@@ -498,10 +503,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "put-get-parent-walk-follows-symlinks",
         "files",
-        SESSION,
-        "part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd",
-        "part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd",
-        ("integration/conformance/test_files.py", "-k", "symlink and not remote"),
+        WORKDIR,
+        "                next_fd = os.open(part, DIR_FLAGS, dir_fd=fd)\n",
+        "                next_fd = os.open(part, DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd)\n",
+        _on_device(f"{FILE_PROBES}::test_symlinks_in_put_get[asyncio-on-device-{{backend}}]"),
         "put_bytes/get_bytes through a directory symlink the sandbox planted",
     ),
     # ---- tree kill, timeouts, limits -------------------------------------------------------
@@ -545,7 +550,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "output-cap-not-applied",
         "limits",
         PROCESS,
-        "        room = self._limit - len(self._buf)\n",
+        "        room = self._limit - len(self._buf) - self._kept_size\n",
         "        room = 1 << 62\n",
         (f"{CORE_TESTS}/test_run_output.py", "-k", "output_cap"),
         "an output flood grows the caller's memory without bound",
@@ -564,9 +569,271 @@ MUTANTS: tuple[Mutant, ...] = (
         "reuse-ignores-scratch-leftovers",
         "reuse",
         SUPERVISOR,
-        "    if SCRATCH_BASELINE is None or scratch_state() != SCRATCH_BASELINE:\n",
-        "    if SCRATCH_BASELINE is None:\n",
-        (f"{CORE_TESTS}/test_run_reuse.py", "-k", "leftover"),
+        "    if not REUSE_ARMED or SCRATCH_BASELINE is None "
+        "or scratch_state() != SCRATCH_BASELINE:\n",
+        "    if not REUSE_ARMED or SCRATCH_BASELINE is None:\n",
+        (REUSE_TESTS, "-k", "leftover_ends_reuse and asyncio"),
         "a file one run left in /tmp or /dev/shm is seen by the next run",
+    ),
+    Mutant(
+        "reuse-ignores-init-attributes",
+        "reuse",
+        SUPERVISOR,
+        "    return (rlimits, sched, cpus, ioprio, pending) == (expected, *INIT_BASELINE[1:])\n",
+        "    return True\n",
+        (REUSE_TESTS, "-k", "change_to_init and (prlimit or renice) and asyncio"),
+        "a run's prlimit/renice of its init is inherited by the next run's command",
+    ),
+    Mutant(
+        "reuse-proc-sys-writable",
+        "reuse",
+        SUPERVISOR,
+        "            seal_proc_sys()\n",
+        "            pass\n",
+        _on_device(
+            f"{REUSE_PROBES}::test_tampering_reaches_a_later_run[on-device-{{backend}}-"
+            "kernel knobs-blocked-asyncio]"
+        ),
+        "a run sets its namespaces' kernel knobs (shmmax, msgmni...) for the next run of the init",
+    ),
+    Mutant(
+        "reuse-posix-mqueue-allowed",
+        "reuse",
+        SUPERVISOR,
+        '        write_file("/proc/sys/fs/mqueue/queues_max", "0")\n',
+        "        pass\n",
+        (REUSE_TESTS, "-k", "posix_message_queue and asyncio"),
+        "a POSIX message queue made by one run (unchecked by reuse) is found by the next",
+    ),
+    Mutant(
+        "reuse-sysv-next-id-not-armed",
+        "reuse",
+        SUPERVISOR,
+        '        else:\n            try:\n                os.write(fd, b"0")\n',
+        "        else:\n            try:\n                pass\n",
+        (REUSE_TESTS, "-k", "change_to_init and removed and asyncio"),
+        "a System V object made and removed moves the ids the next run is handed",
+    ),
+    Mutant(
+        "reuse-scratch-ignores-ctime",
+        "reuse",
+        SUPERVISOR,
+        "                    st.st_ctime_ns,\n",
+        "                    0,\n",
+        (REUSE_TESTS, "-k", "change_to_init and mode and asyncio"),
+        "a change to /tmp or /dev/shm that moves only its ctime (chmod to its own mode) "
+        "goes unseen: a one-bit channel to the next run",
+    ),
+    # ---- per-session quotas (accounting uid, session pids budget) ------------------------
+    Mutant(
+        "quota-namespace-charged-to-host-root",
+        "quotas",
+        SUPERVISOR,
+        "            if account_uid is not None:\n",
+        "            if False:\n",
+        (
+            *_on_device(f"{QUOTA_PROBES}::test_host_roots_quotas[on-device-{{backend}}-asyncio]"),
+            *_on_device(
+                f"{QUOTA_PROBES}::test_other_sessions_quotas[on-device-{{backend}}-asyncio]"
+            ),
+        ),
+        "host root's session: a run exhausts pending signals/inotify for host root and every "
+        "other session",
+    ),
+    Mutant(
+        "quota-session-nproc-uncapped",
+        "quotas",
+        f"{CORE}/on_device/quotas.py",
+        '        return {"rlimits": {"RLIMIT_NPROC": _half_or_less(_soft("RLIMIT_NPROC"), 1, '
+        "tasks)}}\n",
+        '        return {"rlimits": {"RLIMIT_NPROC": _half_or_less(_soft("RLIMIT_NPROC"), 1)}}\n',
+        _on_device(f"{QUOTA_PROBES}::test_session_pids_budget[on-device-{{backend}}-asyncio]"),
+        "host root's session: its runs together hold more processes than session_pids",
+    ),
+    Mutant(
+        "quota-session-cgroup-pids-unbounded",
+        "quotas",
+        f"{CORE}/on_device/cgroups.py",
+        "                if pids_max:\n",
+        "                if False:\n",
+        _on_device(f"{QUOTA_PROBES}::test_session_pids_budget[on-device-{{backend}}-asyncio]"),
+        "the session's cgroup does not bound its runs' processes together",
+    ),
+    Mutant(
+        "request-size-unchecked",
+        "limits",
+        f"{CORE}/request_size.py",
+        "    return args_size(argv, env) <= MAX_ARGS_BYTES\n",
+        "    return True\n",
+        (
+            "integration/parity/test_request_sizes.py",
+            "-k",
+            "beyond and asyncio and on_device and (KiB or variables)",
+        ),
+        "an oversized argv/env reaches the supervisor's socket and execve: a failed run or a "
+        "'dead' supervisor instead of a clear ValueError",
+    ),
+    # ---- host paths: the removal walk ------------------------------------------------------
+    Mutant(
+        "rmtree-follows-a-swapped-in-symlink",
+        "files",
+        RMTREE,
+        "            return self._at(frame, os.open, name, DIR_FLAGS)\n",
+        "            return self._at(frame, os.open, name, DIR_FLAGS & ~os.O_NOFOLLOW)\n",
+        (f"{CORE_TESTS}/test_work_dir.py", "-k", "never_follows"),
+        "a live sandbox swaps a directory of the tree for a link: close() empties a host dir",
+    ),
+    Mutant(
+        "rmtree-does-not-take-directories",
+        "files",
+        RMTREE,
+        "        self._take(fd, st)\n",
+        "        pass\n",
+        (f"{CORE_TESTS}/test_work_dir.py", "-k", "never_follows"),
+        "a live sandbox keeps adding to (or moving out of) a directory being removed",
+    ),
+    # ---- proxy capacity --------------------------------------------------------------------
+    Mutant(
+        "proxy-run-share-off-by-one",
+        "netproxy",
+        f"{CORE}/netproxy/capacity.py",
+        "        if held >= self.share:\n",
+        "        if held > self.share:\n",
+        (CAPACITY_TESTS, "-k", "at_its_share or slow_request_heads"),
+        "a run holds one proxy connection more than its share",
+    ),
+    Mutant(
+        "proxy-headroom-not-kept",
+        "netproxy",
+        f"{CORE}/netproxy/capacity.py",
+        "        if held >= self.floor and self.total >= self.capacity - self.headroom:\n",
+        "        if False:\n",
+        (CAPACITY_TESTS, "-k", "greedy_runs"),
+        "greedy runs take the whole session capacity: a later run gets no connection",
+    ),
+    Mutant(
+        "proxy-process-descriptor-budget-off",
+        "netproxy",
+        f"{CORE}/netproxy/capacity.py",
+        "            if self.held + n > budget:\n",
+        "            if False:\n",
+        (CAPACITY_TESTS, "-k", "process_descriptor_budget"),
+        "the proxies of all sessions run the caller out of descriptors (EMFILE)",
+    ),
+    # ---- proxied runs on a reused init (issue 15) ------------------------------------------
+    Mutant(
+        "egress-reused-listeners-without-credentials",
+        "netproxy",
+        f"{CORE}/on_device/egress.py",
+        "                self._proxy_host().arm(kept, egress, rules, egress.log, "
+        "credentials=credentials)\n",
+        "                self._proxy_host().arm(kept, egress, rules, egress.log, "
+        "credentials=None)\n",
+        _on_device(
+            f"{NETWORK_REUSE}::test_each_run_on_a_reused_init_gets_new_credentials"
+            "[asyncio-{backend}]"
+        ),
+        "an open run on a reused init: any local process uses its proxies without credentials",
+    ),
+    Mutant(
+        "proxy-disarm-keeps-the-run-armed",
+        "netproxy",
+        PROXY_HOST,
+        "            if run.group.current is run:\n                run.group.current = None\n",
+        "            if False:\n                run.group.current = None\n",
+        _on_device(
+            f"{NETWORK_REUSE}::test_a_reused_init_serves_the_next_runs_policy_and_log"
+            "[asyncio-{backend}-wide-then-narrow]"
+        ),
+        "between runs of an init, its listeners still serve the ended run (its rules and log)",
+    ),
+    Mutant(
+        "proxy-disarm-leaves-connections-open",
+        "netproxy",
+        PROXY_HOST,
+        "                portal.start_task_soon(self._stop_run, run)\n",
+        "                pass\n",
+        _on_device(
+            f"{NETWORK_REUSE}::test_a_connection_a_run_leaves_open_is_closed_when_it_ends"
+            "[asyncio-{backend}-allowlist]"
+        ),
+        "a tunnel a run left open outlives the run (into the next run of its init)",
+    ),
+    # ---- MCP: the model may narrow, never widen, the operator's flags ----------------------
+    Mutant(
+        "mcp-timeout-above-the-ceiling",
+        "mcp",
+        f"{MCP}/ceiling.py",
+        "        if asked > self.timeout_s:\n",
+        "        if asked > self.timeout_s + 1:\n",
+        (MCP_UNITS, "-k", "timeout"),
+        "a tool call runs longer than the operator's --timeout",
+    ),
+    Mutant(
+        "mcp-wildcard-covers-its-apex",
+        "mcp",
+        f"{MCP}/ceiling.py",
+        '    return wanted.name.endswith("." + granted.name) or (\n',
+        "    return wanted.name.endswith(granted.name) or (\n",
+        (MCP_UNITS, "-k", "widening"),
+        "--allow *.example.com lets a call allow example.com (or evilexample.com)",
+    ),
+    Mutant(
+        "mcp-rule-port-ignored",
+        "mcp",
+        f"{MCP}/ceiling.py",
+        "    if granted.port is not None and granted.port != wanted.port:\n        return False\n",
+        "",
+        (MCP_UNITS, "-k", "widening"),
+        "--allow api.test:443 lets a call allow every port of api.test",
+    ),
+    Mutant(
+        "mcp-open-beyond-the-ceiling",
+        "mcp",
+        f"{MCP}/ceiling.py",
+        '            if self.mode != "open":\n',
+        "            if False:\n",
+        (MCP_UNITS, "-k", "postures"),
+        "a tool call asks for network='open' under a blocked or allow-list ceiling",
+    ),
+    Mutant(
+        "mcp-tool-timeout-not-capped",
+        "mcp",
+        f"{MCP}/tools.py",
+        '            timeout_s=self.ceiling.timeout(args.get("timeout_s")),\n',
+        '            timeout_s=args.get("timeout_s") or self.ceiling.timeout_s,\n',
+        (
+            "packages/unionai-sandbox/tests/test_mcp_stdio.py::"
+            "test_narrowing_and_refused_widening[asyncio-userns]",
+        ),
+        "run_shell takes the model's timeout_s as is, above the operator's --timeout",
+    ),
+    # ---- the Flyte task body ---------------------------------------------------------------
+    Mutant(
+        "flyte-server-gets-the-pods-environment",
+        "flyte",
+        FLYTE_BODY,
+        "    env = server_environment(os.environ if environ is None else environ)\n",
+        "    env = dict(os.environ if environ is None else environ)\n",
+        (f"{FLYTE_BODY_TESTS}::test_soft_timeout_with_the_real_server[asyncio]",),
+        "the pod's cloud/Flyte credentials reach the server, and so any sandboxed process",
+    ),
+    Mutant(
+        "flyte-server-without-a-token",
+        "flyte",
+        FLYTE_BODY,
+        "    env[TOKEN_ENV] = options.token\n",
+        "    pass\n",
+        (f"{FLYTE_BODY_TESTS}::test_serves_a_run_with_auth_and_cancel_leaves_nothing[asyncio]",),
+        "the task's server on the pod network serves anyone, without auth",
+    ),
+    Mutant(
+        "flyte-short-token-accepted",
+        "flyte",
+        FLYTE_BODY,
+        "        if not isinstance(self.token, str) or len(self.token) < 16:\n",
+        "        if not isinstance(self.token, str):\n",
+        (FLYTE_BODY_TESTS, "-k", "bad_options and asyncio and bearer"),
+        "a task server with an empty or guessable bearer token",
     ),
 )
