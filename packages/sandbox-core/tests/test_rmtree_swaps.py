@@ -88,7 +88,7 @@ def test_each_directory_is_frozen_before_it_is_read(
         if isinstance(path, int):
             where = os.readlink(f"/proc/self/fd/{path}")
             read.append(where)
-            if _sandbox_uid_can_add_to(where):
+            if _sandbox_uid_can_add_to(path):
                 added.append(os.path.relpath(where, tree))
         return real_listdir(path)
 
@@ -99,16 +99,18 @@ def test_each_directory_is_frozen_before_it_is_read(
     assert added == [] and left == []
 
 
-def _sandbox_uid_can_add_to(directory: str) -> bool:
-    """Whether a process of uid 65534 can make an entry in ``directory`` (removed again)."""
+def _sandbox_uid_can_add_to(dir_fd: int) -> bool:
+    """Whether a process of uid 65534 can make an entry in the directory open as ``dir_fd``
+    (removed again). Through the descriptor, as the sandbox reaches it through its own
+    mounts: the host's path to it (the walk's top is 0700 root's) is not the sandbox's."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
             os.setgroups([])
             os.setresgid(NOBODY, NOBODY, NOBODY)
             os.setresuid(NOBODY, NOBODY, NOBODY)
-            os.mkdir(os.path.join(directory, "intruder"))
-            os.rmdir(os.path.join(directory, "intruder"))
+            os.mkdir("intruder", dir_fd=dir_fd)
+            os.rmdir("intruder", dir_fd=dir_fd)
         except OSError:
             os._exit(1)
         os._exit(0)
