@@ -647,13 +647,15 @@ MUTANTS: tuple[Mutant, ...] = (
         '        return {"rlimits": {"RLIMIT_NPROC": _half_or_less(_soft("RLIMIT_NPROC"), 1, '
         "tasks)}}\n",
         '        return {"rlimits": {"RLIMIT_NPROC": _half_or_less(_soft("RLIMIT_NPROC"), 1)}}\n',
-        # Where the pids cgroup is writable (as on the machine of the last run) the session
-        # cgroup's pids.max holds the budget first (quota-session-cgroup-pids-unbounded), so
-        # this backstop survives there.
-        _on_device(f"{QUOTA_PROBES}::test_session_pids_budget[on-device-{{backend}}-asyncio]"),
+        # Where the pids cgroup is writable the session cgroup's pids.max holds the budget
+        # first (quota-session-cgroup-pids-unbounded): this test takes the cgroups away.
+        (
+            f"{CORE_TESTS}/test_session_limits.py",
+            "-k",
+            "nproc_limit_holds_the_budget and asyncio",
+        ),
         "host root's session without a pids cgroup: its runs together hold more processes "
         "than session_pids",
-        pending="a session_pids probe with cgroups unavailable (RLIMIT_NPROC alone holds it)",
     ),
     Mutant(
         "quota-session-cgroup-pids-unbounded",

@@ -59,6 +59,68 @@ async def test_runs_together_stay_within_the_session_budget(backend: str) -> Non
         assert result.stdout == "ok\n", result.stderr
 
 
+def _no_cgroups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This host as one without writable cgroups (many containers)."""
+    monkeypatch.setattr(
+        cgroups, "detect", lambda: cgroups.CgroupSupport("", {}, "test: no cgroups")
+    )
+
+
+async def test_a_limit_nothing_enforces_fails_unless_best_effort(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_cgroups(monkeypatch)
+    strict = sb.on_device.session(backend=backend, resources=Resources(cpu=1))
+    with pytest.raises(sb.errors.LimitUnavailableError, match="best_effort_limits=True"):
+        await strict.open()
+    # What the error advises works, and the run's report is honest about it.
+    async with sb.on_device.session(
+        backend=backend, resources=Resources(cpu=1), best_effort_limits=True
+    ) as sbx:
+        proc = await sbx.run("echo ok")
+        assert await proc.communicate() == (b"ok\n", b"")
+    assert proc.isolation is not None
+    assert proc.isolation.limits["cpu"] == "not enforced"
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_best_effort_limits_must_be_a_bool(bad: Any) -> None:
+    with pytest.raises(TypeError, match="best_effort_limits must be True or False"):
+        sb.on_device.session(backend="userns", best_effort_limits=bad)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="RLIMIT_NPROC binds a root caller's sandbox")
+async def test_without_cgroups_the_nproc_limit_holds_the_budget(
+    backend: str, host_pids_with: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A host without a writable pids cgroup (many containers): the session's RLIMIT_NPROC,
+    # counted for the session's own accounting uid, is then all that bounds its runs
+    # together. Two runs each try to hold 30 sleeps under a budget of 40.
+    _no_cgroups(monkeypatch)
+    tag = f"1000.{secrets.randbelow(10**9)}"
+    hold = f"for i in $(seq 30); do sleep {tag} & done; echo up; wait"
+    async with sb.on_device.session(
+        backend=backend, session_pids=40, best_effort_limits=True
+    ) as sbx:
+        first = await sbx.run(hold, timeout_s=60)
+        second = None
+        try:
+            assert await first.stdout.readline() == b"up\n"
+            # The second run gets what is left of the budget and its shell then cannot fork:
+            # "up" once its loop is done, or the end of its output when the shell gave up.
+            second = await sbx.run(hold, timeout_s=60)
+            await second.stdout.readline()
+            held = len(host_pids_with(tag))
+        finally:
+            for proc in (first, second):
+                if proc is not None:
+                    await proc.kill()
+                    await proc.wait()
+    # The budget and the slack for the supervisor and prepared inits (quotas.NPROC_SLACK);
+    # each run's shell and init take part of it too.
+    assert 0 < held <= 40 + quotas.NPROC_SLACK, held
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="an unprivileged caller: test_quotas.py")
 async def test_the_sandbox_gets_the_sessions_quotas(backend: str) -> None:
     async with sb.on_device.session(backend=backend, resources=Resources(pids=100)) as sbx:

@@ -6,6 +6,7 @@ from union.sandbox.core.errors import (
     BackendUnavailableError,
     CommandError,
     ExecutionError,
+    LimitUnavailableError,
     SessionPolicyMismatch,
     SessionTemplateMismatch,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "BackendUnavailableError",
     "CommandError",
     "ExecutionError",
+    "LimitUnavailableError",
     "SessionPolicyMismatch",
     "SessionTemplateMismatch",
 ]

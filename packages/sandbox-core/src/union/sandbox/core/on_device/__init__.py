@@ -36,6 +36,7 @@ def session(
     backend: str = "bubblewrap",
     max_output_bytes: int = MAX_CAPTURED_BYTES,
     session_pids: int | None = None,
+    best_effort_limits: bool = False,
 ) -> OnDeviceSession:
     """A new on-device session (not yet open).
 
@@ -45,7 +46,9 @@ def session(
     :class:`~union.sandbox.core.errors.BackendUnavailableError` naming the host fix; a weaker
     backend is never substituted. Bad arguments raise here, before anything starts.
     ``session_pids`` bounds the processes of all the session's runs together (see
-    docs/limits.md).
+    docs/limits.md). A limit nothing on this host can enforce raises
+    :class:`~union.sandbox.core.errors.LimitUnavailableError`; ``best_effort_limits=True``
+    runs without it instead, and each run's ``isolation.limits`` says ``"not enforced"``.
     """
     return OnDeviceSession(
         backend=backend,
@@ -63,4 +66,5 @@ def session(
         read_write_paths=read_write_paths,
         max_output_bytes=max_output_bytes,
         session_pids=session_pids,
+        best_effort_limits=best_effort_limits,
     )

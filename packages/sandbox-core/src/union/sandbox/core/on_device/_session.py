@@ -173,7 +173,9 @@ class OnDeviceSession(SessionBase):
                 "GPU sandboxes require the bubblewrap backend (CUDA's cuInit fails inside "
                 f"the {self.backend!r} backend); use backend='bubblewrap'"
             )
-        self.best_effort_limits = bool(best_effort_limits)
+        if not isinstance(best_effort_limits, bool):
+            raise TypeError(f"best_effort_limits must be True or False, got {best_effort_limits!r}")
+        self.best_effort_limits = best_effort_limits
         self.network = validate_network(network_mode, network_allowlist, network_denylist)
         if self.network.allowlist or self.network.denylist:
             # Rule syntax is checked now, not at the first run that needs the proxies.
