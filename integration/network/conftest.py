@@ -24,9 +24,7 @@ import io
 import ipaddress
 import json
 import os
-import selectors
 import shlex
-import socket
 import socketserver
 import ssl
 import subprocess
@@ -41,6 +39,7 @@ from typing import Any
 import pytest
 
 from union import sandbox as sb
+from union.sandbox.core.testing_net import SelectEchoServer
 
 BACKENDS = ("bubblewrap", "userns")
 
@@ -175,55 +174,6 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 
     def is_open(self, token: str) -> bool:
         return any(token in first for first in list(self.open_tunnels))
-
-
-class SelectEchoServer:
-    """TCP echo on the host's ``127.0.0.1`` with one thread however many connections it
-    holds, so that a test can count the caller's threads (the other servers here start a
-    thread per connection)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.sock.setblocking(False)
-        self.port = int(self.sock.getsockname()[1])
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.sock, selectors.EVENT_READ)
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop:
-            for key, _ in self._selector.select(0.1):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                if sock is self.sock:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, _ = sock.accept()
-                        conn.setblocking(False)
-                        self._selector.register(conn, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = sock.recv(65536)
-                    if data:
-                        sock.send(data)
-                        continue
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    pass
-                self._selector.unregister(sock)
-                sock.close()
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (the listener not counted)."""
-        return len(self._selector.get_map()) - 1
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
 
 
 @pytest.fixture(scope="module")
