@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from union import sandbox as sb
-from union.sandbox.core.testing_net import SelectEchoServer
+from union.sandbox.core.testing_net import SOCKET_HELPERS, SelectEchoServer
 
 BACKENDS = ("bubblewrap", "userns")
 
@@ -369,6 +369,7 @@ class Net:
         return f"""
 import ipaddress, os, socket, struct, sys
 from urllib.parse import urlsplit
+{SOCKET_HELPERS}
 proxy = urlsplit(os.environ["ALL_PROXY"])
 assert proxy.scheme == "socks5h", proxy
 s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
@@ -385,23 +386,15 @@ if ip is not None and atyp != "domain":
 else:
     target = b"\\x03" + bytes([len(host)]) + host.encode()
 s.sendall(b"\\x05\\x01\\x00" + target + struct.pack(">H", port))
-def exact(n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-head = exact(4)
+head = recv_exactly(s, 4)
 print("REPLY=%d" % head[1], flush=True)
 if len(head) == 4 and head[1] == 0:
     if head[3] == 1:
-        exact(4 + 2)
+        recv_exactly(s, 4 + 2)
     elif head[3] == 4:
-        exact(16 + 2)
+        recv_exactly(s, 16 + 2)
     else:
-        exact(exact(1)[0] + 2)
+        recv_exactly(s, recv_exactly(s, 1)[0] + 2)
     s.sendall({payload!r}.encode())
     s.shutdown(socket.SHUT_WR)
     out = b""
