@@ -96,7 +96,7 @@ from typing import Any
 import pytest
 
 from union import sandbox as sb
-from union.sandbox.core.testing import host_pids_with, open_checking_warnings
+from union.sandbox.core.testing import RUN_HELPERS, host_pids_with, open_checking_warnings
 
 # ---------------------------------------------------------------------------------------
 # Targets
@@ -879,7 +879,8 @@ def loopback_servers() -> Iterator[dict[str, Any]]:
 # The Python prelude of hostile probes
 # ---------------------------------------------------------------------------------------
 
-PRELUDE = r'''
+PRELUDE = (
+    r'''
 import ctypes, errno, json, os, signal, socket, stat, struct, subprocess, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -903,28 +904,9 @@ def call(name, *args):
     ctypes.set_errno(0)
     r = libc.syscall(NR[name], *args)
     return r, ("ok" if r >= 0 else err(ctypes.get_errno()))
-
-
-def err(e):
-    return errno.errorcode.get(e, str(e))
-
-
-def attempt(fn, *args):
-    """Run an os-level call: "ok" or the errno name."""
-    try:
-        fn(*args)
-        return "ok"
-    except OSError as exc:
-        return err(exc.errno) if exc.errno else type(exc).__name__
-
-
-def read_text(path, n=1 << 16):
-    try:
-        with open(path, "rb") as f:
-            return f.read(n).decode("utf-8", "replace")
-    except OSError as exc:
-        return "<" + err(exc.errno) + ">"
-
+'''
+    + RUN_HELPERS
+    + r"""
 
 def verdict(let_through, detail, **extra):
     if isinstance(detail, dict):
@@ -933,4 +915,5 @@ def verdict(let_through, detail, **extra):
     print("RESULT " + json.dumps(extra), flush=True)
     sys.exit(0)
 
-'''
+"""
+)

@@ -38,14 +38,13 @@ import os
 import secrets
 import shutil
 import struct
-import sys
-import sysconfig
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+
+from union.sandbox.core.testing_caller import caller_env, system_python
 
 pytestmark = pytest.mark.anyio
 
@@ -294,22 +293,16 @@ async def _as_caller(backend: str, code: str, target: str, loop: str, home: str)
     """Run ``code`` in a session of ``backend`` opened by :data:`CALLER_UID`; its verdict."""
     if os.geteuid() != 0:
         pytest.skip("starts the library as another user: run the suite as root")
-    python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin") or ""
-    if not python or sys.version_info[:2] != (3, 11):
+    python = system_python()
+    if python is None:
         pytest.skip("no system Python of this version for an unprivileged user")
-    core = Path(__file__).resolve().parents[2] / "packages" / "sandbox-core" / "src"
     with anyio.fail_after(180):
         out = await anyio.run_process(
             [python, "-c", _AS_CALLER, backend, code, target, loop],
             user=CALLER_UID,
             group=CALLER_UID,
             extra_groups=[],
-            env={
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "HOME": home,
-                "TMPDIR": "/tmp",
-                "PYTHONPATH": f"{core}:{sysconfig.get_paths()['purelib']}",
-            },
+            env=caller_env(home),
             cwd="/tmp",
             check=False,
         )

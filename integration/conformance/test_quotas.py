@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from union.sandbox.core.testing_caller import run_as, system_python
 
 pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -223,27 +222,10 @@ def test_unprivileged_callers_share_is_bounded(backend: str) -> None:
     """An unprivileged caller's uid is charged for its sandbox (nothing else can create the
     namespace): the sandbox may take at most half of each quota, so the caller keeps the
     rest."""
-    python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin") or ""
-    if not python or sys.version_info[:2] != (3, 11):
+    python = system_python()
+    if python is None:
         pytest.skip("no system Python of this version for an unprivileged user")
-    core = Path(__file__).resolve().parents[2] / "packages" / "sandbox-core" / "src"
-    out = subprocess.run(
-        [python, "-c", _AS_CALLER, backend, EXHAUST, QUOTA_CALLS],
-        user=CALLER_UID,
-        group=CALLER_UID,
-        extra_groups=[],
-        env={
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": f"{core}:{sysconfig.get_paths()['purelib']}",
-        },
-        cwd="/tmp",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = run_as(CALLER_UID, [python, "-c", _AS_CALLER, backend, EXHAUST, QUOTA_CALLS], timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["holding"].startswith("HOLDING"), seen

@@ -87,6 +87,19 @@ async def _expect_line(stream: Any, wanted: bytes, seconds: float) -> bool:
     return False
 
 
+async def _seconds_to_end(proc: Any, started: float, timeout_s: float) -> float:
+    """Wait for ``proc`` (given its ``timeout_s`` plus the slack and 30 s); the seconds from
+    ``started`` until it ended or the wait gave up. One that is still running is killed."""
+    with anyio.move_on_after(timeout_s + SLACK_S + 30):
+        await proc.wait()
+    elapsed = time.monotonic() - started
+    if proc.returncode is None:
+        await proc.kill()
+        with anyio.move_on_after(10):
+            await proc.wait()
+    return elapsed
+
+
 @asyncio_only
 async def test_caller_signals_reach_the_command(sandbox: Any, probe: Any) -> None:
     timeout = 8.0
@@ -105,13 +118,7 @@ async def test_caller_signals_reach_the_command(sandbox: Any, probe: Any) -> Non
         if proc.returncode is not None:
             break
     await proc.send_signal(signal.SIGSTOP)
-    with anyio.move_on_after(timeout + SLACK_S + 30):
-        await proc.wait()
-    elapsed = time.monotonic() - started
-    if proc.returncode is None:
-        await proc.kill()
-        with anyio.move_on_after(10):
-            await proc.wait()
+    elapsed = await _seconds_to_end(proc, started, timeout)
     term = proc.termination
     kind = term.kind.value if term is not None else "?"
     late = elapsed > timeout + SLACK_S
@@ -140,13 +147,7 @@ async def test_run_stops_its_own_init(sandbox: Any, probe: Any, host: Any) -> No
     timeout = 1.5
     started = time.monotonic()
     proc = await sandbox.run(SELF_STOP.format(tag=tag), timeout_s=timeout)
-    with anyio.move_on_after(timeout + SLACK_S + 30):
-        await proc.wait()
-    elapsed = time.monotonic() - started
-    if proc.returncode is None:
-        await proc.kill()
-        with anyio.move_on_after(10):
-            await proc.wait()
+    elapsed = await _seconds_to_end(proc, started, timeout)
     left = host.pids(tag)
     term = proc.termination
     kind = term.kind.value if term is not None else "still running"

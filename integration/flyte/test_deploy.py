@@ -20,27 +20,14 @@ from union import sandbox as sb
 from union.sandbox.flyte import _deploy
 from union.sandbox.flyte.testing import isolated_flyte
 
+from .samples import MY_SANDBOXES
+
 BIN = Path(sys.executable).parent
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 TITLED = re.compile(r'```python title="(?P<file>[^"]+)"\n(?P<code>.*?)```', re.S)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\\\")
 
-# The seed page's two files, verbatim.
-MY_SANDBOXES = """
-import flyte
-from union import sandbox as sb
-
-ml_sandbox = sb.SandboxEnvironment(
-    name="ml-sandbox",
-    image=sb.base_sandbox_image.with_pip_packages("torch", "transformers"),
-    resources=flyte.Resources(cpu="8", memory="32Gi", gpu="L4:1"),
-    secrets=[flyte.Secret(group="hf", key="HF_TOKEN")],
-    env_vars={"HF_HOME": "/tmp/hf"},
-    sandbox_mode="userns", # "userns" | "bwrap"
-    runtime="container", # "container" | "gvisor"
-    description="ML inference sandbox",
-)
-"""
+# The seed page's two files, verbatim (my_sandboxes.py in samples.py).
 DEPLOY_MY_SANDBOXES = """
 from my_sandboxes import ml_sandbox
 # Module-scope name; flyte deploy discovers this via isinstance(v, flyte.Environment).

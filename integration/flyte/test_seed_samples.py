@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +24,7 @@ from union import sandbox as sb
 from union.sandbox.flyte import _environment
 
 from .fake_cp import FakeControlPlane
+from .samples import MY_SANDBOXES, importable
 
 FLYTE = Path(sys.executable).with_name("flyte")
 UNAME = f"Linux sandbox {os.uname().release} "
@@ -103,22 +103,7 @@ async def serve_user_session(user_id: str) -> str:
         await sbx.close() # closes the transport and aborts the run (owner side)
 """
 
-# "Defining a custom SandboxEnvironment": my_sandboxes.py and the caller
-MY_SANDBOXES = """
-import flyte
-from union import sandbox as sb
-
-ml_sandbox = sb.SandboxEnvironment(
-    name="ml-sandbox",
-    image=sb.base_sandbox_image.with_pip_packages("torch", "transformers"),
-    resources=flyte.Resources(cpu="8", memory="32Gi", gpu="L4:1"),
-    secrets=[flyte.Secret(group="hf", key="HF_TOKEN")],
-    env_vars={"HF_HOME": "/tmp/hf"},
-    sandbox_mode="userns", # "userns" | "bwrap"
-    runtime="container", # "container" | "gvisor"
-    description="ML inference sandbox",
-)
-"""
+# "Defining a custom SandboxEnvironment": the caller (my_sandboxes.py is in samples.py)
 RUN_INFERENCE = """
 import flyte
 from union import sandbox as sb
@@ -154,22 +139,15 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "my_sandboxes": MY_SANDBOXES,
         "run_inference": RUN_INFERENCE,
     }
-    for name, text in files.items():
-        (root / f"{name}.py").write_text(textwrap.dedent(text))
     # Other tests of this process may have imported modules of the same names (the docs'
     # my_sandboxes.py) and registered an "ml-sandbox" of another shape: as in a process of
     # its own, these samples start without them.
-    saved = {name: sys.modules.pop(name) for name in list(files) if name in sys.modules}
     shapes = dict(_environment._SHAPES)
     _environment._SHAPES.pop("ml-sandbox", None)
-    sys.path.insert(0, str(root))
     try:
-        yield root
+        with importable(root, files):
+            yield root
     finally:
-        sys.path.remove(str(root))
-        for name in files:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
         _environment._SHAPES.clear()
         _environment._SHAPES.update(shapes)
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime
 import importlib
 import logging
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from union.sandbox.core.testing import host_pids_with
 from union.sandbox.flyte import PodIPResolver, SandboxEnvironment
 
 from .fake_cp import FakeControlPlane
+from .samples import importable
 
 pytestmark = pytest.mark.anyio
 
@@ -220,14 +219,8 @@ async def child(sbx: sb.SandboxSession, script: str) -> dict:
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    root = tmp_path_factory.mktemp("agent")
-    (root / "agent_by_name.py").write_text(textwrap.dedent(AGENT))
-    sys.path.insert(0, str(root))
-    try:
+    with importable(tmp_path_factory.mktemp("agent"), {"agent_by_name": AGENT}):
         yield importlib.import_module("agent_by_name")
-    finally:
-        sys.path.remove(str(root))
-        sys.modules.pop("agent_by_name", None)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -24,9 +24,7 @@ import io
 import ipaddress
 import json
 import os
-import selectors
 import shlex
-import socket
 import socketserver
 import ssl
 import subprocess
@@ -41,6 +39,7 @@ from typing import Any
 import pytest
 
 from union import sandbox as sb
+from union.sandbox.core.testing_net import SOCKET_HELPERS, SelectEchoServer
 
 BACKENDS = ("bubblewrap", "userns")
 
@@ -175,55 +174,6 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 
     def is_open(self, token: str) -> bool:
         return any(token in first for first in list(self.open_tunnels))
-
-
-class SelectEchoServer:
-    """TCP echo on the host's ``127.0.0.1`` with one thread however many connections it
-    holds, so that a test can count the caller's threads (the other servers here start a
-    thread per connection)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.sock.setblocking(False)
-        self.port = int(self.sock.getsockname()[1])
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.sock, selectors.EVENT_READ)
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop:
-            for key, _ in self._selector.select(0.1):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                if sock is self.sock:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, _ = sock.accept()
-                        conn.setblocking(False)
-                        self._selector.register(conn, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = sock.recv(65536)
-                    if data:
-                        sock.send(data)
-                        continue
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    pass
-                self._selector.unregister(sock)
-                sock.close()
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (the listener not counted)."""
-        return len(self._selector.get_map()) - 1
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +369,7 @@ class Net:
         return f"""
 import ipaddress, os, socket, struct, sys
 from urllib.parse import urlsplit
+{SOCKET_HELPERS}
 proxy = urlsplit(os.environ["ALL_PROXY"])
 assert proxy.scheme == "socks5h", proxy
 s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
@@ -435,23 +386,15 @@ if ip is not None and atyp != "domain":
 else:
     target = b"\\x03" + bytes([len(host)]) + host.encode()
 s.sendall(b"\\x05\\x01\\x00" + target + struct.pack(">H", port))
-def exact(n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-head = exact(4)
+head = recv_exactly(s, 4)
 print("REPLY=%d" % head[1], flush=True)
 if len(head) == 4 and head[1] == 0:
     if head[3] == 1:
-        exact(4 + 2)
+        recv_exactly(s, 4 + 2)
     elif head[3] == 4:
-        exact(16 + 2)
+        recv_exactly(s, 16 + 2)
     else:
-        exact(exact(1)[0] + 2)
+        recv_exactly(s, recv_exactly(s, 1)[0] + 2)
     s.sendall({payload!r}.encode())
     s.shutdown(socket.SHUT_WR)
     out = b""

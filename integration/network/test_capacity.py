@@ -27,6 +27,7 @@ from union.sandbox.core.netproxy.capacity import (
     MAX_SESSION_CONNECTIONS,
     connection_shares,
 )
+from union.sandbox.core.testing_net import SOCKET_HELPERS
 
 pytestmark = pytest.mark.anyio
 
@@ -35,9 +36,13 @@ ALLOW_LOOPBACK = {"network_mode": "allowlist", "network_allowlist": ["127.0.0.1/
 #: Opens up to N tunnels to the echo server through the run's proxy (VIA: "http" for
 #: CONNECT, "socks5"), each checked with an echoed byte, and stops after three refusals in a
 #: row; prints ``HELD=<n> REFUSED=<n>``, then holds them until its stdin closes.
-HOLD_TUNNELS = """
+HOLD_TUNNELS = (
+    """
 import os, socket, struct, sys
 from urllib.parse import urlsplit
+"""
+    + SOCKET_HELPERS
+    + """
 proxy = urlsplit(os.environ["HTTP_PROXY" if VIA == "http" else "ALL_PROXY"])
 
 def tunnel():
@@ -45,25 +50,14 @@ def tunnel():
     try:
         if VIA == "http":
             s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\n" % PORT)
-            head = b""
-            while not head.endswith(b"\\r\\n\\r\\n"):
-                byte = s.recv(1)
-                if not byte:
-                    break
-                head += byte
-            ok = head.startswith(b"HTTP/1.1 200")
+            ok = read_http_head(s).startswith(b"HTTP/1.1 200")
         else:
             s.sendall(b"\\x05\\x01\\x00")
             ok = s.recv(2) == b"\\x05\\x00"
             if ok:
                 s.sendall(b"\\x05\\x01\\x00\\x01" + socket.inet_aton("127.0.0.1")
                           + struct.pack(">H", PORT))
-                reply = b""
-                while len(reply) < 10:
-                    chunk = s.recv(10 - len(reply))
-                    if not chunk:
-                        break
-                    reply += chunk
+                reply = recv_exactly(s, 10)
                 ok = len(reply) == 10 and reply[1] == 0
         if ok:
             s.sendall(b"!")
@@ -87,6 +81,7 @@ while len(held) + refused < N and in_a_row < 3:
 print("HELD=%d REFUSED=%d" % (len(held), refused), flush=True)
 sys.stdin.read()
 """
+)
 
 
 def hold_tunnels(port: int, n: int, via: str = "http") -> str:

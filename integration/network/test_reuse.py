@@ -23,6 +23,8 @@ from typing import Any
 import anyio
 import pytest
 
+from union.sandbox.core.testing_net import SOCKET_HELPERS
+
 pytestmark = pytest.mark.anyio
 
 NO_PROXY_CLEARED = {"NO_PROXY": "", "no_proxy": ""}
@@ -36,6 +38,7 @@ def connect_through_proxy(targets: list[int], payload: str = "", leave_open: boo
     return f"""
 import base64, json, os, socket
 from urllib.parse import unquote, urlsplit
+{SOCKET_HELPERS}
 proxy = urlsplit(os.environ["HTTP_PROXY"])
 auth = b""
 if proxy.username:  # an open run's proxies want its credentials
@@ -46,12 +49,7 @@ statuses, kept = [], []
 for port in {targets!r}:
     s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
     s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n%s\\r\\n" % (port, auth))
-    head = b""
-    while not head.endswith(b"\\r\\n\\r\\n"):
-        byte = s.recv(1)
-        if not byte:
-            break
-        head += byte
+    head = read_http_head(s)
     status = int(head.split()[1]) if head else 0
     statuses.append(status)
     if status == 200 and {payload!r}:

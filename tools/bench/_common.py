@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from typing import Any
@@ -17,6 +18,13 @@ def percentiles(samples: list[float]) -> dict[str, Any]:
         "min_ms": round(ordered[0] * 1e3, 3),
         "samples_ms": [round(s * 1e3, 4) for s in samples],
     }
+
+
+def save_json(path: str | None, result: Any) -> None:
+    """Write ``result`` as indented JSON to ``path`` (the scripts' ``--json``), if given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 def raw_bwrap_argv(command: str = "/bin/true") -> list[str] | None:

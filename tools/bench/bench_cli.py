@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import statistics
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import raw_bwrap_argv  # the script's own folder is on sys.path
+from _common import raw_bwrap_argv, save_json  # the script's own folder is on sys.path
 
 BIN = Path(sys.executable).parent
 
@@ -135,9 +134,7 @@ def main() -> None:
     for name, us in imports["heaviest"]:
         print(f"    {name:<40} {us / 1e3:6.1f} ms (its modules' own time)")
     print(f"  load average {result['load_average']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ takes tens of seconds per backend).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
@@ -35,6 +34,7 @@ import warnings
 from typing import Any
 
 import anyio
+from _common import save_json  # the script's own folder is on sys.path
 
 from union.sandbox.core.on_device import session
 from union.sandbox.core.resources import Resources
@@ -295,9 +295,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     report = anyio.run(main_async, args, backend=args.loop)
     print_table(report, args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    save_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ here. Not a test: run it by hand on an idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
 
 import anyio
-from _common import percentiles  # the script's own folder is on sys.path
+from _common import percentiles, save_json  # the script's own folder is on sys.path
 
 from union.sandbox.core.on_device import session
 
@@ -73,9 +72,7 @@ def main() -> None:
         f"allowlist - blocked (p50): {result['allowlist_minus_blocked_p50_ms']:+.2f} ms "
         "[target <= 1 ms]"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Not a test: nothing here asserts a time. Run it by hand on an idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -32,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from _common import percentiles, raw_bwrap_argv  # the script's own folder is on sys.path
+from _common import percentiles, raw_bwrap_argv, save_json  # the script's own folder is on sys.path
 
 from union.sandbox.core.on_device import session
 
@@ -293,9 +292,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     report = anyio.run(main_async, args, backend=args.backend_loop)
     print_table(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    save_json(args.json, report)
 
 
 if __name__ == "__main__":

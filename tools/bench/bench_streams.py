@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import statistics
 import time
@@ -27,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from _common import save_json  # the script's own folder is on sys.path
 
 from union.sandbox.core.on_device import session
 
@@ -107,9 +107,7 @@ def main() -> None:
         f"/ keeping loop: {result['communicate_to_keeping_loop']:.2f}"
     )
     print(f"  load average {result['load_average']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save_json(args.json, result)
 
 
 if __name__ == "__main__":

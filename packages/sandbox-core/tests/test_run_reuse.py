@@ -12,12 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +21,7 @@ import pytest
 from union import sandbox as sb
 from union.sandbox.core import Resources
 from union.sandbox.core.testing import host_pids_with
+from union.sandbox.core.testing_caller import run_as, system_python
 from union.sandbox.core.testing_fresh import (
     OBSERVE,
     TAMPER,
@@ -273,29 +269,10 @@ def test_an_unprivileged_callers_reused_init_is_indistinguishable_from_a_fresh_o
     """As a non-root caller, bubblewrap's runs own their init's /proc files (its user
     namespace maps the caller to uid 0 there): oom_score_adj, coredump_filter and the
     autogroup's nice are writable, and must end the reuse too."""
-    python = shutil.which(
-        f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin"
-    )
+    python = system_python()
     if python is None:
         pytest.skip("no system Python of this version readable by an unprivileged user")
-    core_src = Path(__file__).resolve().parents[1] / "src"
-    out = subprocess.run(
-        [python, "-c", UNPRIVILEGED_SCRIPT, backend],
-        user=65534,
-        group=65534,
-        extra_groups=[],
-        env={
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": f"{core_src}:{sysconfig.get_paths()['purelib']}",
-        },
-        cwd="/tmp",
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    out = run_as(65534, [python, "-c", UNPRIVILEGED_SCRIPT, backend], timeout=180)
     assert out.returncode == 0, out.stderr
     report = observed_report(out.stdout)
     assert report["differences"] == []

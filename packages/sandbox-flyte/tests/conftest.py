@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from union.sandbox.flyte import SandboxEnvironment
 from union.sandbox.flyte.testing import isolated_flyte
 
 
@@ -34,3 +35,24 @@ def env_name(request: pytest.FixtureRequest) -> Callable[[], str]:
     registry refuses a known name with a different shape)."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.split("[")[0].lower())[:30].strip("-")
     return lambda: f"{stem}-{next(_names)}"
+
+
+@pytest.fixture(
+    params=[
+        ("userns", None, False),
+        ("bwrap", None, True),
+        ("userns", True, True),
+        ("bwrap", False, False),
+        ("userns", False, False),
+        ("bwrap", True, True),
+    ],
+    ids=lambda case: "-".join(map(str, case)),
+)
+def cap_sys_admin_case(
+    request: pytest.FixtureRequest, env_name: Callable[[], str]
+) -> tuple[SandboxEnvironment, bool]:
+    """An environment of each ``sandbox_mode`` with ``sys_cap_admin`` unset, on and off, and
+    whether its pod must get ``CAP_SYS_ADMIN`` (bwrap's default; userns's only if asked)."""
+    mode, override, granted = request.param
+    env = SandboxEnvironment(name=env_name(), sandbox_mode=mode, sys_cap_admin=override)
+    return env, granted

@@ -66,19 +66,8 @@ def test_construction_registers_the_sandbox_server_task(env_name: Names) -> None
     assert env.ceilings == Ceilings(cpu_milli=3800, mem_mb=7936, gpu=0)
 
 
-@pytest.mark.parametrize(
-    ("mode", "override", "granted"),
-    [
-        ("userns", None, False),
-        ("bwrap", None, True),
-        ("userns", True, True),
-        ("bwrap", False, False),
-        ("userns", False, False),
-        ("bwrap", True, True),
-    ],
-)
-def test_sys_cap_admin(env_name: Names, mode: str, override: bool | None, granted: bool) -> None:
-    env = SandboxEnvironment(name=env_name(), sandbox_mode=mode, sys_cap_admin=override)
+def test_sys_cap_admin(cap_sys_admin_case: tuple[SandboxEnvironment, bool]) -> None:
+    env, granted = cap_sys_admin_case
     assert env.cap_sys_admin is granted
     assert isinstance(env.pod_template, flyte.PodTemplate)
     assert env.pod_template.pod_spec is not None

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import flyte
-import pytest
 from flyte._internal.runtime.task_serde import translate_task_to_wire
 from flyte.models import SerializationContext
 from google.protobuf.json_format import MessageToDict
@@ -102,19 +101,8 @@ def test_default_bwrap() -> None:
     assert primary(spec)["image"] == primary(wire(sb.DEFAULT_SANDBOX_ENV))["image"]
 
 
-@pytest.mark.parametrize(
-    ("mode", "override", "granted"),
-    [
-        ("userns", None, False),
-        ("bwrap", None, True),
-        ("userns", True, True),
-        ("bwrap", False, False),
-    ],
-)
-def test_sys_cap_admin_in_the_spec(
-    env_name: Names, mode: str, override: bool | None, granted: bool
-) -> None:
-    env = SandboxEnvironment(name=env_name(), sandbox_mode=mode, sys_cap_admin=override)
+def test_sys_cap_admin_in_the_spec(cap_sys_admin_case: tuple[SandboxEnvironment, bool]) -> None:
+    env, granted = cap_sys_admin_case
     spec = wire(env)
     check_common(env, spec)
     check_cap_sys_admin(spec, granted)

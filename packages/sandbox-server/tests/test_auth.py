@@ -171,22 +171,11 @@ def _content_type(codec: str, kind: str) -> str:
     return f"application/{codec}" if kind == "unary" else f"application/connect+{codec}"
 
 
-@pytest.fixture(scope="module")
-def authorized(server: RunningServer) -> Iterator[httpx.Client]:
-    assert server.token is not None
-    with httpx.Client(
-        base_url=server.endpoint,
-        headers={"authorization": f"Bearer {server.token}"},
-        timeout=60,
-    ) as client:
-        yield client
-
-
 @pytest.fixture
-def live(authorized: httpx.Client) -> Iterator[Live]:
+def live(http: httpx.Client) -> Iterator[Live]:
     """``cat`` in a run with its stdin kept open; the test ends it (or it is killed)."""
     request = pb.ExecuteRequest(input=b"cat", stdin_pipe=True, stream_stdout=True)
-    with authorized.stream(
+    with http.stream(
         "POST",
         f"/{SERVICE}/Execute",
         content=envelope(request),
@@ -206,16 +195,16 @@ def live(authorized: httpx.Client) -> Iterator[Live]:
         try:
             yield run
         finally:
-            authorized.post(
+            http.post(
                 f"/{SERVICE}/Kill",
                 content=pb.KillRequest(execution_id=run.execution_id).encode(),
                 headers={"content-type": "application/proto"},
             )
 
 
-def _finish(authorized: httpx.Client, run: Live) -> tuple[bytes, pb.Termination | None]:
+def _finish(http: httpx.Client, run: Live) -> tuple[bytes, pb.Termination | None]:
     """Feed the live run ``hello`` and close its stdin; its output and termination."""
-    response = authorized.post(
+    response = http.post(
         f"/{SERVICE}/WriteStdin",
         content=pb.WriteStdinRequest(
             execution_id=run.execution_id, data=b"hello\n", eof=True
@@ -245,7 +234,7 @@ def test_refused_without_the_right_token(
     auth: str,
     *,
     server: RunningServer,
-    authorized: httpx.Client,
+    http: httpx.Client,
     live: Live,
 ) -> None:
     assert server.token is not None
@@ -279,7 +268,7 @@ def test_refused_without_the_right_token(
     case.nothing_happened(marker, response)
     # The live run was neither fed, signalled nor killed: it echoes what the right caller
     # sends it and exits 0.
-    out, termination = _finish(authorized, live)
+    out, termination = _finish(http, live)
     assert out == b"hello\n"
     assert termination is not None
     assert termination.kind == pb.TerminationKind.TERMINATION_KIND_EXIT

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import http.server
 import os
-import selectors
 import shutil
 import socket
 import ssl
@@ -29,6 +28,7 @@ from union.sandbox.core.netproxy import (
     RuleSet,
     make_listeners,
 )
+from union.sandbox.core.testing_net import SelectEchoServer, read_http_head, recv_exactly
 
 #: Test-only DNS. Public addresses appear only in rule decisions, never dialled.
 FAKE_DNS: dict[str, list[str]] = {
@@ -233,49 +233,6 @@ def echo() -> Iterator[EchoServer]:
     server.close()
 
 
-class SelectEchoServer:
-    """TCP echo on 127.0.0.1 served by one thread however many connections it holds (so a
-    test can count the proxy's threads with ``threading.active_count()``)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.sock.setblocking(False)
-        self.port = int(self.sock.getsockname()[1])
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.sock, selectors.EVENT_READ)
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop:
-            for key, _ in self._selector.select(0.1):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                if sock is self.sock:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, _ = sock.accept()
-                        conn.setblocking(False)
-                        self._selector.register(conn, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = sock.recv(65536)
-                    if data:
-                        sock.send(data)
-                        continue
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    pass
-                self._selector.unregister(sock)
-                sock.close()
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def select_echo() -> Iterator[SelectEchoServer]:
     server = SelectEchoServer()
@@ -381,27 +338,6 @@ def exchange(port: int, data: bytes, *, half_close: bool = True, limit: float = 
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
         return b"".join(chunks)
-
-
-def read_http_head(sock: socket.socket) -> bytes:
-    """Read a response head (through the blank line) one byte at a time."""
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        byte = sock.recv(1)
-        if not byte:
-            break
-        head += byte
-    return head
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class NetTools:

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from union.sandbox.core.testing_net import recv_exactly
+
 LOOPBACK = ["127.0.0.0/8"]
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -39,12 +41,7 @@ def socks_session(port: int, request: bytes, payload: bytes = b"") -> tuple[byte
         sock.sendall(b"\x05\x01\x00")
         method = sock.recv(2)
         sock.sendall(request + payload)
-        reply = b""
-        while len(reply) < 10:
-            chunk = sock.recv(10 - len(reply))
-            if not chunk:
-                break
-            reply += chunk
+        reply = recv_exactly(sock, 10)
         sock.shutdown(socket.SHUT_WR)
         rest = b""
         while chunk := sock.recv(65536):

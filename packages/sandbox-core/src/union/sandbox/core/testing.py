@@ -6,9 +6,34 @@ import os
 import warnings
 from typing import Any
 
-__all__ = ["host_pids_with", "open_checking_warnings"]
+__all__ = ["RUN_HELPERS", "host_pids_with", "open_checking_warnings"]
 
 NO_ISOLATION_WARNING = "NO isolation"
+
+#: Python source for the programs the suites run in a sandbox (after ``import errno``):
+#: ``err(errno)`` names an errno, ``attempt(fn, *args)`` runs an os-level call and says
+#: "ok" or the errno name, ``read_text(path, n)`` reads a file's text or says ``<ERRNO>``.
+RUN_HELPERS = r'''
+def err(e):
+    return errno.errorcode.get(e, str(e))
+
+
+def attempt(fn, *args):
+    """Run an os-level call: "ok" or the errno name."""
+    try:
+        fn(*args)
+        return "ok"
+    except OSError as exc:
+        return err(exc.errno) if exc.errno else type(exc).__name__
+
+
+def read_text(path, n=1 << 16):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n).decode("utf-8", "replace")
+    except OSError as exc:
+        return "<" + err(exc.errno) + ">"
+'''
 
 
 async def open_checking_warnings(session: Any) -> None:

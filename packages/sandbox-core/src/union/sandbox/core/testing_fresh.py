@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .testing import RUN_HELPERS
+
 __all__ = [
     "OBSERVE",
     "observe_program",
@@ -60,7 +62,8 @@ VOLATILE = (
     "/proc/sys/dev/",
 )
 
-_PRELUDE = r"""
+_PRELUDE = (
+    r"""
 import ctypes, errno, json, os, resource, signal, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -73,19 +76,9 @@ NR = {
 }[ARCH]
 RLIMITS = range(16)  # RLIM_NLIMITS (RLIMIT_LOCKS, 10, has no name in resource)
 SCRATCH = ("/tmp", "/dev/shm")
-
-
-def err(e):
-    return errno.errorcode.get(e, str(e))
-
-
-def attempt(fn, *args):
-    try:
-        fn(*args)
-        return "ok"
-    except OSError as exc:
-        return err(exc.errno) if exc.errno else type(exc).__name__
-
+"""
+    + RUN_HELPERS
+    + r"""
 
 def sys_attempt(name, *args):
     ctypes.set_errno(0)
@@ -93,12 +86,9 @@ def sys_attempt(name, *args):
 
 
 def read(path, n=1 << 20):
-    try:
-        with open(path, "rb") as f:
-            return f.read(n).decode("utf-8", "replace")
-    except OSError as exc:
-        return "<" + err(exc.errno) + ">"
+    return read_text(path, n)
 """
+)
 
 _OBSERVE = (
     _PRELUDE

@@ -79,31 +79,18 @@ PASS_THROUGH_PREFIXES = ("NVIDIA_", "CUDA_")
 TOKEN_ENV = "UNION_SANDBOX_TOKEN"  # what sandbox-server reads (kept off its command line)
 NETWORK_MODES = ("blocked", "open", "allowlist")
 BACKENDS = ("userns", "bubblewrap")
-#: Starts the server as ``python -m union.sandbox.server`` would, tied to the task's process:
-#: a thread of the server waits on a pidfd of the process that started it, and when that
-#: process is gone (killed, or exited past a pending cleanup) it SIGTERMs the server, then
-#: SIGKILLs it 10 s later; the supervisor and every sandbox go with the server. (Not
-#: ``PR_SET_PDEATHSIG``: that fires when the *thread* that forked exits, and trio forks from
-#: a worker thread that ends when idle.) argv: the starting process's pid, the server flags.
+#: Starts the server as ``python -m union.sandbox.server`` would, tied to the task's process
+#: (:mod:`._lifeline`): when that process is gone (killed, or exited past a pending cleanup)
+#: the server gets SIGTERM, then SIGKILL 10 s later; the supervisor and every sandbox go with
+#: the server. argv: the starting process's pid, the server flags.
 _BOOTSTRAP = """\
-import os, runpy, select, signal, sys, threading, time
-parent = int(sys.argv[1])
-try:
-    pidfd = os.pidfd_open(parent)
-except OSError:
-    pidfd = None
-if os.getppid() != parent:
-    sys.exit("sandbox-server: the task process that started it is gone")
-def orphaned():
-    if pidfd is not None:
-        select.select([pidfd], [], [])
-    else:
-        while os.getppid() == parent:
-            time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(10)
-    os.kill(os.getpid(), signal.SIGKILL)
-threading.Thread(target=orphaned, daemon=True, name="lifeline").start()
+import runpy, sys
+from union.sandbox.flyte._lifeline import follow_parent
+follow_parent(
+    int(sys.argv[1]),
+    kill_after_s=10,
+    gone="sandbox-server: the task process that started it is gone",
+)
 sys.argv[:2] = ["sandbox-server"]
 runpy.run_module("union.sandbox.server", run_name="__main__", alter_sys=True)
 """

@@ -20,43 +20,18 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
-import signal
 import sys
-import threading
-import time
 from typing import Any
 
 import anyio
 
+from ._lifeline import follow_parent
 from ._serve import SandboxAborted, TaskSpec, serve_task
 
 __all__ = ["MARK", "main"]
 
 MARK = "union-sandbox-local"
 _KILL_AFTER_S = 20.0
-
-
-def _lifeline(parent: int) -> None:
-    """SIGTERM this process when ``parent`` is gone; SIGKILL it if that did not end it."""
-    try:
-        pidfd = os.pidfd_open(parent)
-    except OSError:
-        pidfd = None
-    if os.getppid() != parent:
-        sys.exit(f"{MARK}: the launcher (pid {parent}) is gone")
-
-    def watch() -> None:
-        if pidfd is not None:
-            select.select([pidfd], [], [])
-        else:
-            while os.getppid() == parent:
-                time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(_KILL_AFTER_S)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, daemon=True, name="lifeline").start()
 
 
 def _say(nonce: str, *words: str) -> None:
@@ -66,7 +41,10 @@ def _say(nonce: str, *words: str) -> None:
 def main() -> int:
     params: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     nonce = str(params["nonce"])
-    _lifeline(int(params["parent"]))
+    parent = int(params["parent"])
+    follow_parent(
+        parent, kill_after_s=_KILL_AFTER_S, gone=f"{MARK}: the launcher (pid {parent}) is gone"
+    )
     spec = TaskSpec.from_loader_args(list(params["loader_args"]))
     body = functools.partial(
         serve_task,

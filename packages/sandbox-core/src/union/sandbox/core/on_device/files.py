@@ -19,6 +19,7 @@ from collections.abc import AsyncIterable
 import anyio
 
 from .fs import split_session_path
+from .rmtree import NEW_FILE_FLAGS
 from .workdir import WorkDir
 
 __all__ = ["PutData", "open_for_read", "put_file", "read_all"]
@@ -49,12 +50,7 @@ async def put_file(
         _refuse_non_regular(parent_fd, name, target)
         if not overwrite and _exists(parent_fd, name):
             raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)", target)
-        fd = os.open(
-            tmp_name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=parent_fd,
-        )
+        fd = os.open(tmp_name, NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         try:
             written = await _write_all(fd, data)
             os.fchmod(fd, mode & ~0o6000 & 0o7777)

@@ -33,10 +33,14 @@ import stat
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["DIR_FLAGS", "MAX_HELD", "clear_dir", "removal_error", "remove_dir_at"]
+__all__ = ["DIR_FLAGS", "MAX_HELD", "NEW_FILE_FLAGS", "clear_dir", "removal_error", "remove_dir_at"]
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 """How every directory under a work dir is opened: never through a symlink."""
+
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How the host creates a file under a work dir: a name nothing has yet, never a symlink's
+target (a name the sandbox planted meanwhile fails with ``EEXIST``)."""
 
 MAX_HELD = 32
 """Directory descriptors held at once; deeper directories are moved up to the top."""

@@ -31,7 +31,7 @@ import stat
 import sys
 
 from ..constants import SESSION_VENV_SUBDIR
-from .rmtree import DIR_FLAGS, remove_dir_at
+from .rmtree import DIR_FLAGS, NEW_FILE_FLAGS, remove_dir_at
 
 __all__ = ["MARKER", "ensure_session_venv"]
 
@@ -87,12 +87,7 @@ class _Builder:
             os.chown(name, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
 
     def write(self, dir_fd: int, name: str, text: str) -> None:
-        fd = os.open(
-            name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-            dir_fd=dir_fd,
-        )
+        fd = os.open(name, NEW_FILE_FLAGS, 0o644, dir_fd=dir_fd)
         try:
             view = memoryview(text.encode())
             while view:
