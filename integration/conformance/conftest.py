@@ -589,6 +589,7 @@ REMOTE_PROBES: dict[str, frozenset[str] | None] = {
     "test_dns": None,
     # limits: the requests travel over the wire and are clamped by the server
     "test_fork_bomb_pids_64": None,
+    "test_pids_limit_bounds_the_run": None,
     "test_memory_bomb": None,
     "test_tmp_fill": None,
     "test_work_dir_fill": None,

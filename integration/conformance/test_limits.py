@@ -73,6 +73,28 @@ async def test_fork_bomb_default_limits(open_sandbox: Any, probe: Any, host: Any
 
 
 @asyncio_only
+async def test_pids_limit_bounds_the_run(open_sandbox: Any, probe: Any, host: Any) -> None:
+    # The session's budget (all runs together) is far above pids=16: only the run's own
+    # limit stops the 40th sleep. Read before the run ends: "up" only if every fork worked.
+    tag = host.tag()
+    async with open_sandbox(resources=Resources(pids=16)) as sbx:
+        proc = await sbx.run(
+            f"for i in $(seq 40); do sleep {tag} & done; echo up; wait", timeout_s=60
+        )
+        said = await proc.stdout.readline()
+        held = len(host.pids(tag))
+        await proc.kill()
+        await proc.communicate()
+    probe.verdict(
+        "a run forks 40 processes under Resources(pids=16)",
+        "at most 16 processes in the run",
+        let_through=said == b"up\n" or held > 16,
+        detail=f"said {said!r}; {held} held",
+        unisolated="any",
+    )
+
+
+@asyncio_only
 async def test_memory_bomb(open_sandbox: Any, probe: Any) -> None:
     code = "b = []\nwhile True:\n    b.append(bytearray(8 << 20))\n"
     async with open_sandbox(resources=Resources(memory="128Mi")) as sbx:
