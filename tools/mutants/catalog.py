@@ -775,6 +775,34 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
         "a tunnel a run left open outlives the run (into the next run of its init)",
     ),
+    Mutant(
+        "relay-pipe-growth-unbudgeted",
+        "netproxy",
+        f"{CORE}/netproxy/relay.py",
+        "                grown = growth is None or growth.take()\n",
+        "                grown = True\n",
+        (f"{CORE_TESTS}/netproxy/test_relay.py", "-k", "pipe_growth_is_budgeted"),
+        "every tunnel grows its splice pipe: runs take the caller's pipe-buffer pages "
+        "(per host uid) without bound",
+    ),
+    Mutant(
+        "workers-idle-threads-never-exit",
+        "netproxy",
+        f"{CORE}/netproxy/workers.py",
+        "            left = deadline - time.monotonic()\n",
+        "            left = 3600.0\n",
+        ("integration/network/test_capacity.py", "-k", "threads_return_to_baseline"),
+        "threads of ended tunnels stay in the caller: bursts of runs pile them up",
+    ),
+    Mutant(
+        "lookups-on-the-shared-pool",
+        "netproxy",
+        f"{CORE}/netproxy/host.py",
+        "                    with lookups_run_by(functools.partial(self._lookup, run)):\n",
+        "                    with contextlib.nullcontext():\n",
+        (CAPACITY_TESTS, "-k", "lookups"),
+        "one run's hanging name lookups hold the shared threads: other runs' lookups time out",
+    ),
     # ---- MCP: the model may narrow, never widen, the operator's flags ----------------------
     Mutant(
         "mcp-timeout-above-the-ceiling",
