@@ -675,6 +675,24 @@ verdict(any(v == "ok" for v in out.values()), out)
         on_none="any",
     ),
     Hostile(
+        "socketpair-family",
+        "socketpair() in a refused family: AF_VSOCK, AF_ALG, AF_KEY",
+        "EAFNOSUPPORT (no socket of the family is ever made)",
+        """
+# socketpair() makes both sockets in the family before the family refuses to pair them
+# (EOPNOTSUPP): any errno but EAFNOSUPPORT means the family's socket code ran.
+out = {}
+for label, family, kind in (("AF_VSOCK", 40, socket.SOCK_STREAM), ("AF_ALG", 38, 5),
+                            ("AF_KEY", 15, socket.SOCK_RAW)):
+    fds = (ctypes.c_int * 2)()
+    ctypes.set_errno(0)
+    r = libc.socketpair(family, kind, 0, fds)
+    out[label] = "ok" if r == 0 else err(ctypes.get_errno())
+verdict(any(v != "EAFNOSUPPORT" for v in out.values()), out)
+""",
+        on_none="any",
+    ),
+    Hostile(
         "securebits",
         "securebits (prctl PR_GET_SECUREBITS)",
         "0xcf (NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE, all locked)",

@@ -29,18 +29,20 @@ What the program does, in order:
    * ``unshare`` and ``clone`` fail with ``EPERM`` when the flags ask for any new namespace.
    * ``personality`` fails with ``EPERM`` unless the argument is ``PER_LINUX`` (0) or the
      query value ``0xffffffff``.
-   * ``socket`` allows only ``AF_UNIX``, ``AF_INET``, ``AF_INET6`` and ``AF_NETLINK`` (which
-     glibc needs for ``getaddrinfo``); any other family (``AF_PACKET``, ``AF_KEY``, and
-     ``AF_VSOCK``, which ignores network namespaces and reaches the hypervisor) fails with
-     ``EAFNOSUPPORT``. ``SOCK_RAW``/``SOCK_PACKET`` fail with ``EPERM`` in any family but
-     ``AF_NETLINK``.
+   * ``socket`` and ``socketpair`` allow only ``AF_UNIX``, ``AF_INET``, ``AF_INET6`` and
+     ``AF_NETLINK`` (which glibc needs for ``getaddrinfo``); any other family (``AF_PACKET``,
+     ``AF_KEY``, and ``AF_VSOCK``, which ignores network namespaces and reaches the
+     hypervisor) fails with ``EAFNOSUPPORT``. ``SOCK_RAW``/``SOCK_PACKET`` fail with
+     ``EPERM`` in any family but ``AF_NETLINK``. ``socketpair`` creates both sockets in the
+     family asked for (its create code runs, its module loads) before the family can refuse
+     to pair them, so it is one more way to make a socket and takes the same rule.
 
 6. Everything else is allowed. Landlock stays allowed on purpose: a nested restriction can
    only narrow what the run may do.
 
-Only unshare, clone, personality and socket look at arguments; every other syscall is decided
-from its number and arch alone, so the kernel's per-syscall action cache (Linux 5.11+) lets
-allowed calls skip the filter entirely.
+Only unshare, clone, personality, socket and socketpair look at arguments; every other
+syscall is decided from its number and arch alone, so the kernel's per-syscall action cache
+(Linux 5.11+) lets allowed calls skip the filter entirely.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ ABSENT_SYSCALLS: Final[tuple[str, ...]] = ("clone3", "statmount", "listmount")
 _X86_64: Final[Mapping[str, int]] = {
     "clone": 56,
     "socket": 41,
+    "socketpair": 53,
     "ptrace": 101,
     "syslog": 103,
     "uselib": 134,
@@ -247,6 +250,7 @@ _AARCH64: Final[Mapping[str, int]] = {
     "settimeofday": 170,
     "adjtimex": 171,
     "socket": 198,
+    "socketpair": 199,
     "add_key": 217,
     "request_key": 218,
     "keyctl": 219,
@@ -500,10 +504,15 @@ def _build(arch: str) -> bytes:
     asm.label(after_personality)
 
     after_socket = asm.new_label("after_socket")
+    socket_rule = asm.new_label("socket_rule")
     socket_ok = asm.new_label("socket_ok")
     socket_eperm = asm.new_label("socket_eperm")
     socket_inet = asm.new_label("socket_inet")
-    asm.jeq(table["socket"], jf=after_socket)
+    # socketpair() creates both sockets in the family asked for (running its create code,
+    # loading its module) before the family can refuse the pair: same rule as socket().
+    asm.jeq(table["socket"], jt=socket_rule)
+    asm.jeq(table["socketpair"], jf=after_socket)
+    asm.label(socket_rule)
     asm.load(_arg_low(0))  # domain: an allow-list, since families ignore namespaces (vsock)
     asm.jeq(_AF_NETLINK, jt=socket_ok)
     asm.jeq(_AF_UNIX, jt=socket_inet)
