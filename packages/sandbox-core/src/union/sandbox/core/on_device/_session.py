@@ -492,8 +492,9 @@ class OnDeviceSession(SessionBase):
             interpreter = os.path.join(self._venv, "bin", "python")
             program = [interpreter] if kind == "python" else ["/bin/sh"]
             command = [*program, "-c", cmd]
-            fits = args_fit(command, run_env)
-            if not fits or len(cmd) > _ARGV_SCRIPT_LIMIT:
+            # (A long script is not measured as an argument: it goes by descriptor anyway.)
+            fits = len(cmd) <= _ARGV_SCRIPT_LIMIT and args_fit(command, run_env)
+            if not fits:
                 # A long script, or one that would not fit beside the environment, reaches
                 # the command through a file descriptor instead of argv.
                 script = cmd.encode()

@@ -71,7 +71,7 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP = 0x02000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 1, 2, 4, 8, 1024
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+MS_NODIRATIME, MS_RELATIME = 2048, 1 << 21
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # the same on x86_64 and aarch64
 OPEN_TREE_CLONE, AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH = 1, 0x1000, 0x4
@@ -337,8 +337,7 @@ def bind_back(path: str, fd: int, read_only: bool) -> None:
 
 def make_read_only(path: str) -> None:
     """Make the mount at ``path`` and every mount beneath it read-only (and nosuid)."""
-    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
-    done = LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, attr, len(attr))
+    done = mount_setattr(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
     if done == 0:
         return
     if ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM):
@@ -419,12 +418,19 @@ def attach_tree(tree: int, path: str) -> None:
         os.close(tree)
 
 
-def set_mount_attr(path: str, attr_set: int, what: str) -> None:
-    """``mount_setattr`` on the mount at ``path`` and every mount beneath it; no fallback:
-    this backend needs Landlock, so a kernel of 5.13 or later, which has it."""
+def mount_setattr(path: str, attr_set: int) -> int:
+    """``mount_setattr(2)`` setting ``attr_set`` on the mount at ``path`` and every mount
+    beneath it; the raw result (-1 and errno on failure)."""
     attr = struct.pack("QQQQ", attr_set, 0, 0, 0)
-    done = LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, attr, len(attr))
-    check(done, f"mount_setattr({what}) on {path}")
+    return int(
+        LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, attr, len(attr))
+    )
+
+
+def set_mount_attr(path: str, attr_set: int, what: str) -> None:
+    """:func:`mount_setattr`, no fallback: this backend needs Landlock, so a kernel of 5.13
+    or later, which has it."""
+    check(mount_setattr(path, attr_set), f"mount_setattr({what}) on {path}")
 
 
 def hold_work_dir(path: str, expected: list[int]) -> int:

@@ -14,7 +14,7 @@ import stat
 from typing import Any
 
 from .._seccomp import build_deny_filter
-from .fs import FsLayout, host_python
+from .fs import FsLayout, host_python, is_under
 from .limits import DEFAULT_TMP_SIZE
 
 __all__ = [
@@ -169,7 +169,7 @@ def _depth(path: str) -> int:
 
 
 def _beneath(path: str, root: str) -> bool:
-    return path != root and path.startswith(root.rstrip("/") + "/")
+    return path != root and is_under(path, root)
 
 
 #: Grants the userns supervisor never binds in the session: ``/`` (a bind cannot cover the
@@ -203,7 +203,7 @@ def session_binds(layout: FsLayout) -> list[list[str]]:
     wanted = [
         (os.path.realpath(path), "ro")
         for path in layout.read_only
-        if path not in _NOT_BOUND and not _under(path, "/proc")
+        if path not in _NOT_BOUND and not is_under(path, "/proc")
     ]
     # Device nodes are written through a read-only mount as through any other (the mount
     # guards the node's metadata, not the device): a writable one needs no bind.
@@ -211,7 +211,7 @@ def session_binds(layout: FsLayout) -> list[list[str]]:
     plan: list[tuple[str, str]] = []
     base = "ro" if seals_host_root(layout) else "rw"
     for path, kind in sorted(set(wanted), key=lambda entry: (_depth(entry[0]), entry)):
-        if path in _NOT_BOUND or _under(path, "/proc"):
+        if path in _NOT_BOUND or is_under(path, "/proc"):
             continue
         # What the path inherits from the deepest planned grant above it (the host's own
         # mounts, sealed or not, when none): bind it only where that is not what it is
@@ -228,10 +228,6 @@ def _device(path: str) -> bool:
     except OSError:
         return False
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or _beneath(path, root)
 
 
 def _traversable_by(path: str, uid: int) -> bool:
@@ -272,7 +268,7 @@ def dev_binds(layout: FsLayout) -> list[str] | None:
     if "/dev" in (*layout.extra_read_only, *layout.extra_read_write):
         return None
     granted = [*layout.read_only, *layout.read_write]
-    under = [p for p in granted if _beneath(p, "/dev") and not _under(p, "/dev/shm")]
+    under = [p for p in granted if _beneath(p, "/dev") and not is_under(p, "/dev/shm")]
     return [p for p in dict.fromkeys([*DEV_NODES, "/dev/shm", *under]) if os.path.exists(p)]
 
 

@@ -47,8 +47,7 @@ async def put_file(
     name = parts[-1]
     tmp_name = f".{name}.union-sandbox-{os.urandom(6).hex()}.tmp"
     try:
-        _refuse_non_regular(parent_fd, name, target)
-        if not overwrite and _exists(parent_fd, name):
+        if _existing_regular(parent_fd, name, target) and not overwrite:
             raise FileExistsError(errno.EEXIST, "file exists (overwrite=False)", target)
         fd = os.open(tmp_name, NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         try:
@@ -124,25 +123,19 @@ def _regular_file_size(fd: int, target: str, max_bytes: int) -> int:
     return st.st_size
 
 
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _refuse_non_regular(dir_fd: int, name: str, target: str) -> None:
-    """Refuse early, with a clear message, to replace a symlink or a non-file. (Only for
-    the message: the rename that follows never writes through a symlink either way.)"""
+def _existing_regular(dir_fd: int, name: str, target: str) -> bool:
+    """Whether ``name`` exists. Refuses early, with a clear message, to replace a symlink
+    or a non-file. (Only for the message: the rename that follows never writes through a
+    symlink either way.)"""
     try:
         st = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
-        return
+        return False
     if stat.S_ISLNK(st.st_mode):
         raise PermissionError(f"refusing to write through symlink: {target}")
     if not stat.S_ISREG(st.st_mode):
         raise PermissionError(f"not a regular file: {target}")
+    return True
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:
@@ -183,21 +176,9 @@ async def read_all(fd: int, size: int, limit: int | None, target: str) -> bytes:
 
     def read() -> bytes:
         data = os.read(fd, size + 1) if size else b""
-        if len(data) <= size:
-            # The file may still grow: read the rest too (bounded by max_bytes).
-            chunks = [data]
-            total = len(data)
-            while chunk := os.read(fd, 1 << 20):
-                total += len(chunk)
-                if limit is not None and total > limit:
-                    raise ValueError(f"{target} grew past max_bytes={limit} while reading")
-                chunks.append(chunk)
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        rest = os.read(fd, 1 << 20)
-        total = len(data) + len(rest)
-        if limit is not None and total > limit:
-            raise ValueError(f"{target} grew past max_bytes={limit} while reading")
-        return data + rest + _drain(fd, limit, total, target)
+        # The file may still grow: read the rest too (bounded by max_bytes). When it did not,
+        # the rest is b"" and ``+`` hands ``data`` back as it is (no copy).
+        return data + _drain(fd, limit, len(data), target)
 
     if size >= _THREAD_THRESHOLD:
         return await anyio.to_thread.run_sync(read)
@@ -205,6 +186,9 @@ async def read_all(fd: int, size: int, limit: int | None, target: str) -> bytes:
 
 
 def _drain(fd: int, limit: int | None, total: int, target: str) -> bytes:
+    """What follows the first ``total`` bytes read, refused once past ``limit``."""
+    if limit is not None and total > limit:
+        raise ValueError(f"{target} grew past max_bytes={limit} while reading")
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         total += len(chunk)

@@ -18,6 +18,7 @@ __all__ = [
     "default_fs_allowlist",
     "host_python",
     "is_safe_to_mount",
+    "is_under",
     "split_session_path",
     "uv_binary",
 ]
@@ -92,7 +93,7 @@ def host_python() -> tuple[str, list[str]]:
         prefixes.append(os.path.realpath(sys.prefix))
     # The binary may live outside its prefix (a uv-managed Python symlinked elsewhere).
     exe_root = str(Path(python).parent.parent)
-    if not any(_under(python, p) for p in prefixes) and is_safe_to_mount(exe_root):
+    if not any(is_under(python, p) for p in prefixes) and is_safe_to_mount(exe_root):
         prefixes.append(exe_root)
     return python, _dedupe(prefixes)
 
@@ -112,7 +113,8 @@ def uv_binary() -> str | None:
     return os.path.realpath(found) if found else None
 
 
-def _under(path: str, root: str) -> bool:
+def is_under(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies beneath it (by their text, both normalised)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
