@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "integration" / "flyte"))  # the fake cluster
 os.environ.update(DO_NOT_TRACK="1", HOME=tempfile.mkdtemp(prefix="bench-flyte-home-"))
 
-from _common import percentiles  # noqa: E402 (the script's own folder is on sys.path)
+from _common import percentiles, save_json  # noqa: E402 (the script's own folder is on sys.path)
 
 MINUTES = datetime.timedelta(minutes=10)
 
@@ -127,8 +126,7 @@ def main() -> None:
         print(f"  {label:<48} p50 {figures['p50_ms']:9.2f} ms  p90 {figures['p90_ms']:9.2f} ms"
               f"  {target}")  # fmt: skip
     print(f"  {'first local session of the process (imports)':<48} {first * 1e3:13.2f} ms")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    save_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
@@ -36,7 +35,7 @@ from typing import Any
 
 import anyio
 import httpx2
-from _common import percentiles  # the script's own folder is on sys.path
+from _common import percentiles, save_json  # the script's own folder is on sys.path
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
@@ -220,6 +219,4 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     result = anyio.run(main, arguments, backend=arguments.loop)
     report(result)
-    if arguments.json:
-        with open(arguments.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save_json(arguments.json, result)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -128,16 +128,12 @@ class _PutSink:
 
     async def run(self) -> None:
         try:
-            await self._session.put_bytes(self._path, self._chunks())
+            await self._session.put_bytes(self._path, self._receive)
         except Exception as exc:
             self._error = f"could not save it to {self._path}: {exc}"
         finally:
             self._receive.close()
             self._done.set()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._receive:
-            yield chunk
 
     async def write(self, data: bytes) -> None:
         await self._send.send(data)

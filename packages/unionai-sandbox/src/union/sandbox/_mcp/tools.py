@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import logging
 import posixpath
 import shlex
@@ -67,8 +68,8 @@ class Toolbox:
         self._env = dict(env)
         self._reset_note = reset_note
         self._bodies: dict[str, Body] = {
-            "run_shell": self._run_shell,
-            "run_python": self._run_python,
+            "run_shell": functools.partial(self._run_script, "command", "shell"),
+            "run_python": functools.partial(self._run_script, "code", "python"),
             "write_file": self._write_file,
             "read_file": self._read_file,
             "list_dir": self._list_dir,
@@ -135,24 +136,18 @@ class Toolbox:
         )
         return _run_result(report)
 
-    def _network(self, args: Mapping[str, Any]) -> RunNetwork:
-        return self.ceiling.network(args.get("network"), args.get("allow"), args.get("deny"))
-
-    async def _run_shell(
-        self, args: dict[str, Any], slot: SessionSlot, progress: Progress | None
+    async def _run_script(
+        self,
+        key: str,
+        script_type: str,
+        args: dict[str, Any],
+        slot: SessionSlot,
+        progress: Progress | None,
     ) -> ToolResult:
-        network = self._network(args)
+        """``run_shell`` (``key`` "command") and ``run_python`` (``key`` "code")."""
+        network = self.ceiling.network(args.get("network"), args.get("allow"), args.get("deny"))
         return await self._run(
-            slot, args["command"], script_type="shell", network=network, args=args,
-            progress=progress,
-        )  # fmt: skip
-
-    async def _run_python(
-        self, args: dict[str, Any], slot: SessionSlot, progress: Progress | None
-    ) -> ToolResult:
-        network = self._network(args)
-        return await self._run(
-            slot, args["code"], script_type="python", network=network, args=args,
+            slot, args[key], script_type=script_type, network=network, args=args,
             progress=progress,
         )  # fmt: skip
 
