@@ -103,8 +103,11 @@ async def _start_exhausting(sbx: Any) -> tuple[Any, str]:
     """A run holding every signal and inotify instance it can get; returns it and its report
     once it holds them."""
     proc = await sbx.run(EXHAUST, script_type="python", timeout_s=60)
-    line = await proc.stdout.readline()
-    return proc, line.decode().strip()
+    line = (await proc.stdout.readline()).decode().strip()
+    if not line.startswith("HOLDING"):  # nothing was exhausted: the probe would prove nothing
+        await _stop(proc)
+        pytest.fail(f"the exhausting run did not start: {line!r} {await proc.stderr.read()!r}")
+    return proc, line
 
 
 async def _stop(proc: Any) -> None:
