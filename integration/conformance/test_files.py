@@ -372,12 +372,17 @@ async def test_pinned_dir_shared_with_a_live_sandbox(
         finally:
             await racer.kill()
             host.cleanup()
+        with anyio.fail_after(30):
+            swaps = (await racer.stdout.read()).count(b"swapped\n")
+    # The race must have been run: a racer that never swapped a directory the host made
+    # leaves the victim untouched whatever the host does.
+    assert swaps or changed, "the racer never swapped a directory the host made"
     probe.verdict(
         "pinned work dir shared with a live sandbox: host follows a swapped-in link",
         "victim dir untouched",
         let_through=bool(changed),
         detail=(f"victim CHANGED: {changed}" if changed else "victim intact")
-        + f"; second session opened {opened}/{rounds}"
+        + f"; second session opened {opened}/{rounds}; racer swapped {swaps} dirs"
         + (f"; failed: {failed[0]}" if failed else ""),
         unisolated="held",
     )

@@ -103,8 +103,11 @@ async def _start_exhausting(sbx: Any) -> tuple[Any, str]:
     """A run holding every signal and inotify instance it can get; returns it and its report
     once it holds them."""
     proc = await sbx.run(EXHAUST, script_type="python", timeout_s=60)
-    line = await proc.stdout.readline()
-    return proc, line.decode().strip()
+    line = (await proc.stdout.readline()).decode().strip()
+    if not line.startswith("HOLDING"):  # nothing was exhausted: the probe would prove nothing
+        await _stop(proc)
+        pytest.fail(f"the exhausting run did not start: {line!r} {await proc.stderr.read()!r}")
+    return proc, line
 
 
 async def _stop(proc: Any) -> None:
@@ -183,6 +186,10 @@ async def test_session_pids_budget(open_sandbox: Any, probe: Any, host: Any) -> 
             for proc in procs:
                 await _stop(proc)
         usable = (await sbx.exec("echo usable")).stdout == "usable\n"
+    # The runs must have forked in earnest: runs that died at once hold nothing and would
+    # pass whatever the budget.
+    started = [int(line.split()[1]) for line in said if line.startswith("started ")]
+    assert len(started) == RUNS and sum(started) >= PER_RUN, f"the runs did not fork: {said}"
     probe.verdict(
         f"{RUNS} runs of one session forking {PER_RUN} processes each",
         f"at most the session's {SESSION_PIDS} pids at once; session usable after",

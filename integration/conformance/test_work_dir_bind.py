@@ -16,6 +16,7 @@ works in its real directory or refuses to start, and the victim is untouched.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -81,6 +82,10 @@ async def test_pinned_work_dir_swapped_before_the_bind(
                 await racer.kill()
             await racer.wait()
         # A's work dir, B's real one and the link are A's: removed with A.
+    # The race must have been run: a racer that never saw B's dir (and so never swapped it)
+    # leaves the victim untouched whatever the host does.
+    reported = json.loads(swapped[len("RESULT ") :]) if swapped.startswith("RESULT ") else {}
+    assert reported.get("swapped") is True, f"the racer never swapped: {swapped.strip()!r}"
     planted = sorted(os.listdir(victim))
     probe.verdict(
         "pinned work dir swapped for a symlink after the host opened it, before the bind",

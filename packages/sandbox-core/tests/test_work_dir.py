@@ -249,8 +249,16 @@ def test_removal_never_follows_a_tree_changed_under_it(victim: str) -> None:
     )
     fd = os.open(tree, rmtree.DIR_FLAGS)
     try:
-        time.sleep(0.2)  # let it start swapping
+        # The walk starts only once the writer has swapped at least once (its "n<i>" entries
+        # appear after a swap): a fixed sleep let a slow start (a loaded machine) or a writer
+        # that died at once leave a static tree, and the test passed without any race.
+        deadline = time.monotonic() + 60
+        while not any(name.startswith("n") for name in os.listdir(tree)):
+            assert writer.poll() is None, f"the writer exited ({writer.returncode})"
+            assert time.monotonic() < deadline, "the writer never swapped a directory"
+            time.sleep(0.01)
         assert rmtree.clear_dir(fd) == []
+        assert writer.poll() is None, "the writer was not running throughout the walk"
         assert os.listdir(tree) == []
     finally:
         writer.kill()
