@@ -219,3 +219,26 @@ def test_accounting_uids_are_distinct_for_distinct_pids() -> None:
     }
     completed = quotas.with_accounting_uid({"quota": {"account": True}}, 5)
     assert completed["quota"]["account_uid"] == quotas.accounting_uid(5)
+
+
+@pytest.mark.skipif(not SUPPORT.can("pids"), reason=f"no pids cgroup: {SUPPORT.problem}")
+async def test_a_session_pids_refusal_is_blamed_only_on_a_run_it_happened_during(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # cgroup v2 counts refusals of the session's own limit in the session's cgroup, not the
+    # run's (this host is v1): the counter stands in for that file.
+    refused = [0]
+    monkeypatch.setattr(sb.on_device.OnDeviceSession, "_session_pids_hits", lambda _: refused[0])
+    async with sb.on_device.session(backend="userns") as sbx:
+        refused[0] += 1  # before the run: another run's refusal, which it handled
+        proc = await sbx.run("exit 3")
+        await proc.wait()
+        assert proc.termination is not None
+        assert proc.termination.kind.value == "exit"
+        proc = await sbx.run("read line; exit 3", stdin=sb.PIPE)
+        refused[0] += 1  # while it runs
+        assert proc.stdin is not None
+        await proc.stdin.aclose()
+        await proc.wait()
+        assert proc.termination is not None
+        assert proc.termination.kind.value == "pids-limit"

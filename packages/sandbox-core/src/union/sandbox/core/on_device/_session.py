@@ -77,6 +77,9 @@ class _RunDriver:
         self._slot = slot
         self._observed = False
         self._egress = egress
+        # Forks the session's own pids limit had refused when this run started: a refusal
+        # counted later happened while it ran (another run's, exited 0, is not blamed on it).
+        self._session_pids_hits = session._session_pids_hits()
 
     async def wait_exit(self) -> Termination:
         termination = await self._channel.wait_exit()
@@ -91,7 +94,7 @@ class _RunDriver:
                 termination, kind=TerminationKind.OOM, detail="the memory limit was exceeded"
             )
         if termination.returncode != 0 and (
-            pids_limit_hits or self._session._session_pids_limit_hit()
+            pids_limit_hits or self._session_pids_limit_hit_since_start()
         ):
             return dataclasses.replace(
                 termination,
@@ -99,6 +102,11 @@ class _RunDriver:
                 detail="the pids limit stopped it from forking",
             )
         return termination
+
+    def _session_pids_limit_hit_since_start(self) -> bool:
+        if self._session_pids_hits is None:
+            return False
+        return (self._session._session_pids_hits() or 0) > self._session_pids_hits
 
     async def send_signal(self, signo: int) -> None:
         await self._channel.send_signal(signo)
@@ -219,7 +227,6 @@ class OnDeviceSession(SessionBase):
         self._static_failure: BackendUnavailableError | None = None
         self._cgroup_support: CgroupSupport | None = None
         self._cgroup_session: CgroupSession | None = None
-        self._session_pids_hits = 0  # the session cgroup's pids-limit counter, last read
         self._session_mechanisms: dict[str, str] = {}
         self._slots = SlotPool()
         # UNION_SANDBOX_RECYCLE=0 makes every run start a fresh init (for benchmarks).
@@ -692,15 +699,14 @@ class OnDeviceSession(SessionBase):
                         break
         return len(slots)
 
-    def _session_pids_limit_hit(self) -> bool:
-        """Whether the session's own pids limit refused a fork since the last call. (Only
-        cgroup v2 counts it there; v1 counts it in the cgroup of the run that forked.)"""
+    def _session_pids_hits(self) -> int | None:
+        """Forks the session's own pids limit refused so far, where its cgroup counts them
+        (v2; v1 counts them in the cgroup of the run that forked, which the run's slot
+        reads); None where it does not."""
         cgroups = self._cgroup_session
-        if cgroups is None:
-            return False
-        hits = cgroups.pids_limit_hits()
-        new, self._session_pids_hits = hits > self._session_pids_hits, hits
-        return new
+        if cgroups is None or cgroups.support.version != "v2":
+            return None
+        return cgroups.pids_limit_hits()
 
     def _cgroup_for_run(self, plan: LimitPlan) -> CgroupRun | None:
         if not plan.use_cgroup:
