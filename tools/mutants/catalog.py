@@ -551,7 +551,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "pids-limit-not-written",
         "limits",
         f"{CORE}/on_device/cgroups.py",
-        '            _write(self.dirs["pids"] / "pids.max", str(limits.pids))\n',
+        '            _write(join(self.dirs["pids"], "pids.max"), str(limits.pids))\n',
         "            pass\n",
         # The session's pids budget contains a bomb on its own: what shows the run's limit
         # is a run that holds more than its pids= without a fork failing.

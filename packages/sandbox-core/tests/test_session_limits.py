@@ -158,21 +158,22 @@ def test_a_v2_session_cgroup_carries_the_budget(
     # files the code writes and reads.
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
     (tmp_path / "cgroup.subtree_control").write_text("cpu memory pids\n")
-    monkeypatch.setattr(cgroups, "ROOT", tmp_path)
+    monkeypatch.setattr(cgroups, "ROOT", str(tmp_path))
     monkeypatch.setattr(cgroups, "_own_path", lambda controller: "/")
     monkeypatch.setattr(cgroups, "_enable_v2_children", _as_the_kernel_would)
     support = cgroups.detect()
     assert support.version == "v2"
     session = cgroups.CgroupSession(support, "v2test", pids_max=123)
-    (path,) = set(session.dirs.values())
+    (path,) = {Path(p) for p in session.dirs.values()}
     assert (path / "pids.max").read_text() == "123"
     (path / "pids.events").write_text("max 2\n")
     assert session.pids_limit_hits() == 2
     session.cleanup(final=True)
 
 
-def _as_the_kernel_would(path: Path) -> None:
+def _as_the_kernel_would(name: str) -> None:
     """A new v2 cgroup directory's files (and its children's controllers enabled)."""
+    path = Path(name)
     (path / "cgroup.subtree_control").write_text("+cpu +memory +pids")
     (path / "pids.events").write_text("max 0\n")
 

@@ -24,7 +24,7 @@ pytestmark = [
 
 
 def _make(name: str, runs: int = 2) -> Path:
-    path = SUPPORT.bases["pids"] / name
+    path = Path(SUPPORT.bases["pids"], name)
     path.mkdir()
     for n in range(runs):
         (path / f"run-{n}").mkdir()

@@ -19,13 +19,27 @@ pytestmark = pytest.mark.anyio
 #: portal, logging, sockets), the egress, the remote client, and what only ids needed.
 PROXY_ONLY = ("union.sandbox.core.netproxy.host", "union.sandbox.core.on_device.egress")
 NEVER = ("union.sandbox.client", "union.sandbox.server", "uuid", "secrets", "platform")
+#: Nor what a one-shot run has no use for: the backend probes, and stdlib modules that our
+#: code would load only for a convenience (pathlib, tempfile and random, shutil with bz2
+#: and lzma, datetime for a constant, the ``uv`` package to find its binary).
+UNUSED = (
+    "union.sandbox.core.on_device.availability",
+    "pathlib",
+    "tempfile",
+    "random",
+    "shutil",
+    "bz2",
+    "lzma",
+    "datetime",
+    "uv",
+)
 
 
 def _modules_after(code: str) -> dict[str, bool]:
     script = textwrap.dedent(code) + textwrap.dedent(
         f"""
         import json, sys
-        print(json.dumps({{m: m in sys.modules for m in {list(PROXY_ONLY + NEVER)!r}
+        print(json.dumps({{m: m in sys.modules for m in {list(PROXY_ONLY + NEVER + UNUSED)!r}
                           + ["union.sandbox.core.on_device"]}}))
         """
     )
@@ -55,10 +69,20 @@ def test_a_blocked_run_loads_no_proxy_code_and_a_proxied_run_does() -> None:
         anyio.run(main)
         """
     blocked = _modules_after(run.format(kwargs={}))
-    assert not any(blocked[m] for m in PROXY_ONLY + NEVER), blocked
+    assert not any(blocked[m] for m in PROXY_ONLY + NEVER + UNUSED), blocked
     allowlist = {"network_mode": "allowlist", "network_allowlist": ["pypi.org"]}
     proxied = _modules_after(run.format(kwargs=allowlist))
     assert all(proxied[m] for m in PROXY_ONLY), proxied
+
+
+def test_a_one_shot_cli_run_loads_only_what_it_uses() -> None:
+    cli = """
+        from union.sandbox._cli import main
+        assert main(["run", "--backend", "userns", "--", "true"]) == 0
+        """
+    loaded = _modules_after(cli)
+    assert loaded["union.sandbox.core.on_device"]
+    assert not any(loaded[m] for m in PROXY_ONLY + NEVER + UNUSED), loaded
 
 
 def test_a_session_started_before_its_event_loop_runs_in_it() -> None:

@@ -22,7 +22,6 @@ from union.sandbox.core import Resources as _PlainResources
 from union.sandbox.core import __version__
 from union.sandbox.core.constants import (
     CLOUD_METADATA_DENY,
-    DEFAULT_TIMEOUT,
     DEVNULL,
     INHERIT,
     PIPE,
@@ -47,6 +46,8 @@ from union.sandbox.core.session import Session
 from . import constants, errors
 
 if TYPE_CHECKING:
+    from union.sandbox.core.constants import DEFAULT_TIMEOUT
+
     from . import on_device
     from . import on_device as local  # ``sb.local``: ``sb.on_device`` before 0.0.1b8
 SandboxProcess = Process
@@ -77,6 +78,8 @@ def version() -> str:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_TIMEOUT":  # made on first use: see core.constants
+        return constants.DEFAULT_TIMEOUT
     if name in ("on_device", "local"):
         # Loaded on first use: the on-device engine is not what a remote client or the
         # CLI's other commands need.

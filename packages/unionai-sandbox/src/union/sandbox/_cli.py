@@ -329,13 +329,48 @@ def _mcp(argv: list[str]) -> int:
     return mcp_main(argv)
 
 
+def _terminal_columns() -> int:
+    """The terminal's width as :func:`shutil.get_terminal_size` finds it: ``$COLUMNS``,
+    else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+        if columns > 0:
+            return columns
+    except ValueError:
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without :mod:`shutil`: argparse makes one for every
+    ``add_argument`` and would import shutil (bz2 and lzma with it) at every start."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (the top one and each command's) with :class:`_HelpFormatter`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(formatter_class=_HelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unionai-sandbox",
         description="Run untrusted code in sandbox sessions on this machine.",
     )
     parser.add_argument("--version", action="version", version=f"unionai-sandbox {__version__}")
-    commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command_name",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_Parser,
+    )
 
     run = commands.add_parser(
         "run",

@@ -6,10 +6,11 @@ Imports nothing heavy: the on-device engine loads on first use of ``on_device``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import constants, errors
 from .constants import (
     CLOUD_METADATA_DENY,
-    DEFAULT_TIMEOUT,
     DEVNULL,
     INHERIT,
     MAX_CAPTURED_BYTES,
@@ -26,6 +27,9 @@ from .errors import (
 from .process import ExecResult, IsolationReport, Process, Termination, TerminationKind
 from .resources import Resources
 from .session import Session, SessionBase
+
+if TYPE_CHECKING:
+    from .constants import DEFAULT_TIMEOUT
 
 __version__ = "0.1.0"
 
@@ -54,3 +58,9 @@ __all__ = [
     "constants",
     "errors",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_TIMEOUT":  # made on first use: see core.constants
+        return constants.DEFAULT_TIMEOUT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,10 @@ deny-list, a lower default output cap) the reason is given next to the value.
 
 from __future__ import annotations
 
-import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import datetime
 
 __all__ = [
     "CLOUD_METADATA_DENY",
@@ -45,8 +47,10 @@ CLOUD_METADATA_DENY: Final[list[str]] = [
     "fe80::/10",
 ]
 
-#: Default soft timeout of a remote session (``sb.session(timeout=...)``).
-DEFAULT_TIMEOUT: Final = datetime.timedelta(hours=1)
+#: Default soft timeout of a remote session (``sb.session(timeout=...)``): one hour, a
+#: :class:`datetime.timedelta` made on first use (:func:`__getattr__`), so that a process
+#: that never asks does not import :mod:`datetime`.
+DEFAULT_TIMEOUT: datetime.timedelta
 
 #: Default per-``run()`` wall-clock limit of an on-device session, in seconds.
 DEFAULT_RUN_TIMEOUT_S: Final = 60.0
@@ -64,3 +68,12 @@ SERVER_WORK_DIR: Final = "/tmp/sandbox-work"
 SANDBOX_PORT: Final = 8080
 #: The session venv lives here, under the work dir.
 SESSION_VENV_SUBDIR: Final = ".session-venv"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_TIMEOUT":
+        import datetime
+
+        value = globals()[name] = datetime.timedelta(hours=1)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..constants import DEFAULT_RUN_TIMEOUT_S, MAX_CAPTURED_BYTES
 from ._session import OnDeviceSession
-from .availability import available_backends, backend_report
 from .fs import default_fs_allowlist
+
+if TYPE_CHECKING:
+    from .availability import available_backends, backend_report
 
 __all__ = [
     "OnDeviceSession",
@@ -68,3 +70,12 @@ def session(
         session_pids=session_pids,
         best_effort_limits=best_effort_limits,
     )
+
+
+def __getattr__(name: str) -> Any:
+    # The backend probes load on first use: a session that only runs needs none of them.
+    if name in ("available_backends", "backend_report"):
+        from . import availability
+
+        return getattr(availability, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

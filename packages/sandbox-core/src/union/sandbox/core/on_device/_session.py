@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
-import signal
 import sys
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
@@ -833,6 +831,3 @@ def _pipe_writer(channel: RunChannel) -> InputStream:
         os.close(fd)
 
     return InputStream(write, close)
-
-
-del shutil, signal

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import stat
 from typing import Any
 
@@ -57,6 +56,8 @@ def bwrap_binary() -> str | None:
         return str(bwrap_path())
     except (ImportError, RuntimeError):
         pass
+    import shutil  # here: the common cases above need none of it, at every session start
+
     return shutil.which("bwrap")
 
 

@@ -15,20 +15,19 @@ import dataclasses
 import errno
 import os
 import re
-from pathlib import Path
 
 from ..resources import ResourceLimits
 
 __all__ = ["CgroupRun", "CgroupSession", "CgroupSupport", "detect", "sweep_stale"]
 
-ROOT = Path("/sys/fs/cgroup")
+ROOT = "/sys/fs/cgroup"
 CPU_PERIOD_US = 100_000
 
 
 def _own_path(controller: str | None) -> str:
     """This process's cgroup path in a v1 hierarchy (``controller``) or in v2 (``None``)."""
     try:
-        text = Path("/proc/self/cgroup").read_text()
+        text = _read("/proc/self/cgroup")
     except OSError:
         return "/"
     for line in text.splitlines():
@@ -39,8 +38,29 @@ def _own_path(controller: str | None) -> str:
     return "/"
 
 
-def _writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+# Paths are plain strings here, not pathlib's: this module loads at every session start.
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _beneath(base: str, cgroup_path: str) -> str:
+    """``base`` joined with a cgroup path as /proc/self/cgroup spells it (absolute)."""
+    return os.path.normpath(os.path.join(base, cgroup_path.lstrip("/")))
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+def _writable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +68,7 @@ class CgroupSupport:
     """Where per-run cgroups can be created here, or why they cannot."""
 
     version: str  # "v1", "v2" or "" (none)
-    bases: dict[str, Path]  # controller ("memory", "pids", "cpu") -> parent directory
+    bases: dict[str, str]  # controller ("memory", "pids", "cpu") -> parent directory
     problem: str = ""
 
     def can(self, controller: str) -> bool:
@@ -60,14 +80,14 @@ class CgroupSupport:
 
 def detect() -> CgroupSupport:
     """Find writable cgroup parents for memory, pids and cpu."""
-    if (ROOT / "cgroup.controllers").exists():
+    if os.path.exists(os.path.join(ROOT, "cgroup.controllers")):
         return _detect_v2()
-    bases: dict[str, Path] = {}
+    bases: dict[str, str] = {}
     for controller in ("memory", "pids", "cpu"):
-        hierarchy = ROOT / controller
-        if not hierarchy.is_dir():
+        hierarchy = os.path.join(ROOT, controller)
+        if not os.path.isdir(hierarchy):
             continue
-        own = hierarchy / _own_path(controller).lstrip("/")
+        own = _beneath(hierarchy, _own_path(controller))
         for candidate in (own, hierarchy):
             if _writable_dir(candidate):
                 bases[controller] = candidate
@@ -83,10 +103,10 @@ def detect() -> CgroupSupport:
 
 
 def _detect_v2() -> CgroupSupport:
-    own = ROOT / _own_path(None).lstrip("/")
+    own = _beneath(ROOT, _own_path(None))
     needed = {"memory", "pids", "cpu"}
     try:
-        enabled = set((own / "cgroup.subtree_control").read_text().split())
+        enabled = set(_read(os.path.join(own, "cgroup.subtree_control")).split())
     except OSError:
         enabled = set()
     if not _writable_dir(own):
@@ -102,15 +122,14 @@ def _detect_v2() -> CgroupSupport:
     if missing:
         # Enabling controllers for children needs a cgroup without processes of its own.
         try:
-            with open(own / "cgroup.subtree_control", "w") as f:
-                f.write(" ".join(f"+{c}" for c in sorted(missing)))
+            _write(
+                os.path.join(own, "cgroup.subtree_control"),
+                " ".join(f"+{c}" for c in sorted(missing)),
+            )
             enabled |= missing
         except OSError as exc:
-            available = (
-                set((own / "cgroup.controllers").read_text().split())
-                if (own / "cgroup.controllers").exists()
-                else set()
-            )
+            controllers = os.path.join(own, "cgroup.controllers")
+            available = set(_read(controllers).split()) if os.path.exists(controllers) else set()
             usable = enabled & needed
             if not usable:
                 reason = (
@@ -131,7 +150,7 @@ def _detect_v2() -> CgroupSupport:
     return CgroupSupport("v2", {c: own for c in needed & enabled})
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
 
@@ -167,7 +186,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(support: CgroupSupport) -> list[Path]:
+def sweep_stale(support: CgroupSupport) -> list[str]:
     """Remove the session cgroups of processes that are gone (killed before they could close
     their sessions), with their run cgroups; return what was removed. A directory still
     holding a process, whose owner's pid is alive (even reused), or whose owner lived in
@@ -176,17 +195,19 @@ def sweep_stale(support: CgroupSupport) -> list[Path]:
     removed = []
     for base in set(support.bases.values()):
         try:
-            entries = list(base.iterdir())
+            names = os.listdir(base)
         except OSError:
             continue
-        for path in entries:
-            match = _OWNED.fullmatch(path.name)
+        for name in names:
+            match = _OWNED.fullmatch(name)
             if match is None or match.group(2) != namespace or _alive(int(match.group(1))):
                 continue
+            path = os.path.join(base, name)
             try:
-                for run in path.glob("run-*"):
-                    run.rmdir()
-                path.rmdir()
+                for run in os.listdir(path):
+                    if run.startswith("run-"):
+                        os.rmdir(os.path.join(path, run))
+                os.rmdir(path)
             except OSError:
                 continue  # busy: processes still leaving, or not ours to remove
             removed.append(path)
@@ -200,27 +221,27 @@ class CgroupSession:
 
     def __init__(self, support: CgroupSupport, name: str, pids_max: int = 0) -> None:
         self.support = support
-        self.dirs: dict[str, Path] = {}
+        self.dirs: dict[str, str] = {}
         # What killed processes left goes first: opening a session is when someone is here
         # to notice.
         sweep_stale(support)
         owner = f"{os.getpid()}.{_pid_namespace()}"
-        self._pending: list[Path] = []
+        self._pending: list[str] = []
         self._runs: set[CgroupRun] = set()
         self._pids_fd = -1
         try:
             for controller, base in support.bases.items():
-                path = base / f"union-sandbox-{name}-p{owner}"
+                path = os.path.join(base, f"union-sandbox-{name}-p{owner}")
                 if path not in self.dirs.values():
-                    path.mkdir(exist_ok=True)
+                    _make_dir(path)
                     if support.version == "v2":
                         _enable_v2_children(path)
                 self.dirs[controller] = path
             if "pids" in self.dirs:
                 if pids_max:
-                    _write(self.dirs["pids"] / "pids.max", str(pids_max))
+                    _write(os.path.join(self.dirs["pids"], "pids.max"), str(pids_max))
                 self._pids_fd = os.open(
-                    self.dirs["pids"] / "pids.events", os.O_RDONLY | os.O_CLOEXEC
+                    os.path.join(self.dirs["pids"], "pids.events"), os.O_RDONLY | os.O_CLOEXEC
                 )
         except BaseException:
             self.cleanup(final=True)
@@ -235,7 +256,7 @@ class CgroupSession:
         self._runs.add(run)
         return run
 
-    def defer_removal(self, path: Path) -> None:
+    def defer_removal(self, path: str) -> None:
         self._pending.append(path)
 
     def cleanup(self, *, final: bool = False) -> int:
@@ -244,7 +265,7 @@ class CgroupSession:
         still = []
         for path in self._pending:
             try:
-                path.rmdir()
+                os.rmdir(path)
             except FileNotFoundError:
                 pass
             except OSError:
@@ -254,14 +275,9 @@ class CgroupSession:
             # Runs nobody waited on still hold their cgroups: the session is over, so are they.
             for run in list(self._runs):
                 run.remove()
-            for path in self._pending:
+            for path in [*self._pending, *set(self.dirs.values())]:
                 try:
-                    path.rmdir()
-                except OSError:
-                    pass
-            for path in set(self.dirs.values()):
-                try:
-                    path.rmdir()
+                    os.rmdir(path)
                 except OSError:
                     pass
             if self._pids_fd >= 0:
@@ -270,11 +286,14 @@ class CgroupSession:
         return len(self._pending)
 
 
-def _enable_v2_children(path: Path) -> None:
-    available = set((path / "cgroup.controllers").read_text().split())
+def _enable_v2_children(path: str) -> None:
+    available = set(_read(os.path.join(path, "cgroup.controllers")).split())
     wanted = available & {"memory", "pids", "cpu"}
     if wanted:
-        _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+        _write(
+            os.path.join(path, "cgroup.subtree_control"),
+            " ".join(f"+{c}" for c in sorted(wanted)),
+        )
 
 
 class CgroupRun:
@@ -283,7 +302,7 @@ class CgroupRun:
     def __init__(self, session: CgroupSession, run_id: int, limits: ResourceLimits) -> None:
         self.session = session
         self.version = session.support.version
-        self.dirs: dict[str, Path] = {}
+        self.dirs: dict[str, str] = {}
         self.procs_fds: list[int] = []
         # Event counter files, opened once: read after every run that uses these cgroups.
         self._oom_fd = self._pids_fd = -1
@@ -292,20 +311,22 @@ class CgroupRun:
             for controller, parent in session.dirs.items():
                 if not wanted.get(controller):
                     continue  # only the hierarchies that limit something
-                path = parent / f"run-{run_id}"
+                path = os.path.join(parent, f"run-{run_id}")
                 if path not in self.dirs.values():
-                    path.mkdir(exist_ok=True)
+                    _make_dir(path)
                     self.procs_fds.append(
-                        os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                        os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
                     )
                 self.dirs[controller] = path
             self._apply(limits)
             if "memory" in self.dirs:
                 events = "memory.events" if self.version == "v2" else "memory.oom_control"
-                self._oom_fd = os.open(self.dirs["memory"] / events, os.O_RDONLY | os.O_CLOEXEC)
+                self._oom_fd = os.open(
+                    os.path.join(self.dirs["memory"], events), os.O_RDONLY | os.O_CLOEXEC
+                )
             if "pids" in self.dirs:
                 self._pids_fd = os.open(
-                    self.dirs["pids"] / "pids.events", os.O_RDONLY | os.O_CLOEXEC
+                    os.path.join(self.dirs["pids"], "pids.events"), os.O_RDONLY | os.O_CLOEXEC
                 )
         except BaseException:
             self.close_fds()
@@ -314,26 +335,27 @@ class CgroupRun:
 
     def _apply(self, limits: ResourceLimits) -> None:
         v2 = self.version == "v2"
+        join = os.path.join
         if limits.memory_bytes and "memory" in self.dirs:
             mem = self.dirs["memory"]
             if v2:
-                _write(mem / "memory.max", str(limits.memory_bytes))
-                if (mem / "memory.swap.max").exists():
-                    _write(mem / "memory.swap.max", "0")
+                _write(join(mem, "memory.max"), str(limits.memory_bytes))
+                if os.path.exists(join(mem, "memory.swap.max")):
+                    _write(join(mem, "memory.swap.max"), "0")
             else:
-                _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
-                if (mem / "memory.memsw.limit_in_bytes").exists():
-                    _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+                _write(join(mem, "memory.limit_in_bytes"), str(limits.memory_bytes))
+                if os.path.exists(join(mem, "memory.memsw.limit_in_bytes")):
+                    _write(join(mem, "memory.memsw.limit_in_bytes"), str(limits.memory_bytes))
         if limits.pids and "pids" in self.dirs:
-            _write(self.dirs["pids"] / "pids.max", str(limits.pids))
+            _write(join(self.dirs["pids"], "pids.max"), str(limits.pids))
         if limits.cpu_milli and "cpu" in self.dirs:
             quota = max(1000, limits.cpu_milli * CPU_PERIOD_US // 1000)
             cpu = self.dirs["cpu"]
             if v2:
-                _write(cpu / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+                _write(join(cpu, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
             else:
-                _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-                _write(cpu / "cpu.cfs_quota_us", str(quota))
+                _write(join(cpu, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                _write(join(cpu, "cpu.cfs_quota_us"), str(quota))
 
     def oom_kills(self) -> int:
         return _read_key(self._oom_fd, b"oom_kill") if self._oom_fd >= 0 else 0
@@ -356,7 +378,7 @@ class CgroupRun:
         self.session._runs.discard(self)
         for path in set(self.dirs.values()):
             try:
-                path.rmdir()
+                os.rmdir(path)
             except FileNotFoundError:
                 pass
             except OSError:

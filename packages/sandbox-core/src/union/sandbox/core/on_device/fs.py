@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 __all__ = [
     "DEFAULT_READ_ONLY",
@@ -92,7 +90,7 @@ def host_python() -> tuple[str, list[str]]:
     if sys.prefix != sys.base_prefix and is_safe_to_mount(sys.prefix):
         prefixes.append(os.path.realpath(sys.prefix))
     # The binary may live outside its prefix (a uv-managed Python symlinked elsewhere).
-    exe_root = str(Path(python).parent.parent)
+    exe_root = os.path.dirname(os.path.dirname(python))
     if not any(is_under(python, p) for p in prefixes) and is_safe_to_mount(exe_root):
         prefixes.append(exe_root)
     return python, _dedupe(prefixes)
@@ -103,12 +101,19 @@ def uv_binary() -> str | None:
     """The ``uv`` executable the sandbox uses for ``uv pip install`` (the one the ``uv``
     package ships, else one on ``PATH`` that is a real binary, not a shim script). Looked
     up once per process."""
+    # Where the ``uv`` package installs it in a venv, next to this interpreter: found
+    # without importing that package (and sysconfig with it) at every session start.
+    beside = os.path.join(os.path.dirname(sys.executable), "uv")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return os.path.realpath(beside)
     try:
         from uv import find_uv_bin  # type: ignore[import-not-found,unused-ignore]
 
         return os.path.realpath(str(find_uv_bin()))
     except (ImportError, FileNotFoundError):
         pass
+    import shutil  # here: the common cases above need none of it, at every session start
+
     found = shutil.which("uv")
     return os.path.realpath(found) if found else None
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 import warnings
 import weakref
 
@@ -27,6 +26,31 @@ from .fs import check_work_dir
 from .rmtree import DIR_FLAGS, removal_error, remove_dir_at
 
 __all__ = ["WorkDir"]
+
+
+def _temporary_root() -> str:
+    """Where temporary work dirs go: ``$TMPDIR`` (or ``$TEMP``, ``$TMP``) when it names a
+    directory, else ``/tmp``, as :func:`tempfile.gettempdir` picks on this platform."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        root = os.environ.get(name)
+        if root and os.path.isdir(root):
+            return os.path.abspath(root)
+    return "/tmp"
+
+
+def _make_temporary_dir() -> str:
+    """A new ``0700`` directory with an unpredictable name, as :func:`tempfile.mkdtemp`
+    makes it, without importing :mod:`tempfile` (and :mod:`random` with it) at every
+    session start."""
+    root = _temporary_root()
+    for _ in range(100):
+        path = os.path.join(root, f"union-sandbox-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no unused temporary directory name", root)
 
 
 class WorkDir:
@@ -44,7 +68,7 @@ class WorkDir:
         """Open ``pinned`` (created ``0700`` if missing, its parents as the caller's umask
         makes them) or a new temporary directory (``0700``); chown it to ``owner``."""
         if pinned is None:
-            path = tempfile.mkdtemp(prefix="union-sandbox-")
+            path = _make_temporary_dir()
         else:
             path = pinned
             os.makedirs(os.path.dirname(path), exist_ok=True)
