@@ -100,3 +100,49 @@ def test_a_session_started_before_its_event_loop_runs_in_it() -> None:
     assert anyio.run(use) == "started\n"
     with pytest.raises(RuntimeError, match="closed"):
         sbx.start()
+
+
+@pytest.mark.parametrize("command", [["run", "--backend", "userns", "--", "true"], ["doctor"]])
+def test_the_console_script_collects_garbage_once_its_command_runs(command: list[str]) -> None:
+    """``console_main`` holds garbage collection off while the process starts, and only
+    then: a one-shot run has it back once its event loop is up, other commands at once."""
+    script = textwrap.dedent(
+        f"""
+        import gc, os, sys
+        from union.sandbox import _cli
+
+        seen = []
+        real_run, real_doctor = _cli._run, _cli._doctor
+
+        async def run(*args):
+            code = await real_run(*args)
+            seen.append(gc.isenabled())
+            return code
+
+        def doctor(*args):
+            seen.append(gc.isenabled())
+            return 0
+
+        real_start = _cli.start_on_device
+
+        def start(*args):
+            seen.append(gc.isenabled())  # while the process starts
+            return real_start(*args)
+
+        _cli._run, _cli._doctor, _cli.start_on_device = run, doctor, start
+        real_exit = os._exit
+
+        def exit_(code):
+            print(seen, gc.isenabled(), code, flush=True)
+            real_exit(code)
+
+        os._exit = exit_
+        sys.argv = ["unionai-sandbox", *{command!r}]
+        _cli.console_main()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    during_start = ["False,"] if command[0] == "run" else []
+    assert out.stdout.replace("[", "[ ").split() == ["[", *during_start, "True]", "True", "0"], out
