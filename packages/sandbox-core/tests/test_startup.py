@@ -4,14 +4,18 @@ loop exists."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import marshal
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from union.sandbox.core.on_device import session
+from union.sandbox.core.on_device import engine, session
 
 pytestmark = pytest.mark.anyio
 
@@ -146,3 +150,28 @@ def test_the_console_script_collects_garbage_once_its_command_runs(command: list
     )
     during_start = ["False,"] if command[0] == "run" else []
     assert out.stdout.replace("[", "[ ").split() == ["[", *during_start, "True]", "True", "0"], out
+
+
+def test_the_supervisor_code_is_taken_from_its_bytecode_cache_only_while_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "supervisor.py"
+    monkeypatch.setattr(engine, "SUPERVISOR_PATH", str(source))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+
+    def constants() -> tuple[object, ...]:
+        return marshal.loads(engine._supervisor_code()).co_consts  # type: ignore[no-any-return]
+
+    source.write_text("VALUE = 'first'\n")
+    os.utime(source, (1_000_000, 1_000_000))
+    assert "first" in constants()  # compiled, and cached
+    cache = Path(importlib.util.cache_from_source(str(source)))
+    assert cache.exists()
+    assert "first" in constants()  # from the cache
+    source.write_text("VALUE = 'other'\n")  # the same size: the mtime tells
+    os.utime(source, (1_000_001, 1_000_001))
+    assert "other" in constants()
+    source.write_text("VALUE = 'longer one'\n")
+    os.utime(source, (1_000_001, 1_000_001))  # same mtime, other size
+    assert "longer one" in constants()

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import functools
 import importlib.machinery
+import importlib.util
 import marshal
 import os
 import signal
@@ -43,15 +44,37 @@ _BOOTSTRAP = (
 )
 
 
+def _supervisor_code() -> bytes:
+    """The supervisor's compiled code, marshalled. Straight from its bytecode cache when the
+    cache is current for the source (the check the import system makes of a timestamp-based
+    ``.pyc``): no unmarshalling and marshalling again at every session start. Else through
+    the import system's loader, which compiles it and writes the cache, as for any module."""
+    cache = importlib.util.cache_from_source(SUPERVISOR_PATH)
+    try:
+        source = os.stat(SUPERVISOR_PATH)
+        with open(cache, "rb") as f:
+            data = f.read()
+    except OSError:
+        data = b""
+    else:
+        current = struct.pack(
+            "<4sIII",
+            importlib.util.MAGIC_NUMBER,
+            0,  # flags: timestamp-based
+            int(source.st_mtime) & 0xFFFFFFFF,
+            source.st_size & 0xFFFFFFFF,
+        )
+        if data[:16] == current:
+            return data[16:]
+    loader = importlib.machinery.SourceFileLoader("_union_sandbox_supervisor", SUPERVISOR_PATH)
+    return marshal.dumps(loader.get_code("_union_sandbox_supervisor"))
+
+
 @functools.lru_cache(maxsize=1)
 def _supervisor_code_fd() -> int:
     """A sealed memfd holding the supervisor's compiled code, made once per process."""
-    # Through the import system's loader, so the compiled code comes from (and goes to) the
-    # bytecode cache like any module's: a one-shot process does not compile it again.
-    loader = importlib.machinery.SourceFileLoader("_union_sandbox_supervisor", SUPERVISOR_PATH)
-    code = loader.get_code("_union_sandbox_supervisor")
     fd = os.memfd_create("union-sandbox-supervisor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    os.write(fd, marshal.dumps(code))
+    os.write(fd, _supervisor_code())
     seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     return fd
