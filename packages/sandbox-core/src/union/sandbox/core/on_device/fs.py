@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Iterable
+from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_READ_ONLY",
@@ -144,8 +144,8 @@ def _absolute_list(paths: Iterable[str] | None, name: str) -> list[str]:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class FsLayout:
+# A NamedTuple: created at import ~5x faster than a frozen dataclass (docs/design.md).
+class FsLayout(NamedTuple):
     """What a session's runs may read and write."""
 
     work_dir: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 from ..errors import LimitUnavailableError
 from ..resources import ResourceLimits
@@ -26,8 +27,8 @@ DEFAULT_SESSION_PIDS = 2 * DEFAULT_PIDS
 DEFAULT_TMP_SIZE = 1 << 30
 
 
-@dataclasses.dataclass(frozen=True)
-class LimitPlan:
+# A NamedTuple: created at import ~5x faster than a frozen dataclass (docs/design.md).
+class LimitPlan(NamedTuple):
     """The limits of one run and the mechanism enforcing each."""
 
     limits: ResourceLimits
