@@ -2,12 +2,15 @@
 process, against baselines measured in the same run.
 
     uv run python tools/bench/bench_cli.py [--backend userns] [--runs 10] [--json out.json]
+        [--baseline-checkout DIR]
 
 Figures (median of ``--runs``, interleaved so that drift hits every row alike):
 - the CLI with the bytecode cache warm (how an installed package runs), and cold
   (``PYTHONDONTWRITEBYTECODE`` set and no cache: every module compiled);
 - baselines: ``python -c pass`` (the interpreter's own start) and a raw
   ``bwrap --unshare-all ... /bin/true`` (the cost of a sandbox with nothing of ours);
+  with ``--baseline-checkout DIR``, also the CLI of another checkout (its ``.venv``, synced:
+  an older commit in a ``git worktree``), bytecode cache warm, in the same rounds;
 - what the command imports (``python -X importtime`` on the command itself: the total and
   each package's share), to see what a one-shot run pays for at import.
 
@@ -33,8 +36,8 @@ from _common import raw_bwrap_argv, save_json  # the script's own folder is on s
 BIN = Path(sys.executable).parent
 
 
-def cli_argv(backend: str) -> list[str]:
-    script = BIN / "unionai-sandbox"
+def cli_argv(backend: str, bin_dir: Path = BIN) -> list[str]:
+    script = bin_dir / "unionai-sandbox"
     prefix = [str(script)] if script.exists() else [sys.executable, "-m", "union.sandbox._cli"]
     return [*prefix, "run", "--backend", backend, "--", "true"]
 
@@ -88,6 +91,12 @@ def main() -> None:
     parser.add_argument("--backend", default="userns")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--baseline-checkout",
+        default=None,
+        metavar="DIR",
+        help="another checkout whose CLI (DIR/.venv) runs as a baseline row",
+    )
     args = parser.parse_args()
     # Bytecode caches of our own, so that the rows neither read nor disturb the checkout's.
     warm_cache = tempfile.mkdtemp(prefix="bench-cli-warm-")
@@ -106,6 +115,13 @@ def main() -> None:
         bwrap = raw_bwrap_argv()
         if bwrap is not None:
             rows["raw_bwrap_true"] = (bwrap, warm)
+        if args.baseline_checkout:
+            other_bin = Path(args.baseline_checkout, ".venv", "bin")
+            caches.append(tempfile.mkdtemp(prefix="bench-cli-baseline-"))
+            rows["cli_baseline_checkout"] = (
+                cli_argv(args.backend, other_bin),
+                {**base, "PYTHONPYCACHEPREFIX": caches[-1]},
+            )
         for argv, env in rows.values():  # warm-up
             timed(argv, env)
         samples: dict[str, list[float]] = {name: [] for name in rows}
@@ -128,6 +144,14 @@ def main() -> None:
     print(f"  python -c pass    {result['python_c_pass']:7.1f} ms (baseline)")
     if "raw_bwrap_true" in result:
         print(f"  raw bwrap true    {result['raw_bwrap_true']:7.1f} ms (baseline)")
+    if "cli_baseline_checkout" in result:
+        result["ratio_to_baseline_checkout"] = round(
+            result["cli_warm_cache"] / result["cli_baseline_checkout"], 2
+        )
+        print(
+            f"  baseline checkout {result['cli_baseline_checkout']:7.1f} ms "
+            f"({args.baseline_checkout}; ratio {result['ratio_to_baseline_checkout']:.2f})"
+        )
     print(f"  ratio to python -c pass: {result['ratio_to_python']:.1f}")
     imports = result["imports"]
     print(f"  imports of the command: {imports['total_us'] / 1e3:.1f} ms (-X importtime)")

@@ -180,8 +180,12 @@ def _in_work_dir(session: Any, path: str) -> str:
 
 def _startup_done() -> None:
     """Resume garbage collection, which :func:`console_main` held off while the process
-    started (a no-op where it did not: :func:`main` called from Python)."""
-    gc.enable()
+    started (a no-op where it did not: :func:`main` called from Python). What start-up
+    made is frozen first (``gc.freeze()``: out of every later collection's way), or the
+    first collection would walk all of it, which is the work the hold-off saved."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None) -> int:
