@@ -1714,6 +1714,9 @@ def shutdown() -> None:
 
 def wait_for(pids: set[int], deadline: float) -> None:
     """Reap children until none of ``pids`` is left, or until ``deadline``."""
+    # Polled from 0.1 ms up to 2 ms: a killed init is usually gone within a millisecond,
+    # and the session's close() waits for us.
+    pause = 0.0001
     while pids and time.monotonic() < deadline:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -1723,7 +1726,8 @@ def wait_for(pids: set[int], deadline: float) -> None:
             reaped(pid, status)
             pids.discard(pid)
         else:
-            time.sleep(0.002)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
 
 
 def read_config(fds: list[int]) -> dict[str, Any]:
