@@ -277,7 +277,7 @@ def main() -> None:
         ("bench_mcp.py", ["--runs", "100"] if args.quick else []),
         # Last: its bombs and 10 GiB flood leave the kernel busy for a while (dying memory
         # cgroups, reclaim), which slowed whatever ran after them by up to a third.
-        ("bench_limits.py", ["--quick"] if args.quick else []),
+        ("bench_limits.py", ["--runs", "10", "--flood-gib", "2"] if args.quick else []),
     ]
     results: dict[str, Any] = {}
     for script, extra in plan:
