@@ -177,3 +177,58 @@ def test_the_supervisor_code_is_taken_from_its_bytecode_cache_only_while_current
     source.write_text("VALUE = 'longer one'\n")
     os.utime(source, (1_000_001, 1_000_001))  # same mtime, other size
     assert "longer one" in constants()
+
+
+def test_main_called_from_python_leaves_the_collector_as_it_found_it() -> None:
+    script = textwrap.dedent(
+        """
+        import gc
+        from union.sandbox._cli import main
+        gc.disable()  # this program's own choice
+        assert main(["run", "--backend", "userns", "--", "true"]) == 0
+        print(gc.isenabled(), gc.get_freeze_count())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["False", "0"]
+
+
+def test_help_is_sized_as_shutil_would_size_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from union.sandbox import _cli
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    # A terminal nobody sized yet (a fresh pty) reports 0 columns: 80, as shutil says.
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=1: os.terminal_size((0, 0)))
+    assert _cli._terminal_columns() == 80
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=1: os.terminal_size((132, 40)))
+    assert _cli._terminal_columns() == 132
+    monkeypatch.setenv("COLUMNS", "60")
+    assert _cli._terminal_columns() == 60
+
+
+def test_the_temporary_work_dir_goes_where_tempfile_would_put_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from union.sandbox.core.on_device import workdir
+
+    # As mkdtemp: tempfile.tempdir when set (by the program, or cached by gettempdir())...
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "chosen"))
+    (tmp_path / "chosen").mkdir()
+    assert Path(workdir._make_temporary_dir()).parent == tmp_path / "chosen"
+    # ... else $TMPDIR.
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    made = workdir._make_temporary_dir()
+    assert Path(made).parent == tmp_path
+    assert os.stat(made).st_mode & 0o777 == 0o700
+    # A $TMPDIR that takes no directory (sysfs: not even root may mkdir there): tempfile
+    # decides instead, trying every place it knows, as before.
+    monkeypatch.setenv("TMPDIR", "/sys")
+    made = workdir._make_temporary_dir()
+    assert not made.startswith("/sys/")
+    assert Path(made).name.startswith("union-sandbox-")
+    os.rmdir(made)

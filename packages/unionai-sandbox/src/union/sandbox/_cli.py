@@ -178,14 +178,30 @@ def _in_work_dir(session: Any, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(session.work_dir, path)
 
 
-def _startup_done() -> None:
-    """Resume garbage collection, which :func:`console_main` held off while the process
-    started (a no-op where it did not: :func:`main` called from Python). What start-up
-    made is frozen first (``gc.freeze()``: out of every later collection's way), or the
-    first collection would walk all of it, which is the work the hold-off saved."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
+class _StartupGc:
+    """Garbage collection held off while the console script starts (:func:`console_main`);
+    never for :func:`main` called from Python, whatever that program did with the
+    collector."""
+
+    held = False
+
+    @classmethod
+    def hold(cls) -> None:
+        cls.held = True
+        gc.disable()
+
+    @classmethod
+    def resume(cls) -> None:
+        """What start-up made is frozen first (``gc.freeze()``: out of every later
+        collection's way), or the first collection would walk all of it, which is the work
+        the hold-off saved."""
+        if cls.held:
+            cls.held = False
+            gc.freeze()
+            gc.enable()
+
+
+_startup_done = _StartupGc.resume
 
 
 async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None) -> int:
@@ -351,9 +367,10 @@ def _terminal_columns() -> int:
     except ValueError:
         pass
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
     except (AttributeError, ValueError, OSError):
         return 80
+    return columns or 80  # a terminal nobody sized yet says 0
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -510,7 +527,7 @@ def console_main() -> None:
     # collecting while it runs finds nothing to free and cost ~5 ms of a one-shot run here
     # (45 collections). A one-shot run resumes collection once its event loop is up
     # (_startup_done); the other commands right after parsing.
-    gc.disable()
+    _StartupGc.hold()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import warnings
 import weakref
 
@@ -29,8 +30,12 @@ __all__ = ["WorkDir"]
 
 
 def _temporary_root() -> str:
-    """Where temporary work dirs go: ``$TMPDIR`` (or ``$TEMP``, ``$TMP``) when it names a
-    directory, else ``/tmp``, as :func:`tempfile.gettempdir` picks on this platform."""
+    """Where temporary work dirs go, as :func:`tempfile.gettempdir` would most often pick:
+    ``tempfile.tempdir`` when a program set it, else ``$TMPDIR`` (``$TEMP``, ``$TMP``)
+    when it names a directory, else ``/tmp``."""
+    chosen = getattr(sys.modules.get("tempfile"), "tempdir", None)
+    if isinstance(chosen, str) and chosen:
+        return chosen
     for name in ("TMPDIR", "TEMP", "TMP"):
         root = os.environ.get(name)
         if root and os.path.isdir(root):
@@ -41,7 +46,8 @@ def _temporary_root() -> str:
 def _make_temporary_dir() -> str:
     """A new ``0700`` directory with an unpredictable name, as :func:`tempfile.mkdtemp`
     makes it, without importing :mod:`tempfile` (and :mod:`random` with it) at every
-    session start."""
+    session start. Where that root does not take it (not writable, gone), ``mkdtemp``
+    itself decides, trying every place it knows."""
     root = _temporary_root()
     for _ in range(100):
         path = os.path.join(root, f"union-sandbox-{os.urandom(6).hex()}")
@@ -49,8 +55,12 @@ def _make_temporary_dir() -> str:
             os.mkdir(path, 0o700)
         except FileExistsError:
             continue
+        except OSError:
+            break
         return path
-    raise FileExistsError(errno.EEXIST, "no unused temporary directory name", root)
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="union-sandbox-")
 
 
 class WorkDir:
