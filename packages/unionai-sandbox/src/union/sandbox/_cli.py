@@ -201,11 +201,8 @@ class _StartupGc:
             gc.enable()
 
 
-_startup_done = _StartupGc.resume
-
-
 async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None) -> int:
-    _startup_done()  # the event loop's modules are loaded: from here on, the run
+    _StartupGc.resume()  # the event loop's modules are loaded: from here on, the run
     env = _parse_env(args.env)
     async with open_session(args, started) as session:
         for item in args.put:
@@ -462,15 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["run"]:
+        _StartupGc.resume()  # the long-lived commands (a shell, a server) collect as usual
     if argv[:1] == ["serve"]:
-        _startup_done()
         return _serve(argv[1:])
     if argv[:1] == ["mcp"]:
-        _startup_done()
         return _mcp(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command_name != "run":
-        _startup_done()  # the long-lived commands (a shell) collect as usual
     if args.command_name == "doctor":
         return _doctor(args)
     if args.command_name == "run" and args.command[:1] == ["--"]:
@@ -526,7 +521,7 @@ def console_main() -> None:
     # Start-up allocates what lives as long as the process (modules, classes, the parser):
     # collecting while it runs finds nothing to free and cost ~5 ms of a one-shot run here
     # (45 collections). A one-shot run resumes collection once its event loop is up
-    # (_startup_done); the other commands right after parsing.
+    # (_StartupGc.resume); the other commands at once.
     _StartupGc.hold()
     code = main()
     for stream in (sys.stdout, sys.stderr):
