@@ -178,6 +178,41 @@ async def test_interactive_stdin(sbx: Session) -> None:
         assert await proc.wait() == 0
 
 
+async def test_closing_stdin_of_a_process_that_ended(sbx: Session) -> None:
+    # Found by CI: the command exits without reading, and the CLI's stdin pump closes its
+    # stdin once the run was released (on the server, while it answered the run's end).
+    proc = await sbx.run("exit 3", stdin=PIPE)
+    assert proc.stdin is not None
+    with anyio.fail_after(30):
+        with pytest.raises(BrokenPipeError):
+            await _write_until_refused(proc.stdin)
+        assert await proc.wait() == 3
+        await proc.stdin.aclose()
+        assert proc.stdin.closed
+
+
+async def _write_until_refused(stdin: Any) -> None:
+    """Keep writing until a write finds the command gone (raises ``BrokenPipeError``)."""
+    while True:
+        await stdin.write(b"x" * 4096)
+        await anyio.sleep(0.01)
+
+
+async def test_stdin_of_an_ended_run_reaches_no_later_run(sbx: Session) -> None:
+    ended = await sbx.run("true", stdin=PIPE)
+    assert ended.stdin is not None
+    assert await ended.wait() == 0
+    later = await sbx.run("cat", stdin=PIPE)  # its pipe may take the ended run's numbers
+    assert later.stdin is not None
+    with anyio.fail_after(30):
+        with pytest.raises(BrokenPipeError):
+            await ended.stdin.write(b"from the ended run\n")
+        await ended.stdin.aclose()  # a no-op: it must not close the later run's stdin
+        await later.stdin.write(b"mine\n")
+        await later.stdin.aclose()
+        assert await later.communicate() == (b"mine\n", b"")
+
+
 async def test_stdin_bytes(sbx: Session) -> None:
     proc = await sbx.run("cat; echo", stdin=b"fed through stdin")
     assert await proc.communicate() == (b"fed through stdin\n", b"")

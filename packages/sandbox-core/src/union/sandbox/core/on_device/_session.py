@@ -814,20 +814,11 @@ def _stream_choice(value: Any, name: str) -> tuple[bool, Any]:
 
 
 def _pipe_writer(channel: RunChannel) -> InputStream:
-    fd = channel.fds["stdin"]
-
-    async def write(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                await anyio.wait_writable(fd)
-                continue
-            view = view[n:]
+    end = channel.fds["stdin"]
 
     async def close() -> None:
-        channel.fds.pop("stdin", None)
-        os.close(fd)
+        # The command reads end of file; a no-op once the run was released (its ends
+        # closed): closing stdin of a process that ended is not an error.
+        end.close()
 
-    return InputStream(write, close)
+    return InputStream(end.write_all, close)

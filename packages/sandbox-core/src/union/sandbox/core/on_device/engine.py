@@ -29,7 +29,7 @@ import anyio
 from ..errors import BackendUnavailableError
 from ..process import Pull, Termination, TerminationKind
 
-__all__ = ["RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
+__all__ = ["PipeEnd", "RunChannel", "Supervisor", "SupervisorSpec", "pipe_pull"]
 
 SUPERVISOR_PATH = os.path.join(os.path.dirname(__file__), "_supervisor.py")
 # The supervisor runs on this very interpreter, so it can take our compiled code object
@@ -106,17 +106,60 @@ class SupervisorSpec:
     the init the supervisor prepares at startup joins them ahead of that run."""
 
 
-def pipe_pull(fd: int) -> Pull:
-    """An async chunk reader over the read end of a non-blocking pipe."""
+class PipeEnd:
+    """The host's end of one of a run's pipes. Readers and writers reach the descriptor
+    only through this object, so once the run is released (:meth:`close`) they get end of
+    file or :class:`BrokenPipeError`: never the pipe or socket of a later run that took the
+    same descriptor number, and never ``EBADF``. A task still waiting on it is woken."""
 
-    async def pull() -> bytes:
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        """The descriptor; -1 once closed."""
+
+    async def read(self) -> bytes:
+        """The next chunk (``b""``: end of file, or the pipe was closed here)."""
         while True:
+            fd = self.fd  # looked up again after every wait: close() may have run meanwhile
+            if fd < 0:
+                return b""
             try:
                 return os.read(fd, _CHUNK)
             except BlockingIOError:
-                await anyio.wait_readable(fd)
+                try:
+                    await anyio.wait_readable(fd)
+                except anyio.ClosedResourceError:
+                    return b""
 
-    return pull
+    async def write_all(self, data: bytes) -> None:
+        """Write all of ``data``, waiting while the pipe is full."""
+        view = memoryview(data)
+        while view:
+            fd = self.fd
+            if fd < 0:
+                raise BrokenPipeError(errno.EPIPE, "the process has ended")
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                try:
+                    await anyio.wait_writable(fd)
+                except anyio.ClosedResourceError:
+                    raise BrokenPipeError(errno.EPIPE, "the process has ended") from None
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent). Call from the event loop's thread: a task
+        waiting on the descriptor is told first, so it neither hangs nor wakes up later on
+        another descriptor that reuses the number."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+
+def pipe_pull(end: PipeEnd) -> Pull:
+    """An async chunk reader over the read end of a run's non-blocking pipe."""
+    return end.read
 
 
 def _nonblocking_pipe(big: bool = False) -> tuple[int, int]:
@@ -347,7 +390,8 @@ class Supervisor:
         finally:
             for fd in theirs:
                 os.close(fd)
-        return RunChannel(self, run_id, mine, time.monotonic())
+        ends = {name: PipeEnd(fd) for name, fd in mine.items()}
+        return RunChannel(self, run_id, ends, time.monotonic())
 
     async def signal(self, run_id: int, signo: int) -> None:
         if self.alive:
@@ -398,7 +442,7 @@ class RunChannel:
     """The host's ends of one run: stdio pipes and the status pipe."""
 
     def __init__(
-        self, supervisor: Supervisor, run_id: int, fds: dict[str, int], started: float
+        self, supervisor: Supervisor, run_id: int, fds: dict[str, PipeEnd], started: float
     ) -> None:
         self.supervisor = supervisor
         self.run_id = run_id
@@ -506,12 +550,10 @@ class RunChannel:
         await self.supervisor.kill(self.run_id)
 
     def close(self) -> None:
-        for fd in self.fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
+        """Close the host's ends. The process's streams and stdin keep their
+        :class:`PipeEnd`: reading them gives end of file, writing :class:`BrokenPipeError`."""
+        for end in self.fds.values():
+            end.close()
 
 
 def termination_from_status(status: int, runtime_ms: int) -> Termination:
