@@ -3,7 +3,9 @@ leaked file descriptors, child processes, zombies or temporary directories."""
 
 from __future__ import annotations
 
+import gc
 import os
+import re
 import signal
 import time
 
@@ -198,3 +200,66 @@ async def test_supervisor_is_gone_after_close(backend: str, my_children) -> None
     for pid in started:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, signal.SIG_DFL or 0)
+
+
+async def test_unwaited_runs_dropped_after_close_leak_nothing(backend: str) -> None:
+    async with sb.on_device.session(backend=backend) as sbx:
+        await sbx.exec("true")
+    fds_before = _fd_count()
+    for _ in range(3):
+        async with sb.on_device.session(backend=backend) as sbx:
+            for _ in range(10):
+                await sbx.run("sleep 100", stdin=sb.PIPE)  # handle dropped, never waited
+    gc.collect()
+    assert _fd_count() == fds_before, sorted(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("delay_s", [0, 0.001, 0.003, 0.01])
+async def test_closing_a_session_while_its_first_run_starts(backend: str, delay_s: float) -> None:
+    # The first run waits for the supervisor's handshake on the control socket that close()
+    # closes: it must be woken (it hung), and close() must not trip over its wait (it
+    # raised BusyResourceError when the pidfd took the socket's number, and left the work
+    # dir). Whether the run got in before close() depends on the delay.
+    sbx = await sb.on_device.session(backend=backend).open()
+    work_dir = sbx.work_dir
+    raised: list[BaseException] = []
+
+    async def first_run() -> None:
+        try:
+            await sbx.run("echo hi")
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first_run)
+            await anyio.sleep(delay_s)
+            await sbx.close()
+    # Started after close() began ("not open"), or during it ("was closed"); never a hang
+    # nor a backend reported unavailable.
+    assert all(re.search("session (was closed|is not open)", str(e)) for e in raised), raised
+    assert not os.path.exists(work_dir)
+
+
+async def test_closing_a_session_while_a_call_waits_to_send(backend: str) -> None:
+    # The control socket holds a few messages: a flood of signals fills it and the next
+    # send waits for room when close() comes.
+    sbx = await sb.on_device.session(backend=backend).open()
+    proc = await sbx.run("sleep 100")
+    outcome: list[str] = []
+
+    async def flood() -> None:
+        try:
+            while True:
+                await proc.send_signal(signal.SIGCONT)
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            await anyio.sleep(0.05)
+            await sbx.close()
+            tg.cancel_scope.cancel()  # a flood that met a closed session stops by itself
+    assert outcome == [] or "session was closed" in outcome[0]
+    assert await proc.wait() == 128 + signal.SIGKILL

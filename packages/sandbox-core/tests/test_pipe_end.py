@@ -31,7 +31,7 @@ async def test_a_waiting_reader_gets_end_of_file_when_closed() -> None:
 
                 tg.start_soon(read)
                 await anyio.wait_all_tasks_blocked()
-                end.close()
+                await end.aclose()
     finally:
         os.close(write_end)
     assert got == [b""]
@@ -54,7 +54,7 @@ async def test_a_waiting_writer_gets_broken_pipe_when_closed() -> None:
 
                 tg.start_soon(write)
                 await anyio.wait_all_tasks_blocked()
-                end.close()
+                await end.aclose()
     finally:
         os.close(read_end)
     assert len(raised) == 1
@@ -63,9 +63,9 @@ async def test_a_waiting_writer_gets_broken_pipe_when_closed() -> None:
 async def test_a_closed_end_never_reaches_a_descriptor_that_reuses_its_number() -> None:
     old_read, old_write = _pipe()
     reader, writer = PipeEnd(old_read), PipeEnd(old_write)
-    reader.close()
-    writer.close()
-    writer.close()  # idempotent
+    await reader.aclose()
+    await writer.aclose()
+    await writer.aclose()  # idempotent
     new_read, new_write = _pipe()  # the kernel hands out the lowest free numbers again
     try:
         assert (new_read, new_write) == (old_read, old_write)
@@ -79,3 +79,27 @@ async def test_a_closed_end_never_reaches_a_descriptor_that_reuses_its_number() 
     finally:
         os.close(new_read)
         os.close(new_write)
+
+
+async def test_a_wait_on_the_reused_number_is_not_dropped_by_the_woken_one() -> None:
+    # anyio's asyncio backend unregisters a woken wait by descriptor number when its task
+    # resumes: if the number was reused and waited on meanwhile, that wait was dropped and
+    # never woke. aclose() returns only once the woken task has left its wait.
+    read_end, write_end = _pipe()
+    end = PipeEnd(read_end)
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(end.read)
+                await anyio.wait_all_tasks_blocked()
+                await end.aclose()
+                new_read, new_write = _pipe()
+                try:
+                    assert new_read == read_end
+                    os.write(new_write, b"ready")
+                    await anyio.wait_readable(new_read)  # hung here before
+                finally:
+                    os.close(new_read)
+                    os.close(new_write)
+    finally:
+        os.close(write_end)

@@ -114,7 +114,7 @@ class _RunDriver:
 
     async def release(self) -> None:
         channel = self._channel
-        channel.close()
+        await channel.aclose()
         self._session._live.discard(channel)
         # Reusable only if the run is known to be over, everything in its cgroups reaped,
         # and their counters read (so the next run's count from there).
@@ -373,19 +373,44 @@ class OnDeviceSession(SessionBase):
         self._closed = True
         self._open = False
         with anyio.CancelScope(shield=True):
-            for channel in list(self._live):
+            for channel in self._live:
                 channel._kill_kind = channel._kill_kind or TerminationKind.KILLED
-            if self._supervisor is not None:
-                await self._supervisor.aclose()
-            if self._egress_of_session is not None:
-                await self._egress_of_session.aclose()
-            self._slots.drain()  # their inits died with the supervisor
-            if self._cgroup_session is not None:
-                self._cgroup_session.cleanup(final=True)
-            if self._work is not None:
-                # Last, once every run is dead: the temporary dir goes whatever they left.
-                work, self._work = self._work, None
-                await anyio.to_thread.run_sync(work.close)
+            # Unwaited runs keep their pipe ends with their Process (output and exit
+            # stay readable); they close when it is waited for or dropped.
+            self._live.clear()
+            # Every step runs even if one before it failed; the first failure is raised.
+            failure: BaseException | None = None
+            for step in (
+                self._stop_supervisor,
+                self._stop_egress,
+                self._remove_cgroups,
+                self._remove_work_dir,  # last, once every run is dead
+            ):
+                try:
+                    await step()
+                except Exception as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
+
+    async def _stop_supervisor(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.aclose()
+        self._slots.drain()  # their inits died with the supervisor
+
+    async def _stop_egress(self) -> None:
+        if self._egress_of_session is not None:
+            await self._egress_of_session.aclose()
+
+    async def _remove_cgroups(self) -> None:
+        if self._cgroup_session is not None:
+            self._cgroup_session.cleanup(final=True)
+
+    async def _remove_work_dir(self) -> None:
+        if self._work is not None:
+            # The temporary dir goes whatever the runs left in it.
+            work, self._work = self._work, None
+            await anyio.to_thread.run_sync(work.close)
 
     def fs_allowlist(self) -> dict[str, list[str]]:
         """What runs may read (``read_only``) and write (``read_write``) on this host."""
@@ -814,11 +839,7 @@ def _stream_choice(value: Any, name: str) -> tuple[bool, Any]:
 
 
 def _pipe_writer(channel: RunChannel) -> InputStream:
+    # Closing it: the command reads end of file; a no-op once the run was released (its
+    # ends closed): closing stdin of a process that ended is not an error.
     end = channel.fds["stdin"]
-
-    async def close() -> None:
-        # The command reads end of file; a no-op once the run was released (its ends
-        # closed): closing stdin of a process that ended is not an error.
-        end.close()
-
-    return InputStream(end.write_all, close)
+    return InputStream(end.write_all, end.aclose)

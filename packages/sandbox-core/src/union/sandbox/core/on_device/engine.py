@@ -21,7 +21,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -106,30 +106,64 @@ class SupervisorSpec:
     the init the supervisor prepares at startup joins them ahead of that run."""
 
 
+class Waits:
+    """The tasks waiting on one descriptor that another task may close. anyio's waits on a
+    descriptor that gets closed hang (the event loop stops watching it), and its asyncio
+    backend unregisters a woken wait by descriptor number when the task resumes, which would
+    drop a later wait on the same number, taken meanwhile, that then never wakes. So whoever
+    closes it calls :meth:`release` first: the waiters are woken (``False`` from
+    :meth:`wait`) and have left before the number can be reused."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def wait(self, wait: Callable[[Any], Awaitable[None]], obj: Any) -> bool:
+        """``wait(obj)``; False if :meth:`release` ended it."""
+        self.count += 1
+        try:
+            await wait(obj)
+        except anyio.ClosedResourceError:
+            return False
+        finally:
+            self.count -= 1
+        return True
+
+    async def release(self, obj: Any) -> None:
+        """Wake the waiters on ``obj`` and return once they have left; close it next."""
+        if self.count:
+            anyio.notify_closing(obj)
+            with anyio.CancelScope(shield=True):
+                # Polled: each pass lets the woken tasks run; there is nothing to signal
+                # (anyio.lowlevel.checkpoint() would import ~2 ms more at start-up).
+                while self.count:  # noqa: ASYNC110
+                    await anyio.sleep(0)  # noqa: ASYNC115
+
+
 class PipeEnd:
     """The host's end of one of a run's pipes. Readers and writers reach the descriptor
-    only through this object, so once the run is released (:meth:`close`) they get end of
+    only through this object, so once the run is released (:meth:`aclose`) they get end of
     file or :class:`BrokenPipeError`: never the pipe or socket of a later run that took the
     same descriptor number, and never ``EBADF``. A task still waiting on it is woken."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("_waits", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         """The descriptor; -1 once closed."""
+        self._waits = Waits()
 
     async def read(self) -> bytes:
         """The next chunk (``b""``: end of file, or the pipe was closed here)."""
         while True:
-            fd = self.fd  # looked up again after every wait: close() may have run meanwhile
+            fd = self.fd  # looked up again after every wait: aclose() may have run meanwhile
             if fd < 0:
                 return b""
             try:
                 return os.read(fd, _CHUNK)
             except BlockingIOError:
-                try:
-                    await anyio.wait_readable(fd)
-                except anyio.ClosedResourceError:
+                if not await self._waits.wait(anyio.wait_readable, fd):
                     return b""
 
     async def write_all(self, data: bytes) -> None:
@@ -142,19 +176,21 @@ class PipeEnd:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
-                try:
-                    await anyio.wait_writable(fd)
-                except anyio.ClosedResourceError:
+                if not await self._waits.wait(anyio.wait_writable, fd):
                     raise BrokenPipeError(errno.EPIPE, "the process has ended") from None
 
-    def close(self) -> None:
-        """Close the descriptor (idempotent). Call from the event loop's thread: a task
-        waiting on the descriptor is told first, so it neither hangs nor wakes up later on
-        another descriptor that reuses the number."""
+    async def aclose(self) -> None:
+        """Close the descriptor (idempotent; from the event loop's thread), a task waiting
+        on it woken first (see :class:`Waits`)."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            anyio.notify_closing(fd)
+            await self._waits.release(fd)
             os.close(fd)
+
+    def __del__(self) -> None:
+        # Dropped unclosed (a process nobody waited for): nothing can be waiting on it.
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 def pipe_pull(end: PipeEnd) -> Pull:
@@ -198,6 +234,9 @@ class Supervisor:
         self._next_id = 0
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = host
+        self._sock_waits = Waits()
+        self._stopped = False
+        """:meth:`aclose` ran (the session was closed, or setup failed)."""
         code_fd = _supervisor_code_fd()
         argv = [
             *spec.argv_prefix,
@@ -301,8 +340,11 @@ class Supervisor:
             try:
                 return self._sock.recv(1 << 16)
             except BlockingIOError:
-                await anyio.wait_readable(self._sock)
+                if not await self._sock_waits.wait(anyio.wait_readable, self._sock):
+                    raise _stopped_meanwhile() from None
             except OSError:
+                if self._stopped:
+                    raise _stopped_meanwhile() from None
                 return b""
 
     async def _send(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
@@ -312,7 +354,8 @@ class Supervisor:
                 socket.send_fds(self._sock, [data], list(fds))
                 return
             except BlockingIOError:
-                await anyio.wait_writable(self._sock)
+                if not await self._sock_waits.wait(anyio.wait_writable, self._sock):
+                    raise _stopped_meanwhile() from None
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:
                     # Sessions check a run's sizes first (request_size.py); this is the
@@ -322,6 +365,8 @@ class Supervisor:
                         "supervisor's control socket takes in one message on this host "
                         "(net.core.wmem_default); pass large data through stdin or a file"
                     ) from None
+                if self._stopped:
+                    raise _stopped_meanwhile() from None
                 raise RuntimeError(
                     "the session's sandbox supervisor has died (its runs were killed with "
                     f"it: {exc.strerror}); close this session and open a new one"
@@ -413,6 +458,10 @@ class Supervisor:
         if proc is None:
             return
         self._proc = None
+        self._stopped = True
+        # A run starting in another task may wait on the socket: it is woken and gone
+        # before the socket's number is free for the pidfd below (see Waits).
+        await self._sock_waits.release(self._sock)
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -436,6 +485,13 @@ class Supervisor:
                 await anyio.to_thread.run_sync(proc.wait)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def _stopped_meanwhile() -> RuntimeError:
+    return RuntimeError(
+        "the session was closed while this call was talking to its sandbox supervisor; "
+        "open a new session"
+    )
 
 
 class RunChannel:
@@ -549,11 +605,11 @@ class RunChannel:
             self._kill_kind = kind
         await self.supervisor.kill(self.run_id)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the host's ends. The process's streams and stdin keep their
         :class:`PipeEnd`: reading them gives end of file, writing :class:`BrokenPipeError`."""
         for end in self.fds.values():
-            end.close()
+            await end.aclose()
 
 
 def termination_from_status(status: int, runtime_ms: int) -> Termination:
