@@ -38,6 +38,13 @@ STREAM_CLOSED_REASON = (
     "stream closed before the server sent a termination message (sandbox-server pod may have "
     "crashed, OOM-killed, or the connection was dropped upstream)"
 )
+#: Reason of a run lost to a cancelled read on httpx's transport (TLS, HTTP/2, proxies),
+#: which closes the connection when a read is cancelled; the lean one does not.
+CANCELLED_READ_REASON = (
+    "stream closed by a cancelled read of the run's output: httpx's transport (used for TLS, "
+    "HTTP/2 and proxies) drops the connection when a read is cancelled, and the server then "
+    "kills the run; plain http:// without a proxy keeps the run"
+)
 #: Reason of a run the caller cancelled, or whose session was closed while it ran.
 CANCELLED_REASON = "session cancelled (client closed the session or task)"
 
@@ -152,9 +159,8 @@ class RemoteDriver:
             self._finish(failure_from_error(error))
             return
         except StreamCut:
-            self._finish(
-                Termination(TerminationKind.SANDBOX_FAILURE, -1, detail=STREAM_CLOSED_REASON)
-            )
+            reason = CANCELLED_READ_REASON if call.cut_by_cancel else STREAM_CLOSED_REASON
+            self._finish(Termination(TerminationKind.SANDBOX_FAILURE, -1, detail=reason))
             return
         except Exception as exc:  # a broken response is a lost stream
             self._finish(
@@ -324,9 +330,10 @@ class RemoteDriver:
                             pass
                     await self._read_one()
             if not self._server_ended:
-                # The stream broke before the server's record (a read cancelled mid-way
-                # leaves httpx's response unusable). Close it, and ask until the server no
-                # longer knows the run: it forgets a run only once its whole tree is gone.
+                # The stream broke before the server's record (it was cut, or a read was
+                # cancelled on httpx's transport, which drops the connection). Close it, and
+                # ask until the server no longer knows the run: it forgets a run only once
+                # its whole tree is gone.
                 await self.release()
                 while True:
                     if await self._forgotten():
