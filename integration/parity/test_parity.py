@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
 import time
@@ -163,6 +164,116 @@ async def test_output_back_pressure(sbx: Session, unique: str) -> None:
     assert received == size
     assert await proc.wait() == 0
     assert await sbx.get_bytes(f"{sbx.work_dir}/{unique}.done") == b""
+
+
+# -- a cancelled read leaves the run usable ------------------------------------------------
+#
+# Each command writes a first part, then waits for a flag file that the test creates only
+# after its read was cancelled (so the read is cancelled while blocked), then writes the
+# rest. Nothing may be lost or reordered, and wait() reports the real exit.
+
+
+def _gated(sbx: Session, unique: str, first: str, rest: str, stream: str = "stdout") -> str:
+    flag = f"{sbx.work_dir}/{unique}.go"
+    redirect = " >&2" if stream == "stderr" else ""
+    return (
+        f"{{ printf '{first}'; while [ ! -e {flag} ]; do sleep 0.02; done; "
+        f"printf '{rest}'; }}{redirect}"
+    )
+
+
+async def _open_gate(sbx: Session, unique: str) -> None:
+    await sbx.put_bytes(f"{sbx.work_dir}/{unique}.go", b"")
+
+
+async def _exits_cleanly(proc: Any) -> None:
+    with anyio.fail_after(30):
+        assert await proc.wait() == 0
+    assert proc.termination.kind is TerminationKind.EXIT
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+async def test_a_cancelled_read_loses_nothing(sbx: Session, unique: str, stream: str) -> None:
+    proc = await sbx.run(_gated(sbx, unique, "early\\n", "late\\nend\\n", stream))
+    pipe = getattr(proc, stream)
+    with anyio.move_on_after(0.5) as scope:
+        await pipe.read()  # takes "early", then waits for more
+    assert scope.cancelled_caught
+    assert proc.returncode is None
+    await _open_gate(sbx, unique)
+    await _exits_cleanly(proc)
+    assert await pipe.read() == b"early\nlate\nend\n"
+
+
+async def test_a_cancelled_sized_read_loses_nothing(sbx: Session, unique: str) -> None:
+    proc = await sbx.run(_gated(sbx, unique, "early\\n", "late\\n"))
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        assert await proc.stdout.read(100) == b"early\n"
+    with anyio.move_on_after(0.5) as scope:
+        await proc.stdout.read(100)
+    assert scope.cancelled_caught
+    await _open_gate(sbx, unique)
+    with anyio.fail_after(30):
+        assert await proc.stdout.read(100) == b"late\n"
+        assert await proc.stdout.read(100) == b""
+    await _exits_cleanly(proc)
+
+
+async def test_a_cancelled_readline_keeps_the_partial_line(sbx: Session, unique: str) -> None:
+    proc = await sbx.run(_gated(sbx, unique, "early\\npart", "ial\\nlate\\n"))
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"early\n"
+    with anyio.move_on_after(0.5) as scope:
+        await proc.stdout.readline()  # has "part", waits for the line's end
+    assert scope.cancelled_caught
+    await _open_gate(sbx, unique)
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"partial\n"
+        assert await proc.stdout.readline() == b"late\n"
+    await _exits_cleanly(proc)
+    assert await proc.stdout.readline() == b""
+
+
+async def test_cancelled_line_iteration_resumes(sbx: Session, unique: str) -> None:
+    proc = await sbx.run(_gated(sbx, unique, "one\\ntw", "o\\nthree\\n"))
+    assert proc.stdout is not None
+    lines = []
+    with anyio.move_on_after(1.0) as scope:
+        async for line in proc.stdout:
+            lines.append(line)
+    assert scope.cancelled_caught
+    assert lines == [b"one\n"]
+    await _open_gate(sbx, unique)
+    with anyio.fail_after(30):
+        lines += [line async for line in proc.stdout]
+    assert lines == [b"one\n", b"two\n", b"three\n"]
+    await _exits_cleanly(proc)
+
+
+async def test_reads_cancelled_at_any_point_of_a_flood_lose_nothing(sbx: Session) -> None:
+    """Reads of a large output cancelled after varying short delays: some land while a
+    chunk of the response is only partly received, some while waiting on the socket."""
+    proc = await sbx.run("seq 1 300000; echo err >&2")
+    assert proc.stdout is not None
+    expected = "".join(f"{i}\n" for i in range(1, 300001)).encode()
+    chunks: list[bytes] = []
+    cancelled = 0
+    with anyio.fail_after(120):
+        for attempt in itertools.count():
+            with anyio.move_on_after(0.0002 * (attempt % 7)) as scope:
+                chunk = await proc.stdout.read(1 << 16 if attempt % 2 else 1000)
+            if scope.cancelled_caught:
+                cancelled += 1
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+    assert b"".join(chunks) == expected
+    assert cancelled  # the test tested something
+    await _exits_cleanly(proc)
+    assert (await proc.communicate())[1] == b"err\n"
 
 
 async def test_interactive_stdin(sbx: Session) -> None:

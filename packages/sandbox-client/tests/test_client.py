@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -11,7 +12,12 @@ import anyio.abc
 import pytest
 
 from union.sandbox.client import Code, ConnectError, RemoteSession, exception_from, session
-from union.sandbox.core.errors import SessionPolicyMismatch, SessionTemplateMismatch
+from union.sandbox.core.errors import (
+    ExecutionError,
+    SessionPolicyMismatch,
+    SessionTemplateMismatch,
+)
+from union.sandbox.core.testing import host_pids_with
 from union.sandbox.core.wire import messages as pb
 from union.sandbox.server.testing import RunningServer, spawn_server
 
@@ -221,3 +227,23 @@ def test_exception_mapping() -> None:
     assert exception_from(weird) is weird
     internal = ConnectError(Code.INTERNAL, "boom")
     assert exception_from(internal) is internal
+
+
+async def test_a_cancelled_read_over_http2_kills_the_run(token_server: RunningServer) -> None:
+    """httpx's transport (here HTTP/2) cannot go on reading after a cancelled read, and
+    sends no reset for the stream it abandons: the client has the server kill the run
+    rather than lose track of it, and says why."""
+    arg = f"{5000 + secrets.randbelow(999)}.{secrets.randbelow(10**6):06d}"
+    async with session(endpoint=token_server.endpoint, token=token_server.token, http2=True) as sbx:
+        proc = await sbx.run(f"echo early; sleep {arg}")
+        assert proc.stdout is not None
+        with anyio.fail_after(30):
+            while not host_pids_with(arg):  # noqa: ASYNC110 (host process lists: no event)
+                await anyio.sleep(0.02)
+        with anyio.move_on_after(0.3) as scope:
+            await proc.stdout.read()
+        assert scope.cancelled_caught
+        with anyio.fail_after(30), pytest.raises(ExecutionError, match="cancelled"):
+            await proc.wait()
+        assert not host_pids_with(arg)
+        assert (await sbx.exec("echo fine")).stdout == "fine\n"

@@ -16,8 +16,9 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from union.sandbox.client._http11 import Http11Transport
-from union.sandbox.client._transport import ConnectTransport
+from union.sandbox.client._transport import ConnectTransport, StreamCut
 from union.sandbox.core.wire import messages as pb
+from union.sandbox.core.wire.connect import FLAG_END_STREAM, envelope_header
 
 pytestmark = pytest.mark.anyio
 
@@ -413,3 +414,111 @@ async def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPa
         finally:
             await transport.aclose()
     assert served.request_lines[0].startswith(b"POST http://sandbox.invalid:50051/sandbox.v2.")
+
+
+def _connect_stream(*payloads: bytes) -> bytes:
+    """A Connect stream body: ``payloads`` as messages, then a successful end of stream."""
+    framed = [envelope_header(0, len(p)) + p for p in payloads]
+    return b"".join(framed) + envelope_header(FLAG_END_STREAM, 2) + b"{}"
+
+
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/connect+proto\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_a_cancelled_stream_read_resumes_where_it_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reads of a Connect stream cancelled again and again while the server sends it a byte
+    at a time, so that cancellations land inside a chunk-size line, a chunk's data, a
+    chunk's CR LF, an envelope and the trailer: they consume nothing, every message arrives
+    in order, and the body is read to its end (its connection is reused)."""
+    sizes = (1, 30, 200)
+    body = _connect_stream(*(pb.ExecuteResponse(stdout=b"%d" % n * n).encode() for n in sizes))
+    # Chunks that cut across the envelopes.
+    wire = chunked(body[:3], body[3:40], body[40:41], body[41:])[:-2] + b"X-Trailer: 1\r\n\r\n"
+
+    async def handler(
+        stream: anyio.abc.SocketStream, reader: BufferedByteReceiveStream, _: int
+    ) -> None:
+        await read_request(reader)
+        await stream.send(_STREAM_HEAD)
+        for i in range(len(wire)):
+            await stream.send(wire[i : i + 1])
+            await anyio.sleep(0.002)
+        await read_request(reader)
+        await stream.send(ok(b"", b"Content-Type: application/proto"))
+
+    _no_proxy(monkeypatch)
+    async with raw_server(handler) as served:
+        transport = ConnectTransport(served.url, token=None)
+        assert transport.lean
+        try:
+            with anyio.fail_after(30):
+                call = await transport.server_stream(
+                    "Execute", pb.ExecuteRequest(), pb.ExecuteResponse
+                )
+                got: list[bytes] = []
+                cancelled = 0
+                while True:
+                    with anyio.move_on_after(0.001) as scope:
+                        message = await call.next()
+                    if scope.cancelled_caught:
+                        cancelled += 1
+                        continue
+                    if message is None:
+                        break
+                    assert isinstance(message, pb.ExecuteResponse)
+                    got.append(bytes(message.stdout or b""))
+                await call.aclose()
+                assert got == [b"%d" % n * n for n in sizes]
+                assert cancelled > len(sizes)
+                await transport.unary("Health", pb.HealthRequest(), pb.HealthResponse)
+        finally:
+            await transport.aclose()
+    assert served.connections == 1
+
+
+async def test_a_cancelled_stream_read_through_httpx_cuts_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx's transport (TLS, HTTP/2, proxies) closes the connection when a read is
+    cancelled: the stream then reports a cut, and says that a cancelled read made it."""
+    message = pb.ExecuteResponse(stdout=b"first").encode()
+
+    async def handler(
+        stream: anyio.abc.SocketStream, reader: BufferedByteReceiveStream, _: int
+    ) -> None:
+        await read_request(reader)
+        await stream.send(_STREAM_HEAD + chunked(envelope_header(0, len(message)) + message)[:-5])
+        await anyio.sleep(10)  # the rest never comes
+
+    async with raw_server(handler) as served:
+        _no_proxy(monkeypatch)
+        monkeypatch.setenv("HTTP_PROXY", served.url)
+        transport = ConnectTransport("http://sandbox.invalid:50051", token=None)
+        try:
+            assert not transport.lean
+            with anyio.fail_after(10):
+                call = await transport.server_stream(
+                    "Execute", pb.ExecuteRequest(), pb.ExecuteResponse
+                )
+                first = await call.next()
+                assert isinstance(first, pb.ExecuteResponse)
+                assert bytes(first.stdout or b"") == b"first"
+                with anyio.move_on_after(0.1) as scope:
+                    await call.next()
+                assert scope.cancelled_caught
+                with pytest.raises(StreamCut):
+                    await call.next()
+                assert call.cut_by_cancel
+                await call.aclose()
+        finally:
+            await transport.aclose()

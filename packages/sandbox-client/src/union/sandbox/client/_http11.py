@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import httpx
 
-__all__ = ["Http11Transport"]
+__all__ = ["Http11Transport", "ResponseBody"]
 
 _READ_SIZE = 1 << 16
 # A large chunk whose bytes have not arrived yet is received straight into a bytes object of
@@ -138,7 +138,7 @@ def _parse_head(head: bytes) -> tuple[int, bool, list[tuple[bytes, bytes]]]:
     return status, version == b"HTTP/1.1", headers
 
 
-class _ResponseBody(httpx.AsyncByteStream):
+class ResponseBody(httpx.AsyncByteStream):
     """The body of one response, read as it arrives. Closing it gives the connection back
     to the pool when the body was read to its end, and closes the connection otherwise."""
 
@@ -155,18 +155,33 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._origin = origin
         self._conn = conn
         self._chunked = chunked
+        # Where the framing stands between two reads. Each step changes it only once it has
+        # consumed what it stands for, and consumes only after its last await, so a read
+        # cancelled at any await leaves the body readable from where it was (see receive).
         # Bytes left in the current chunk (chunked) or in the body (Content-Length);
         # None: read until the server closes the connection.
         self._remaining = 0 if chunked else length
-        self._chunk_started = False
+        self._chunk_end_due = False  # the CR LF after a chunk's data is still to be read
+        self._in_trailer = False  # the last chunk was read; trailer lines follow
         self._done = length == 0 and not chunked
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        while data := await self.receive():
+            yield data
+
+    async def receive(self) -> bytes:
+        """The next bytes of the body as soon as some are there; ``b""`` at its end.
+
+        Cancel-safe, unlike iterating the body (an async generator, which a cancellation
+        finishes): a cancelled call consumed nothing, and a part of the framing it received
+        stays in the connection's buffer for the next call. The Connect client reads a
+        run's output stream with it, so that a caller's cancelled read loses nothing."""
         while not self._done:
             data = await self._next()
             if data:
-                yield data
+                return data
+        return b""
 
     async def _next(self) -> bytes:
         if self._remaining is None:
@@ -224,17 +239,21 @@ class _ResponseBody(httpx.AsyncByteStream):
 
     async def _start_chunk(self) -> None:
         """Read the end of the previous chunk and the size line of the next; after the last
-        chunk, its trailer section."""
-        if self._chunk_started and await self._line("a chunk's end"):
-            raise _protocol_error("chunk data longer than its size")
-        size_text = (await self._line("a chunk size")).partition(b";")[0].strip(b" \t")
-        if not _HEX_SIZE.fullmatch(size_text):
-            raise _protocol_error(f"bad chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
-        self._chunk_started = True
-        if size:
-            self._remaining = size
-            return
+        chunk, its trailer section. Each line is consumed whole and recorded at once."""
+        if self._chunk_end_due:
+            if await self._line("a chunk's end"):
+                raise _protocol_error("chunk data longer than its size")
+            self._chunk_end_due = False
+        if not self._in_trailer:
+            size_text = (await self._line("a chunk size")).partition(b";")[0].strip(b" \t")
+            if not _HEX_SIZE.fullmatch(size_text):
+                raise _protocol_error(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
+            if size:
+                self._remaining = size
+                self._chunk_end_due = True
+                return
+            self._in_trailer = True
         while await self._line("the trailer section"):
             pass  # trailer fields: a Connect client has no use for them
         self._done = True
@@ -339,7 +358,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def _exchange(
         self, conn: _Connection, origin: Origin, request: httpx.Request, head: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], _ResponseBody]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], ResponseBody]:
         stream = request.stream
         try:
             if isinstance(stream, httpx.ByteStream):
@@ -388,7 +407,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def _read_response(
         self, conn: _Connection, origin: Origin, request: httpx.Request
-    ) -> tuple[int, list[tuple[bytes, bytes]], _ResponseBody]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], ResponseBody]:
         while True:
             while (end := conn.buffer.find(b"\r\n\r\n")) < 0:
                 if len(conn.buffer) > _MAX_HEAD:
@@ -420,7 +439,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             conn.reusable = False
         if request.method == "HEAD" or status in (204, 304):
             chunked, length = False, 0
-        body = _ResponseBody(self, origin, conn, chunked=chunked, length=length)
+        body = ResponseBody(self, origin, conn, chunked=chunked, length=length)
         return status, headers, body
 
     async def _release(self, origin: Origin, conn: _Connection, *, reusable: bool) -> None:

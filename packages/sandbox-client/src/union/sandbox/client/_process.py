@@ -38,6 +38,13 @@ STREAM_CLOSED_REASON = (
     "stream closed before the server sent a termination message (sandbox-server pod may have "
     "crashed, OOM-killed, or the connection was dropped upstream)"
 )
+#: Reason of a run lost to a cancelled read on httpx's transport (TLS, HTTP/2, proxies),
+#: which abandons the response when a read is cancelled; the lean one does not.
+CANCELLED_READ_REASON = (
+    "killed: a read of the run's output was cancelled, and httpx's transport (used for TLS, "
+    "HTTP/2 and proxies) cannot go on reading a response after that; over plain http:// "
+    "without a proxy the run goes on"
+)
 #: Reason of a run the caller cancelled, or whose session was closed while it ran.
 CANCELLED_REASON = "session cancelled (client closed the session or task)"
 
@@ -152,9 +159,14 @@ class RemoteDriver:
             self._finish(failure_from_error(error))
             return
         except StreamCut:
-            self._finish(
-                Termination(TerminationKind.SANDBOX_FAILURE, -1, detail=STREAM_CLOSED_REASON)
-            )
+            reason = STREAM_CLOSED_REASON
+            if call.cut_by_cancel:
+                # The server may not notice (httpx sends no reset for an HTTP/2 stream it
+                # abandons): the run would go on unseen, out of reach of close().
+                reason = CANCELLED_READ_REASON
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                    await self._until_forgotten()
+            self._finish(Termination(TerminationKind.SANDBOX_FAILURE, -1, detail=reason))
             return
         except Exception as exc:  # a broken response is a lost stream
             self._finish(
@@ -324,17 +336,23 @@ class RemoteDriver:
                             pass
                     await self._read_one()
             if not self._server_ended:
-                # The stream broke before the server's record (a read cancelled mid-way
-                # leaves httpx's response unusable). Close it, and ask until the server no
-                # longer knows the run: it forgets a run only once its whole tree is gone.
+                # The stream broke before the server's record (it was cut, or a read was
+                # cancelled on httpx's transport, which drops the connection). Close it, and
+                # ask until the server no longer knows the run: it forgets a run only once
+                # its whole tree is gone.
                 await self.release()
-                while True:
-                    if await self._forgotten():
-                        break
-                    await anyio.sleep(0.01)  # polling the server: there is no event to await
+                await self._until_forgotten()
         # The record we were waiting for only proves the tree is gone; the reason is ours.
         self._termination = termination
         await self.release()
+
+    async def _until_forgotten(self) -> None:
+        """Ask the server to kill the run until it no longer knows it: it forgets a run only
+        once its whole tree is gone."""
+        while True:
+            if await self._forgotten():
+                return
+            await anyio.sleep(0.01)  # polling the server: there is no event to await
 
     async def _forgotten(self) -> bool:
         """Whether the server no longer knows this run (or cannot be asked: dropping the

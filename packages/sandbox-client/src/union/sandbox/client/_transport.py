@@ -5,7 +5,7 @@ produced. Transport failures become :class:`ConnectError` with code ``unavailabl
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -26,7 +26,7 @@ from union.sandbox.core.wire.connect import (
 )
 from union.sandbox.core.wire.messages import SERVICE
 
-from ._http11 import Http11Transport
+from ._http11 import Http11Transport, ResponseBody
 
 __all__ = ["ConnectTransport", "StreamCall", "StreamCut"]
 
@@ -59,7 +59,15 @@ class StreamCut(Exception):
 
 
 class StreamCall:
-    """One server-streaming response, read message by message."""
+    """One server-streaming response, read message by message.
+
+    Over the lean transport, reading is cancel-safe: a :meth:`next` cancelled at any await
+    consumed nothing that is lost (the body's framing state and bytes received so far stay
+    in the body and the envelope reader), so the caller can go on reading. httpx's own
+    transport (TLS, HTTP/2, proxies) reads through async generators that a cancellation
+    finishes, closing the connection: the stream then reports a cut, and
+    :attr:`cut_by_cancel` says why.
+    """
 
     def __init__(
         self,
@@ -73,12 +81,29 @@ class StreamCall:
         self._cls = response_cls
         self._borrow = borrow
         self._on_close = on_close
-        self._raw: AsyncIterator[bytes] = response.aiter_raw()
+        body = response.stream
+        self._receive: Callable[[], Awaitable[bytes]]
+        if isinstance(body, ResponseBody):
+            self._receive = body.receive
+        else:
+            self._raw: AsyncIterator[bytes] = response.aiter_raw()
+            self._receive = self._receive_httpx
         self._reader = EnvelopeReader(_MAX_RESPONSE_MESSAGE)
         self._ready: list[tuple[int, bytes]] = []
         self._compressed = response.headers.get("connect-content-encoding", "identity") == "gzip"
         self.finished = False
         self.closed = False
+        self.cut_by_cancel = False
+
+    async def _receive_httpx(self) -> bytes:
+        """The next bytes of an httpx response body; ``b""`` at its end."""
+        try:
+            return await self._raw.__anext__()
+        except StopAsyncIteration:
+            return b""
+        except anyio.get_cancelled_exc_class():
+            self.cut_by_cancel = True  # httpx closed the connection on the way out
+            raise
 
     async def next(self) -> Message | None:
         """The next message; ``None`` after a successful end of stream. Raises
@@ -88,11 +113,11 @@ class StreamCall:
             return None
         while not self._ready:
             try:
-                chunk = await self._raw.__anext__()
-            except StopAsyncIteration:
-                raise StreamCut("the stream ended without an end-of-stream message") from None
+                chunk = await self._receive()
             except httpx.HTTPError as exc:
                 raise StreamCut(f"{type(exc).__name__}: {exc}") from exc
+            if not chunk:
+                raise StreamCut("the stream ended without an end-of-stream message")
             try:
                 self._ready.extend(self._reader.feed(chunk))
             except ValueError as exc:
@@ -132,7 +157,7 @@ class StreamCall:
                 if self.finished:
                     # The chunked-encoding terminator follows the end-of-stream message.
                     try:
-                        async for _ in self._raw:
+                        while await self._receive():
                             pass
                     except httpx.HTTPError:
                         pass
