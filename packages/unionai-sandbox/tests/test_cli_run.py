@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import cli_env, console_script
+
 ISOLATING = ("bubblewrap", "userns")
 SENTINEL = "COMMAND-RAN-7f3a"
 
@@ -75,6 +77,44 @@ def test_module_and_console_script_agree(cli: Any) -> None:
         prefix=[sys.executable, "-m", "union.sandbox._cli"],
     )
     assert (script.returncode, script.stdout) == (module.returncode, module.stdout) == (5, "same\n")
+
+
+# ------------------------------------------------------------------ piped stdin
+
+
+def test_piped_stdin_reaches_the_command(cli: Any) -> None:
+    out = cli("run", "--backend", "userns", "--", "sh", "-c", "cat; echo end", input="piped\n")
+    assert (out.returncode, out.stdout) == (0, "piped\nend\n"), out.stderr
+
+
+def test_a_filter_gets_more_input_than_the_pipes_hold(cli: Any) -> None:
+    # The command writes while it reads: its output is forwarded while its input is still
+    # being copied (both pipes full, waiting on each other, deadlocked the CLI until the
+    # run's timeout killed it).
+    size = 4 << 20
+    out = cli("run", "--backend", "userns", "--timeout", "60", "--", "cat", input="x" * size)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(out.stdout) == size
+
+
+def test_a_command_that_ends_before_its_input_does_not_wait_for_it(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*console_script(), "run", "--backend", "userns", "--", "echo", "done"],
+        stdin=subprocess.PIPE,  # kept open: the input never ends
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        returncode = proc.wait(timeout=30)
+        assert (returncode, proc.stdout.read()) == (0, b"done\n")
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdin is not None
+        proc.stdin.close()
 
 
 def test_output_streams_while_the_command_runs(tmp_path: Path) -> None:

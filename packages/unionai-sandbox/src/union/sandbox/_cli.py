@@ -17,8 +17,9 @@ import gc
 import importlib
 import os
 import shlex
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -218,13 +219,11 @@ async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None)
             env=env,
             cwd=args.cwd,
         )
-        if piped and proc.stdin is not None:
-            await _pump_stdin(proc.stdin)
-        try:
-            code = int(await proc.wait())
-        except ExecutionError as exc:
-            print(f"unionai-sandbox: {exc}", file=sys.stderr)
+        outcome = await _wait_feeding(proc) if piped else await _wait(proc)
+        if isinstance(outcome, ExecutionError):
+            print(f"unionai-sandbox: {outcome}", file=sys.stderr)
             return 125
+        code = outcome
         for item in args.get:
             remote, local = _split_pair(item, "--get")
             try:
@@ -250,17 +249,61 @@ async def _run(args: argparse.Namespace, started: OnDeviceSession | None = None)
         return code
 
 
+async def _wait(proc: Any) -> int | ExecutionError:
+    """The exit code, or the error of a run that never ran to a real exit."""
+    try:
+        return int(await proc.wait())
+    except ExecutionError as exc:
+        return exc
+
+
+async def _wait_feeding(proc: Any) -> int | ExecutionError:
+    """:func:`_wait`, copying our standard input to the command's meanwhile: a command that
+    writes while it reads (``cat``) must have its output forwarded as it reads, or both
+    pipes fill up and wait on each other. The copy stops when the command ends."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_pump_stdin, proc.stdin)
+        outcome = await _wait(proc)
+        tg.cancel_scope.cancel()  # an ended command takes no more input
+    return outcome
+
+
 async def _pump_stdin(stdin: Any) -> None:
     """Copy our standard input to the command's, then close it (a command that exits
     without reading all of it is fine)."""
-    fd = sys.stdin.fileno()
+    read = _stdin_reader(sys.stdin.fileno())
     try:
-        while chunk := await anyio.to_thread.run_sync(os.read, fd, 1 << 16):
+        while chunk := await read():
             await stdin.write(chunk)
     except BrokenPipeError:
         pass
     finally:
-        await stdin.aclose()
+        with anyio.CancelScope(shield=True):
+            await stdin.aclose()
+
+
+def _stdin_reader(fd: int) -> Callable[[], Awaitable[bytes]]:
+    """Reads of our standard input that a cancellation can stop: a pipe or socket is
+    waited on by the event loop (read once readable: nobody else reads it), a regular file
+    never blocks, and anything else is read in a thread that a cancellation abandons."""
+    mode = os.fstat(fd).st_mode
+
+    async def read_when_ready() -> bytes:
+        await anyio.wait_readable(fd)
+        return os.read(fd, _STDIN_CHUNK)
+
+    async def read_now() -> bytes:
+        return os.read(fd, _STDIN_CHUNK)
+
+    async def read_in_thread() -> bytes:
+        return await anyio.to_thread.run_sync(os.read, fd, _STDIN_CHUNK, abandon_on_cancel=True)
+
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return read_when_ready
+    return read_now if stat.S_ISREG(mode) else read_in_thread
+
+
+_STDIN_CHUNK = 1 << 16
 
 
 async def _shell(args: argparse.Namespace) -> int:
