@@ -324,6 +324,21 @@ async def test_stdin_of_an_ended_run_reaches_no_later_run(sbx: Session) -> None:
         assert await later.communicate() == (b"mine\n", b"")
 
 
+async def test_concurrent_stdin_writes_go_whole_one_after_the_other(sbx: Session) -> None:
+    proc = await sbx.run("cat > written", stdin=PIPE)
+    assert proc.stdin is not None
+    stdin = proc.stdin
+    size = 1 << 20  # more than a pipe holds: each write waits for the command midway
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for tag in (b"a", b"b"):
+                tg.start_soon(stdin.write, tag * size)
+        await stdin.aclose()
+        assert await proc.wait() == 0
+    written = await sbx.get_bytes(f"{sbx.work_dir}/written")
+    assert written in (b"a" * size + b"b" * size, b"b" * size + b"a" * size)
+
+
 async def test_stdin_bytes(sbx: Session) -> None:
     proc = await sbx.run("cat; echo", stdin=b"fed through stdin")
     assert await proc.communicate() == (b"fed through stdin\n", b"")

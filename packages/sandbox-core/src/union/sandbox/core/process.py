@@ -324,14 +324,19 @@ class InputStream:
         self._write = write
         self._close = close
         self._closed = False
+        self._lock: anyio.Lock | None = None  # made by the first write
 
     async def write(self, data: bytes) -> None:
-        """Write all of ``data`` (waits while the process is not reading)."""
+        """Write all of ``data`` (waits while the process is not reading). Writes from
+        concurrent tasks go one after the other, each whole."""
         if self._closed:
             raise ValueError("stdin is closed")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"stdin.write() takes bytes, got {type(data).__name__}")
-        await self._write(bytes(data))
+        if self._lock is None:
+            self._lock = anyio.Lock(fast_acquire=True)
+        async with self._lock:
+            await self._write(bytes(data))
 
     async def aclose(self) -> None:
         """Close stdin: the process reads end-of-file. Idempotent."""
