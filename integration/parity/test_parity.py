@@ -276,6 +276,26 @@ async def test_reads_cancelled_at_any_point_of_a_flood_lose_nothing(sbx: Session
     assert (await proc.communicate())[1] == b"err\n"
 
 
+async def test_a_reader_of_a_chatty_command_lets_other_tasks_run(sbx: Session) -> None:
+    # The pipe is never empty, so reads return at once: without checkpoints the reader
+    # kept the event loop, and the kill below ran only once the run's timeout ended it.
+    proc = await sbx.run('yes "$(printf %1000s)"', timeout_s=10)  # lines of 1001 bytes
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def kill_soon() -> None:
+        await anyio.sleep(0.2)
+        await proc.kill()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_soon)
+        async for _ in stdout:
+            pass
+    await proc.wait()
+    assert proc.termination is not None
+    assert proc.termination.kind is TerminationKind.KILLED
+
+
 async def test_interactive_stdin(sbx: Session) -> None:
     proc = await sbx.run("read a; echo got $a; read b; echo got $b", stdin=PIPE)
     assert proc.stdin is not None

@@ -176,6 +176,12 @@ class OutputStream:
         # loop (a waiter still gets it handed over on release).
         self._lock = anyio.Lock(fast_acquire=True)
         self.truncated = False
+        # Reads and pulls since this stream last let other tasks run. Data that is already
+        # there (buffered lines, a pipe a chatty command keeps full) is returned without
+        # waiting, so a reader would never let another task (a kill(), its own deadline)
+        # run; a checkpoint on every read would slow line iteration: one every
+        # _STEPS_PER_CHECKPOINT (inline: a coroutine call per line costs too).
+        self._steps = 0
 
     def at_eof(self) -> bool:
         """True when the stream ended and everything buffered was read."""
@@ -186,6 +192,10 @@ class OutputStream:
         False at end of stream."""
         if self._eof:
             return False
+        self._steps += 1
+        if self._steps >= _STEPS_PER_CHECKPOINT:
+            self._steps = 0
+            await anyio.sleep(0)  # noqa: ASYNC115 (anyio.lowlevel costs ~2 ms of import)
         chunk = await self._pull()
         if not chunk:
             self._eof = True
@@ -237,6 +247,10 @@ class OutputStream:
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all of the stream, up to the cap, when ``n < 0``); ``b""`` at
         end of stream."""
+        self._steps += 1
+        if self._steps >= _STEPS_PER_CHECKPOINT:
+            self._steps = 0
+            await anyio.sleep(0)  # noqa: ASYNC115 (anyio.lowlevel costs ~2 ms of import)
         async with self._lock:
             if n < 0:
                 while await self._fill():
@@ -275,6 +289,10 @@ class OutputStream:
     async def readline(self) -> bytes:
         """One line including its ``\\n`` (the last line may lack it); ``b""`` at the end.
         A line longer than the cap comes out in pieces of about the cap."""
+        self._steps += 1
+        if self._steps >= _STEPS_PER_CHECKPOINT:
+            self._steps = 0
+            await anyio.sleep(0)  # noqa: ASYNC115 (anyio.lowlevel costs ~2 ms of import)
         async with self._lock:
             self._unkeep()
             start = 0
@@ -307,6 +325,9 @@ class OutputStream:
         async with self._lock:
             while await self._fill():
                 pass
+
+
+_STEPS_PER_CHECKPOINT = 256
 
 
 def _capture_of(stream: OutputStream | None) -> Capture | None:
