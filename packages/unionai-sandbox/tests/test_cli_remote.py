@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .conftest import cli_env, console_script
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux backends")
 
@@ -106,3 +112,51 @@ def test_shell_flyte_local_mode(cli: Any, tmp_path: Path) -> None:
     for step in ("submitted", "pod scheduled", "server ready"):
         assert re.search(rf"\[ *[0-9.]+ s\] {step}", out.stderr), (step, out.stderr)
     assert "sandbox shell (userns)" in out.stderr
+
+
+def test_a_server_gone_while_stdin_is_copied_is_a_sandbox_failure(tmp_path: Path) -> None:
+    # The stdin copy runs beside the wait: its error must come out as the CLI's exit 125
+    # with the transport's message, not as a traceback of an exception group.
+    testing = pytest.importorskip("union.sandbox.server.testing")
+    with testing.spawn_server(backend="userns") as running:
+        cli = subprocess.Popen(
+            [*console_script(), "run", "--endpoint", running.endpoint, "--", "sleep", "30"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+            cwd=tmp_path,
+        )
+        assert cli.stdin is not None
+        stdin = cli.stdin.fileno()
+        os.set_blocking(stdin, False)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # feed it until its run is there, and then
+                try:  # until the pipes are full (the command does not read)
+                    os.write(stdin, b"y\n" * 4096)
+                    continue
+                except BlockingIOError:
+                    if _running_commands("sleep 30"):
+                        break
+                time.sleep(0.05)
+            os.killpg(running.process.pid, signal.SIGKILL)
+            _out, err = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+    assert cli.returncode == 125, err
+    assert b"Traceback" not in err and b"cannot reach sandbox-server" in err
+
+
+def _running_commands(needle: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read().replace(b"\0", b" ").strip() == needle.encode():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found

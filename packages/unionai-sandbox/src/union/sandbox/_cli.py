@@ -260,11 +260,27 @@ async def _wait(proc: Any) -> int | ExecutionError:
 async def _wait_feeding(proc: Any) -> int | ExecutionError:
     """:func:`_wait`, copying our standard input to the command's meanwhile: a command that
     writes while it reads (``cat``) must have its output forwarded as it reads, or both
-    pipes fill up and wait on each other. The copy stops when the command ends."""
+    pipes fill up and wait on each other. The copy stops when the command ends. Errors
+    come out as they would without the copy beside the wait (not in an exception group):
+    the copy's first (a server gone while it wrote says so), else the wait's."""
+    errors: list[Exception] = []
+
+    async def pump() -> None:
+        try:
+            await _pump_stdin(proc.stdin)
+        except Exception as exc:
+            errors.append(exc)
+
+    outcome: int | ExecutionError = 0
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_pump_stdin, proc.stdin)
-        outcome = await _wait(proc)
+        tg.start_soon(pump)
+        try:
+            outcome = await _wait(proc)
+        except Exception as exc:
+            errors.append(exc)
         tg.cancel_scope.cancel()  # an ended command takes no more input
+    if errors:
+        raise errors[0]
     return outcome
 
 
