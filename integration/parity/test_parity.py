@@ -359,6 +359,22 @@ async def test_concurrent_stdin_writes_go_whole_one_after_the_other(sbx: Session
     assert written in (b"a" * size + b"b" * size, b"b" * size + b"a" * size)
 
 
+async def test_closing_stdin_comes_after_a_write_in_progress(sbx: Session) -> None:
+    # The command reads only after a while: the write waits midway when close() comes from
+    # another task. It cut the write (BrokenPipeError) and the command got part of it.
+    proc = await sbx.run("sleep 0.5; cat > written", stdin=PIPE)
+    assert proc.stdin is not None
+    stdin = proc.stdin
+    size = 4 << 20
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stdin.write, b"x" * size)
+            await anyio.sleep(0.1)
+            await stdin.aclose()
+        assert await proc.wait() == 0
+    assert len(await sbx.get_bytes(f"{sbx.work_dir}/written")) == size
+
+
 async def test_stdin_bytes(sbx: Session) -> None:
     proc = await sbx.run("cat; echo", stdin=b"fed through stdin")
     assert await proc.communicate() == (b"fed through stdin\n", b"")

@@ -263,3 +263,50 @@ async def test_closing_a_session_while_a_call_waits_to_send(backend: str) -> Non
             tg.cancel_scope.cancel()  # a flood that met a closed session stops by itself
     assert outcome == [] or "session was closed" in outcome[0]
     assert await proc.wait() == 128 + signal.SIGKILL
+
+
+async def test_calls_queue_while_the_supervisor_takes_no_requests(my_children) -> None:
+    # The control socket holds a few requests: with the supervisor stopped, a flood of
+    # signals fills it and waits for room; a run started meanwhile must wait its turn (it
+    # got anyio's BusyResourceError), and both go through once the supervisor goes on.
+    # userns: there the supervisor is our child (under bubblewrap bwrap is, and stopping
+    # it does not stop the supervisor); the code under test is the same.
+    before = my_children()
+    async with sb.on_device.session(backend="userns") as sbx:
+        target = await sbx.run("sleep 100")
+        (supervisor,) = my_children() - before
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            while True:
+                await target.send_signal(signal.SIGCONT)
+                sent += 1
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                os.killpg(supervisor, signal.SIGSTOP)
+                try:
+                    tg.start_soon(flood)
+                    await anyio.sleep(0.2)  # the flood fills the socket and waits
+                    stalled_at = sent
+                    started = await _start_later(tg, sbx)
+                    await anyio.sleep(0.2)
+                    assert sent == stalled_at  # nothing went through meanwhile
+                finally:
+                    os.killpg(supervisor, signal.SIGCONT)
+                proc = await started.receive()
+                assert await proc.wait() == 0
+                tg.cancel_scope.cancel()
+        await target.kill()
+
+
+async def _start_later(tg, sbx):
+    """Start ``sbx.run("true")`` in ``tg``; the process comes out of the returned stream."""
+    send, receive = anyio.create_memory_object_stream(1)
+
+    async def start() -> None:
+        await send.send(await sbx.run("true"))
+
+    tg.start_soon(start)
+    return receive

@@ -360,10 +360,15 @@ class InputStream:
             await self._write(bytes(data))
 
     async def aclose(self) -> None:
-        """Close stdin: the process reads end-of-file. Idempotent."""
+        """Close stdin: the process reads end-of-file after what writes in progress send
+        (it waits for them). Idempotent."""
         if not self._closed:
             self._closed = True
-            await self._close()
+            if self._lock is None:
+                await self._close()
+            else:
+                async with self._lock:
+                    await self._close()
 
     close = aclose
 

@@ -235,6 +235,7 @@ class Supervisor:
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = host
         self._sock_waits = Waits()
+        self._send_lock: anyio.Lock | None = None  # made on first use, as _ready_lock
         self._stopped = False
         """:meth:`aclose` ran (the session was closed, or setup failed)."""
         code_fd = _supervisor_code_fd()
@@ -340,7 +341,9 @@ class Supervisor:
             try:
                 return self._sock.recv(1 << 16)
             except BlockingIOError:
-                if not await self._sock_waits.wait(anyio.wait_readable, self._sock):
+                if self._stopped or not await self._sock_waits.wait(
+                    anyio.wait_readable, self._sock
+                ):
                     raise _stopped_meanwhile() from None
             except OSError:
                 if self._stopped:
@@ -349,12 +352,23 @@ class Supervisor:
 
     async def _send(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
         data = marshal.dumps(msg)
+        if self._send_lock is None:
+            self._send_lock = anyio.Lock(fast_acquire=True)
+        # One sender at a time: a full socket (the supervisor busy or stopped) would have a
+        # second sender wait on it too, which anyio refuses (BusyResourceError).
+        async with self._send_lock:
+            await self._send_now(data, fds)
+
+    async def _send_now(self, data: bytes, fds: Sequence[int]) -> None:
         while True:
             try:
                 socket.send_fds(self._sock, [data], list(fds))
                 return
             except BlockingIOError:
-                if not await self._sock_waits.wait(anyio.wait_writable, self._sock):
+                # Not after aclose() began: its release of the waiters may be under way.
+                if self._stopped or not await self._sock_waits.wait(
+                    anyio.wait_writable, self._sock
+                ):
                     raise _stopped_meanwhile() from None
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:
