@@ -238,7 +238,9 @@ async def session(
         )
     policy = validate_network(network_mode, network_allowlist, network_denylist)
     inputs: dict[str, Any] = {
-        "token": secrets.token_urlsafe(32),
+        # Hex, not urlsafe: a token that starts with "-" cannot follow `--token` on a
+        # command line (argparse takes it for an option). 256 bits either way.
+        "token": secrets.token_hex(32),
         "timeout_s": timeout_s,
         "network_mode": policy.mode,
         "max_runtime_s": _seconds(max_runtime_s, "max_runtime_s"),

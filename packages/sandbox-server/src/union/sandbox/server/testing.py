@@ -102,7 +102,7 @@ def spawn_server(
         work_dir = tempfile.mkdtemp(prefix="union-sandbox-server-", dir="/tmp")
         os.chmod(work_dir, 0o755)
     if token is True:
-        token = secrets.token_urlsafe(24)
+        token = secrets.token_hex(24)  # never starts with "-", which `--token` would refuse
     log_fd, log_path = tempfile.mkstemp(prefix="sandbox-server-", suffix=".log")
     cmd: list[str] = [
         python or sys.executable,
