@@ -37,11 +37,14 @@ SUPERVISOR = f"{CORE}/on_device/_supervisor.py"
 SESSION = f"{CORE}/on_device/_session.py"
 FS = f"{CORE}/on_device/fs.py"
 PROCESS = f"{CORE}/process.py"
+ENGINE = f"{CORE}/on_device/engine.py"
 RULES = f"{CORE}/netproxy/rules.py"
 CONNECT = "packages/sandbox-server/src/union/sandbox/server/_connect.py"
 SERVICE = "packages/sandbox-server/src/union/sandbox/server/service.py"
 
 CORE_TESTS = "packages/sandbox-core/tests"
+PARITY = "integration/parity/test_parity.py"
+LEAK_TESTS = f"{CORE_TESTS}/test_concurrency_leaks.py"
 SECCOMP_TESTS = f"{CORE_TESTS}/test_seccomp.py"
 KERNEL_PROBES = "integration/conformance/test_kernel_surface.py::test_kernel_surface"
 #: Every selection below either names whole files and node ids, or filters them all with one
@@ -891,5 +894,42 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if not isinstance(self.token, str):\n",
         (FLYTE_BODY_TESTS, "-k", "bad_options and asyncio and bearer"),
         "a task server with an empty or guessable bearer token",
+    ),
+    # ---- descriptors of a run and of the session (host side) ------------------------------
+    Mutant(
+        "pipe-end-keeps-its-number-after-close",
+        "descriptors",
+        ENGINE,
+        "        fd, self.fd = self.fd, -1\n        if fd >= 0:\n            await self._waits",
+        "        fd = self.fd\n        if fd >= 0:\n            await self._waits",
+        (PARITY, "-k", "ended_run_reaches_no_later_run and on_device"),
+        "a write to an ended run's stdin goes into the next run's stdin (its pipe took the number)",
+    ),
+    Mutant(
+        "pipe-end-closed-under-a-waiter",
+        "descriptors",
+        ENGINE,
+        "            await self._waits.release(fd)\n            os.close(fd)\n",
+        "            os.close(fd)\n",
+        (f"{CORE_TESTS}/test_pipe_end.py",),
+        "a task waiting on a released run's pipe hangs, or drops a later wait on the number",
+    ),
+    Mutant(
+        "supervisor-socket-closed-under-a-waiter",
+        "descriptors",
+        ENGINE,
+        "        await self._sock_waits.release(self._sock)\n",
+        "",
+        (LEAK_TESTS, "-k", "closing_a_session"),
+        "close() during a run's start: the run hangs, close() fails and leaves the work dir",
+    ),
+    Mutant(
+        "supervisor-requests-not-serialised",
+        "descriptors",
+        ENGINE,
+        "        async with self._send_lock:\n            await self._send_now(data, fds)\n",
+        "        await self._send_now(data, fds)\n",
+        (LEAK_TESTS, "-k", "queue_while"),
+        "a run started while the supervisor's socket is full fails with BusyResourceError",
     ),
 )
